@@ -1,0 +1,136 @@
+"""The app factory: one Gateway, its /v1 handler, and a Starlette app for health, plugin APIs and the portal."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from edge.asgi import Receive, Scope, Send
+from edge.config import GatewayConfig
+from edge.errors import GatewayError, error_type_for
+from edge.gateway import Gateway
+from edge.handler import V1, new_request_id
+from edge.health import healthz, readyz
+
+log = logging.getLogger("resayil.app")
+PORTAL_DIR = Path(__file__).resolve().parent.parent / "portal_static"
+_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large", 400: "invalid_request"}
+
+
+def error_response(status: int, message: str, code: str | None, headers: dict[str, str] | None = None) -> Response:
+    body = {"error": {"message": message, "type": error_type_for(status), "param": None, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        message = f"Invalid URL ({request.method} {request.url.path})"
+    elif exc.status_code == 405:
+        message = f"Method {request.method} is not allowed on {request.url.path}."
+    else:
+        message = str(exc.detail)
+    return error_response(exc.status_code, message, _CODES.get(exc.status_code), dict(exc.headers or {}))
+
+
+async def _gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    return Response(exc.body_bytes(), status_code=exc.status, media_type="application/json",
+                    headers={k.decode(): v.decode() for k, v in exc.response_headers()})
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    log.error("unexpected error on %s", request.url.path, exc_info=exc)
+    return error_response(500, "The server failed to handle this request; it has been logged.", "server_error")
+
+
+class RequestId:
+    """Pure ASGI: every non-/v1 response carries `x-request-id` too."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = new_request_id()
+        for name, value in scope["headers"]:
+            if name == b"x-request-id" and 0 < len(value) <= 128:
+                request_id = value.decode("latin-1")
+        tag = (b"x-request-id", request_id.encode("latin-1"))
+
+        async def tagged(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), tag]
+            await send(message)
+
+        await self.app(scope, receive, tagged)
+
+
+class EdgeApp:
+    """The ASGI entry point: `/v1` goes to the hot path, everything else to Starlette."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.v1 = V1(gateway)
+        self.web = build_web(gateway)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1"):
+            await self.v1(scope, receive, send)
+        else:
+            await self.web(scope, receive, send)
+
+
+def build_web(gateway: Gateway) -> Any:
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.stop()
+
+    routes: list[BaseRoute] = [Route("/healthz", healthz), Route("/readyz", readyz)]
+    for contributed in gateway.chain.call("resayil_routes", gateway=gateway):
+        for route in contributed:
+            path = getattr(route, "path", "")
+            if not path.startswith("/api/"):
+                raise ValueError(f"plugin routes must live under /api/: {path}")
+            routes.append(route)
+    if PORTAL_DIR.is_dir():
+        routes.append(Mount("/", StaticFiles(directory=PORTAL_DIR, html=True), name="portal"))
+    web = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_error, GatewayError: _gateway_error, Exception: _server_error},
+    )
+    web.state.gateway = gateway
+    return RequestId(web)
+
+
+def create_app(config: GatewayConfig, *, plugins: Iterable[object] = ()) -> EdgeApp:
+    """Build a fresh app (and plugin manager) from a checked config; tests build one per test."""
+    return EdgeApp(Gateway(config, plugins=plugins))
+
+
+def app_from_env() -> EdgeApp:
+    """granian's target: the config named by RESAYIL_CONFIG (or the example), logging set up."""
+    from edge import config as config_module
+    from edge import logs
+
+    config = config_module.load(os.environ.get("RESAYIL_CONFIG"))
+    logs.setup(config.server.log_level)
+    return create_app(config)

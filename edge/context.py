@@ -1,0 +1,118 @@
+"""What travels down the hook chain: the principal, the request context and its usage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge.config import ModelSettings, UpstreamSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling and who pays: set by the first `authenticate` implementation that answers."""
+
+    account_id: int | None
+    user_id: int | None = None
+    tier: str = "basic"
+    key_id: int | None = None
+    scopes: frozenset[str] = frozenset({"read", "write", "delete"})
+    role: str = "user"
+    locale: str = "ar"
+    plan_expires_at: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """A configured upstream, OpenAI-compatible at `base_url`."""
+
+    name: str
+    settings: UpstreamSettings
+
+    @property
+    def kind(self) -> str:
+        return self.settings.kind
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    """A catalogue entry: the public name a client sends, and where it runs."""
+
+    name: str
+    upstream: Upstream
+    settings: ModelSettings
+
+    @property
+    def kind(self) -> str:
+        return "embedding" if self.settings.model_class == "embedding" else "chat"
+
+    @property
+    def upstream_model(self) -> str:
+        return self.settings.upstream_model or self.name
+
+    @property
+    def multiplier(self) -> int:
+        if self.settings.multiplier is not None:
+            return self.settings.multiplier
+        return self.upstream.settings.route_multiplier
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    # "upstream" when the upstream reported it, "estimated" when a cut stream was counted, "none" otherwise.
+    source: str = "none"
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """One /v1 request as the chain sees it. Plugins keep their own per-request state in `extras`."""
+
+    request_id: str
+    method: str
+    path: str
+    endpoint: str
+    headers: dict[str, str]
+    client_ip: str
+    started: float
+    body: bytes = b""
+    payload: dict[str, Any] = field(default_factory=dict)
+    model_name: str | None = None
+    stream: bool = False
+    # The completion budget the client asked for (None: the model's default cap applies).
+    max_tokens: int | None = None
+    principal: Principal | None = None
+    model: Model | None = None
+    # Set by `route`: where the request goes, which model name upstream, and the route label for billing.
+    upstream: Upstream | None = None
+    upstream_model: str | None = None
+    route: str = "local"
+    multiplier: int = 1
+    response_headers: dict[str, str] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+    usage: Usage = field(default_factory=Usage)
+    # Filled while the response runs, read by `settle`.
+    status: int = 0
+    outcome: str = "pending"
+    error_code: str | None = None
+    delivered_chunks: int = 0
+    first_byte_at: float | None = None
+    finished_at: float | None = None
+    body_changed: bool = False
+
+    def set_payload(self, key: str, value: Any) -> None:
+        """Change the body sent upstream (re-serialised once before forwarding)."""
+        self.payload[key] = value
+        self.body_changed = True
+
+    @property
+    def completion_budget(self) -> int:
+        """The completion tokens this request may produce: the client's cap or the model's default."""
+        if self.max_tokens is not None:
+            return self.max_tokens
+        return self.model.settings.max_completion_tokens if self.model else 0

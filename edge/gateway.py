@@ -1,0 +1,111 @@
+"""The gateway object: configuration, the hook chain and the shared pools, opened and closed together.
+
+One Gateway per app instance; plugins get it in `resayil_startup` and keep what they need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import aiohttp
+import pluggy
+import redis.asyncio as aioredis
+
+from edge import defaults
+from edge.chain import Chain, build_manager
+from edge.config import GatewayConfig
+from edge.context import Model, Upstream
+from edge.db import Database, redact
+from edge.proxy import open_session
+
+log = logging.getLogger("resayil.gateway")
+
+
+def catalogue(config: GatewayConfig) -> tuple[dict[str, Upstream], dict[str, Model]]:
+    upstreams = {name: Upstream(name, settings) for name, settings in config.upstreams.items()}
+    hidden = set(config.hidden_models)
+    models = {
+        m.name: Model(m.name, upstreams[m.upstream], m) for m in config.models if m.name not in hidden
+    }
+    return upstreams, models
+
+
+class Gateway:
+    """Holds what every request and plugin shares. Pools open in `start` and close in `stop`."""
+
+    def __init__(self, config: GatewayConfig, *, plugins: Iterable[object] = ()) -> None:
+        self.config = config
+        self.pm: pluggy.PluginManager = build_manager(
+            config, defaults=defaults.default_plugins(config), extra=plugins
+        )
+        self.chain = Chain(self.pm)
+        self.upstreams, self.models = catalogue(config)
+        self.hidden_models = frozenset(config.hidden_models)
+        self.db: Database | None = None
+        self.redis: aioredis.Redis | None = None
+        self.http: aiohttp.ClientSession | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self.started = False
+
+    @property
+    def database(self) -> Database:
+        if self.db is None:
+            raise RuntimeError("the gateway has not started")
+        return self.db
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self.http is None:
+            raise RuntimeError("the gateway has not started")
+        return self.http
+
+    def plugin(self, name: str) -> Any:
+        return self.pm.get_plugin(name)
+
+    async def start(self) -> None:
+        self.db = Database(self.config.database_url)
+        if self.config.redis_url:
+            self.redis = aioredis.Redis.from_url(self.config.redis_url, socket_connect_timeout=2,
+                                                 socket_timeout=5, health_check_interval=30)
+        self.http = open_session(connect_timeout=self.config.timeouts.connect)
+        failures = await self.chain.all("resayil_startup", gateway=self)
+        if failures:
+            await self.stop()
+            raise failures[0]
+        self.started = True
+        log.info("gateway ready", extra={"fields": {"database": redact(self.config.database_url),
+                                                    "plugins": self.plugin_names()}})
+
+    async def stop(self) -> None:
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        await self.chain.all("resayil_shutdown", gateway=self)
+        if self.http is not None:
+            await self.http.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+        if self.db is not None:
+            await self.db.close()
+        self.started = False
+
+    def plugin_names(self) -> list[str]:
+        return [name for name, _ in self.pm.list_name_plugin() if not name.startswith("default.")]
+
+    async def publish(self, name: str, payload: dict[str, Any]) -> None:
+        """Publish a domain event to every `resayil_event` implementation; failures are logged."""
+        await self.chain.all("resayil_event", name=name, payload=payload)
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        """Run work off the request path; `stop` waits for it."""
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def drain(self) -> None:
+        """Wait for background work (tests use it to observe effects deterministically)."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)

@@ -1,0 +1,115 @@
+"""The whole plugin contract. A plugin is a class whose methods carry `@hookimpl` and these names.
+
+Request-path hooks are `async def`; the edge awaits each implementation in pluggy's order (the plugin
+listed first in the config runs first; `tryfirst`/`trylast` are respected). A hook vetoes by raising an
+`edge.errors.GatewayError`, never by returning a magic value.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from starlette.routing import BaseRoute
+
+    from edge.cli import Command
+    from edge.context import Model, Principal, RequestContext
+    from edge.gateway import Gateway
+
+hookspec = pluggy.HookspecMarker("resayil")
+hookimpl = pluggy.HookimplMarker("resayil")
+
+# Hooks the edge awaits; their implementations must be coroutine functions (checked at startup).
+ASYNC_HOOKS = frozenset(
+    {
+        "resayil_startup",
+        "resayil_shutdown",
+        "resayil_authenticate",
+        "resayil_authorize",
+        "resayil_reserve",
+        "resayil_route",
+        "resayil_settle",
+        "resayil_event",
+        "resayil_readiness",
+        "resayil_models",
+    }
+)
+
+
+@hookspec
+async def resayil_startup(gateway: Gateway) -> None:
+    """Open what the plugin owns (clients, tasks) once the shared pools are open. Returns nothing."""
+
+
+@hookspec
+async def resayil_shutdown(gateway: Gateway) -> None:
+    """Close what `resayil_startup` opened. All run; failures are logged. Returns nothing."""
+
+
+@hookspec
+def resayil_routes(gateway: Gateway) -> list[BaseRoute]:
+    """Return Starlette routes for the plugin's JSON API; every path starts with `/api/`."""
+
+
+@hookspec
+def resayil_v1_endpoints(gateway: Gateway) -> dict[tuple[str, str], Any]:
+    """Return extra `/v1` endpoints as `{(METHOD, path): async handler(ctx) -> (status, body)}`.
+
+    They run after authenticate and authorize, like the core endpoints, and are never billed.
+    """
+
+
+@hookspec
+def resayil_migrations() -> str | None:
+    """Return the directory of the plugin's Alembic revisions (their first revision names a branch label)."""
+
+
+@hookspec
+def resayil_commands() -> list[Command]:
+    """Return CLI subcommands for `python -m edge` (for example `create-admin`, `reconcile`)."""
+
+
+@hookspec(firstresult=True)
+async def resayil_authenticate(ctx: RequestContext) -> Principal | None:
+    """Return the caller's Principal, or None to let the next implementation try. First result wins.
+
+    Raise Unauthorized for credentials that are present but wrong. No result at all means 401.
+    """
+
+
+@hookspec
+async def resayil_authorize(ctx: RequestContext) -> None:
+    """Allow the request by returning, refuse it by raising (403, 404, 429...). May add response headers."""
+
+
+@hookspec
+async def resayil_reserve(ctx: RequestContext) -> None:
+    """Hold what the request may cost, or raise (402). May lower the completion budget with ctx.set_payload."""
+
+
+@hookspec
+async def resayil_route(ctx: RequestContext) -> None:
+    """Choose ctx.upstream (and ctx.route, ctx.multiplier) if no earlier implementation did, or raise (503)."""
+
+
+@hookspec
+async def resayil_settle(ctx: RequestContext) -> None:
+    """Turn holds into charges and release what was taken. Runs exactly once whenever reserve ran:
+    after success, client disconnect, upstream failure or cancellation. All run; failures are logged."""
+
+
+@hookspec
+async def resayil_event(name: str, payload: dict[str, Any]) -> None:
+    """React to a domain event (`user.registered`, `credits.low`, ...). All run; failures are logged."""
+
+
+@hookspec
+async def resayil_readiness(gateway: Gateway) -> dict[str, dict[str, Any]] | None:
+    """Return `{part: {"ok": bool, ...}}` for /readyz. Any part not ok makes the gateway not ready."""
+
+
+@hookspec
+async def resayil_models(ctx: RequestContext, models: list[Model]) -> list[Model] | None:
+    """Return the models this caller may see in GET /v1/models (a filtered `models`), or None to keep it."""

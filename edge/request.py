@@ -1,0 +1,101 @@
+"""Parse just enough of an OpenAI request body to route and bill it; the raw bytes are forwarded."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from edge.context import RequestContext
+from edge.errors import BadRequest
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    if not body:
+        raise BadRequest("The request body is empty; send a JSON object.", code="invalid_json")
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise BadRequest("We could not parse the JSON body of your request.", code="invalid_json") from None
+    if not isinstance(payload, dict):
+        raise BadRequest("The request body must be a JSON object.", code="invalid_json")
+    return payload
+
+
+def _model(payload: dict[str, Any]) -> str:
+    model = payload.get("model")
+    if model is None:
+        raise BadRequest("You must provide a model parameter.", code="missing_required_parameter", param="model")
+    if not isinstance(model, str) or not model or len(model) > 200:
+        raise BadRequest("`model` must be a non-empty string.", code="invalid_type", param="model")
+    return model
+
+
+def _positive_int(payload: dict[str, Any], key: str) -> int | None:
+    value = payload.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BadRequest(f"`{key}` must be a whole number of at least 1.", code="invalid_type", param=key)
+    return value
+
+
+def parse_chat(ctx: RequestContext) -> None:
+    payload = parse_json_object(ctx.body)
+    ctx.model_name = _model(payload)
+    messages = payload.get("messages")
+    if messages is None:
+        raise BadRequest("You must provide a messages parameter.", code="missing_required_parameter",
+                         param="messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("`messages` must be a non-empty array.", code="invalid_type", param="messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise BadRequest(f"`messages[{i}]` must be an object with a string `role`.", code="invalid_type",
+                             param=f"messages[{i}]")
+    stream = payload.get("stream", False)
+    if stream is not None and not isinstance(stream, bool):
+        raise BadRequest("`stream` must be true or false.", code="invalid_type", param="stream")
+    options = payload.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise BadRequest("`stream_options` must be an object.", code="invalid_type", param="stream_options")
+    a = _positive_int(payload, "max_completion_tokens")
+    b = _positive_int(payload, "max_tokens")
+    ctx.payload = payload
+    ctx.stream = bool(stream)
+    ctx.max_tokens = a if a is not None else b
+
+
+def parse_embeddings(ctx: RequestContext) -> None:
+    payload = parse_json_object(ctx.body)
+    ctx.model_name = _model(payload)
+    given = payload.get("input")
+    if given is None:
+        raise BadRequest("You must provide an input parameter.", code="missing_required_parameter", param="input")
+    ok = isinstance(given, str) or (
+        isinstance(given, list) and given and all(isinstance(x, (str, list)) for x in given)
+    )
+    if not ok:
+        raise BadRequest("`input` must be a string or a non-empty array of strings.", code="invalid_type",
+                         param="input")
+    ctx.payload = payload
+    ctx.stream = False
+    ctx.max_tokens = 0
+
+
+def text_of(content: Any) -> str:
+    """The text of a message's content: a string, or the text parts of a list."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""
+
+
+def prompt_bytes(payload: dict[str, Any]) -> int:
+    """UTF-8 bytes of the prompt's text (messages for chat, input for embeddings)."""
+    if "messages" in payload:
+        return sum(len(text_of(m.get("content")).encode()) for m in payload["messages"] if isinstance(m, dict))
+    given = payload.get("input")
+    items = given if isinstance(given, list) else [given]
+    return sum(len(x.encode()) if isinstance(x, str) else len(x) for x in items)
