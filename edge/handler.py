@@ -21,7 +21,14 @@ import orjson
 from edge import proxy
 from edge.asgi import ClientGone, Receive, Scope, Send, header_list, read_body, send_bytes, send_error, send_json
 from edge.context import RequestContext, Usage
-from edge.errors import GatewayError, MethodNotAllowed, NotFound, Unauthorized, model_not_found
+from edge.errors import (
+    GatewayError,
+    MethodNotAllowed,
+    NotFound,
+    Unauthorized,
+    UpstreamFailure,
+    model_not_found,
+)
 from edge.gateway import Gateway
 from edge.request import parse_chat, parse_embeddings, prompt_bytes
 from edge.sse import StreamRelay, event
@@ -152,9 +159,19 @@ class V1:
         try:
             await self.chain.each("resayil_reserve", ctx=ctx)
             await self.chain.each("resayil_route", ctx=ctx)
-            if ctx.upstream is None:
-                raise NotFound("No upstream serves this model.", code="model_not_found", param="model")
-            await self._forward(ctx, endpoint, client_send(send))
+            guarded = client_send(send)
+            while True:
+                if ctx.upstream is None:
+                    raise NotFound("No upstream serves this model.", code="model_not_found", param="model")
+                try:
+                    await self._forward(ctx, endpoint, guarded)
+                    break
+                except UpstreamFailure as exc:
+                    if ctx.first_byte_at is not None or not exc.retryable:
+                        raise
+                    if not await self.chain.first("resayil_retry", ctx=ctx, error=exc):
+                        raise
+                    ctx.outcome = "pending"
         except asyncio.CancelledError:
             if ctx.outcome != "client_gone":
                 raise

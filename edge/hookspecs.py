@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
     from edge.cli import Command
     from edge.context import Model, Principal, RequestContext
+    from edge.errors import UpstreamFailure
     from edge.gateway import Gateway
 
 hookspec = pluggy.HookspecMarker("resayil")
@@ -30,6 +31,7 @@ ASYNC_HOOKS = frozenset(
         "resayil_authorize",
         "resayil_reserve",
         "resayil_route",
+        "resayil_retry",
         "resayil_settle",
         "resayil_event",
         "resayil_readiness",
@@ -92,6 +94,14 @@ async def resayil_reserve(ctx: RequestContext) -> None:
 @hookspec
 async def resayil_route(ctx: RequestContext) -> None:
     """Choose ctx.upstream (and ctx.route, ctx.multiplier) if no earlier implementation did, or raise (503)."""
+
+
+@hookspec(firstresult=True)
+async def resayil_retry(ctx: RequestContext, error: UpstreamFailure) -> bool | None:
+    """The upstream failed before anything reached the client. Return True to try again: the
+    implementation has already chosen ctx.upstream (and route, multiplier) for the next attempt and
+    waited any backoff. Return None to let the next implementation decide; no True means `error` is answered.
+    """
 
 
 @hookspec
