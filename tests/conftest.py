@@ -25,7 +25,8 @@ from edge.gateway import Gateway
 
 ROOT = Path(__file__).resolve().parent.parent
 MARIADB = dict(host="127.0.0.1", port=3306, user="root", password="")
-REDIS_URL = "redis://127.0.0.1:6379/9"
+# Each concurrent test run can take its own Redis database (0-15) so runs do not flush each other.
+REDIS_URL = f"redis://127.0.0.1:6379/{int(os.environ.get('RESAYIL_TEST_REDIS_DB', '9'))}"
 REQUIRE = os.environ.get("REQUIRE_SERVICES") == "1"
 
 
