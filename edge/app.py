@@ -28,7 +28,9 @@ PORTAL_DIR = Path(__file__).resolve().parent.parent / "portal_static"
 _CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large", 400: "invalid_request"}
 
 
-def error_response(status: int, message: str, code: str | None, headers: dict[str, str] | None = None) -> Response:
+def error_response(
+    status: int, message: str, code: str | None, headers: dict[str, str] | None = None
+) -> Response:
     body = {"error": {"message": message, "type": error_type_for(status), "param": None, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -46,13 +48,19 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
-    return Response(exc.body_bytes(), status_code=exc.status, media_type="application/json",
-                    headers={k.decode(): v.decode() for k, v in exc.response_headers()})
+    return Response(
+        exc.body_bytes(),
+        status_code=exc.status,
+        media_type="application/json",
+        headers={k.decode(): v.decode() for k, v in exc.response_headers()},
+    )
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
     log.error("unexpected error on %s", request.url.path, exc_info=exc)
-    return error_response(500, "The server failed to handle this request; it has been logged.", "server_error")
+    return error_response(
+        500, "The server failed to handle this request; it has been logged.", "server_error"
+    )
 
 
 class RequestId:
@@ -115,7 +123,11 @@ def build_web(gateway: Gateway) -> Any:
     web = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={HTTPException: _http_error, GatewayError: _gateway_error, Exception: _server_error},
+        exception_handlers={
+            HTTPException: _http_error,
+            GatewayError: _gateway_error,
+            Exception: _server_error,
+        },
     )
     web.state.gateway = gateway
     return RequestId(web)

@@ -39,44 +39,44 @@ class Chain:
     def implementations(self, name: str) -> tuple[str, ...]:
         return tuple(plugin for _, _, plugin in self._impls[name])
 
-    async def first(self, name: str, **kwargs: Any) -> Any:
-        for fn, args, _ in self._impls[name]:
+    async def first(self, hook: str, /, **kwargs: Any) -> Any:
+        for fn, args, _ in self._impls[hook]:
             result = await fn(**{a: kwargs[a] for a in args})
             if result is not None:
                 return result
         return None
 
-    async def each(self, name: str, **kwargs: Any) -> None:
-        for fn, args, _ in self._impls[name]:
+    async def each(self, hook: str, /, **kwargs: Any) -> None:
+        for fn, args, _ in self._impls[hook]:
             await fn(**{a: kwargs[a] for a in args})
 
-    async def all(self, name: str, **kwargs: Any) -> list[BaseException]:
+    async def all(self, hook: str, /, **kwargs: Any) -> list[BaseException]:
         """Run every implementation; log and return failures instead of stopping."""
         failures: list[BaseException] = []
-        for fn, args, plugin in self._impls[name]:
+        for fn, args, plugin in self._impls[hook]:
             try:
                 await fn(**{a: kwargs[a] for a in args})
             except Exception as exc:
-                log.exception("hook %s failed in plugin %s", name, plugin)
+                log.exception("hook %s failed in plugin %s", hook, plugin)
                 failures.append(exc)
         return failures
 
-    async def collect(self, name: str, **kwargs: Any) -> list[Any]:
+    async def collect(self, hook: str, /, **kwargs: Any) -> list[Any]:
         """Run every implementation and return the non-None results; failures are logged and skipped."""
         results = []
-        for fn, args, plugin in self._impls[name]:
+        for fn, args, plugin in self._impls[hook]:
             try:
                 result = await fn(**{a: kwargs[a] for a in args})
             except Exception:
-                log.exception("hook %s failed in plugin %s", name, plugin)
+                log.exception("hook %s failed in plugin %s", hook, plugin)
                 continue
             if result is not None:
                 results.append(result)
         return results
 
-    def call(self, name: str, **kwargs: Any) -> list[Any]:
+    def call(self, hook: str, /, **kwargs: Any) -> list[Any]:
         """A synchronous hook through pluggy itself (routes, migrations, commands)."""
-        return list(getattr(self.pm.hook, name)(**kwargs))
+        return list(getattr(self.pm.hook, hook)(**kwargs))
 
 
 def load_plugin(name: str, module: str | None, settings: dict[str, Any]) -> object:

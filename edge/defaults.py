@@ -76,10 +76,16 @@ class CoreReadiness:
             return {"ok": True, "state": "not_configured", "kind": upstream.kind}
         url = upstream.settings.base_url.rstrip("/") + "/models"
         try:
-            async with gateway.session.get(url, headers=upstream_headers(upstream, "readyz"),
-                                           timeout=aiohttp.ClientTimeout(total=2)) as resp:
+            async with gateway.session.get(
+                url, headers=upstream_headers(upstream, "readyz"), timeout=aiohttp.ClientTimeout(total=2)
+            ) as resp:
                 ok = resp.status < 500
-                return {"ok": ok, "state": "up" if ok else "error", "status": resp.status, "kind": upstream.kind}
+                return {
+                    "ok": ok,
+                    "state": "up" if ok else "error",
+                    "status": resp.status,
+                    "kind": upstream.kind,
+                }
         except (aiohttp.ClientError, OSError, TimeoutError):
             return {"ok": False, "state": "unreachable", "kind": upstream.kind}
 

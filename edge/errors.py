@@ -57,7 +57,12 @@ class GatewayError(Exception):
         self.extra = dict(extra or {})
 
     def body(self) -> dict[str, Any]:
-        error: dict[str, Any] = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
+        error: dict[str, Any] = {
+            "message": self.message,
+            "type": self.type,
+            "param": self.param,
+            "code": self.code,
+        }
         error.update(self.extra)
         return {"error": error}
 
@@ -145,8 +150,9 @@ class UpstreamFailure(GatewayError):
     status = 502
     code = "upstream_error"
 
-    def __init__(self, message: str, *, retryable: bool = False, upstream: str | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, message: str, *, retryable: bool = False, upstream: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(message, **kwargs)
         self.retryable = retryable
         self.upstream = upstream

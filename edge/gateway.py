@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 import aiohttp
@@ -27,9 +27,7 @@ log = logging.getLogger("resayil.gateway")
 def catalogue(config: GatewayConfig) -> tuple[dict[str, Upstream], dict[str, Model]]:
     upstreams = {name: Upstream(name, settings) for name, settings in config.upstreams.items()}
     hidden = set(config.hidden_models)
-    models = {
-        m.name: Model(m.name, upstreams[m.upstream], m) for m in config.models if m.name not in hidden
-    }
+    models = {m.name: Model(m.name, upstreams[m.upstream], m) for m in config.models if m.name not in hidden}
     return upstreams, models
 
 
@@ -68,16 +66,19 @@ class Gateway:
     async def start(self) -> None:
         self.db = Database(self.config.database_url)
         if self.config.redis_url:
-            self.redis = aioredis.Redis.from_url(self.config.redis_url, socket_connect_timeout=2,
-                                                 socket_timeout=5, health_check_interval=30)
+            self.redis = aioredis.Redis.from_url(
+                self.config.redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
+            )
         self.http = open_session(connect_timeout=self.config.timeouts.connect)
         failures = await self.chain.all("resayil_startup", gateway=self)
         if failures:
             await self.stop()
             raise failures[0]
         self.started = True
-        log.info("gateway ready", extra={"fields": {"database": redact(self.config.database_url),
-                                                    "plugins": self.plugin_names()}})
+        log.info(
+            "gateway ready",
+            extra={"fields": {"database": redact(self.config.database_url), "plugins": self.plugin_names()}},
+        )
 
     async def stop(self) -> None:
         if self._background:
@@ -98,9 +99,9 @@ class Gateway:
         """Publish a domain event to every `resayil_event` implementation; failures are logged."""
         await self.chain.all("resayil_event", name=name, payload=payload)
 
-    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run work off the request path; `stop` waits for it."""
-        task = asyncio.ensure_future(coro)
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task

@@ -19,7 +19,17 @@ import aiohttp
 import orjson
 
 from edge import proxy
-from edge.asgi import ClientGone, Receive, Scope, Send, header_list, read_body, send_bytes, send_error, send_json
+from edge.asgi import (
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    header_list,
+    read_body,
+    send_bytes,
+    send_error,
+    send_json,
+)
 from edge.context import RequestContext, Usage
 from edge.errors import (
     GatewayError,
@@ -35,8 +45,11 @@ from edge.sse import StreamRelay, event
 
 log = logging.getLogger("resayil.access")
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-_SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
-                (b"x-accel-buffering", b"no")]
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
 
 Handler = Callable[[RequestContext], Awaitable[tuple[int, Any]]]
 
@@ -63,10 +76,14 @@ class V1:
         self.limit = gateway.config.server.max_body_bytes
         self.timeouts = gateway.config.timeouts
         self.endpoints: dict[str, dict[str, Endpoint]] = {}
-        self._add("/v1/chat/completions", Endpoint("chat", frozenset({"POST"}), parse=parse_chat,
-                                                   upstream_path="/chat/completions"))
-        self._add("/v1/embeddings", Endpoint("embeddings", frozenset({"POST"}), parse=parse_embeddings,
-                                             upstream_path="/embeddings"))
+        self._add(
+            "/v1/chat/completions",
+            Endpoint("chat", frozenset({"POST"}), parse=parse_chat, upstream_path="/chat/completions"),
+        )
+        self._add(
+            "/v1/embeddings",
+            Endpoint("embeddings", frozenset({"POST"}), parse=parse_embeddings, upstream_path="/embeddings"),
+        )
         self._add("/v1/models", Endpoint("models", frozenset({"GET"}), handler=self.list_models))
         for contributed in self.chain.call("resayil_v1_endpoints", gateway=gateway):
             for (method, path), handler in contributed.items():
@@ -85,22 +102,34 @@ class V1:
         method = scope["method"]
         path = scope["path"]
         client = scope.get("client")
-        ctx = RequestContext(request_id=request_id, method=method, path=path, endpoint="",
-                             headers=headers, client_ip=client[0] if client else "", started=time.perf_counter())
+        ctx = RequestContext(
+            request_id=request_id,
+            method=method,
+            path=path,
+            endpoint="",
+            headers=headers,
+            client_ip=client[0] if client else "",
+            started=time.perf_counter(),
+        )
         try:
             routes = self.endpoints.get(path.rstrip("/") if len(path) > 4 else path)
             if routes is None:
                 raise NotFound(f"Invalid URL ({method} {path})", code="unknown_url")
             endpoint = routes.get(method)
             if endpoint is None:
-                raise MethodNotAllowed(f"Method {method} is not allowed on {path}.",
-                                       headers={"allow": ", ".join(sorted(routes))})
+                raise MethodNotAllowed(
+                    f"Method {method} is not allowed on {path}.", headers={"allow": ", ".join(sorted(routes))}
+                )
             ctx.endpoint = endpoint.name
             if method in ("POST", "PUT", "PATCH"):
-                ctx.body = await read_body(receive, limit=self.limit, content_length=headers.get("content-length"))
+                ctx.body = await read_body(
+                    receive, limit=self.limit, content_length=headers.get("content-length")
+                )
             principal = await self.chain.first("resayil_authenticate", ctx=ctx)
             if principal is None:
-                raise Unauthorized("You did not provide a valid API key. Send it as `Authorization: Bearer rsk_...`.")
+                raise Unauthorized(
+                    "You did not provide a valid API key. Send it as `Authorization: Bearer rsk_...`."
+                )
             ctx.principal = principal
             if endpoint.parse is not None:
                 endpoint.parse(ctx)
@@ -146,10 +175,13 @@ class V1:
             kept = await fn(**{a: {"ctx": ctx, "models": models}[a] for a in args})
             if kept is not None:
                 models = [m for m in kept if m.name not in self.gateway.hidden_models]
-        return 200, {"object": "list", "data": [
-            {"id": m.name, "object": "model", "created": 1735689600, "owned_by": m.settings.owned_by}
-            for m in models
-        ]}
+        return 200, {
+            "object": "list",
+            "data": [
+                {"id": m.name, "object": "model", "created": 1735689600, "owned_by": m.settings.owned_by}
+                for m in models
+            ],
+        }
 
     async def _billed(self, ctx: RequestContext, endpoint: Endpoint, receive: Receive, send: Send) -> None:
         """Reserve, route and forward; settle exactly once however it ends."""
@@ -222,9 +254,14 @@ class V1:
         total_deadline = loop.time() + t.total
         resp: aiohttp.ClientResponse | None = None
         try:
-            async with asyncio.timeout(min(total_deadline, loop.time() + t.first_byte)) as deadline:
-                resp = await proxy.post(self.gateway.session, upstream=upstream, path=endpoint.upstream_path,
-                                        body=body, request_id=ctx.request_id)
+            async with asyncio.timeout_at(min(total_deadline, loop.time() + t.first_byte)) as deadline:
+                resp = await proxy.post(
+                    self.gateway.session,
+                    upstream=upstream,
+                    path=endpoint.upstream_path,
+                    body=body,
+                    request_id=ctx.request_id,
+                )
                 if ctx.stream and resp.content_type == "text/event-stream":
                     await self._relay_stream(ctx, resp, send, keep_usage, deadline, total_deadline, loop)
                 else:
@@ -233,13 +270,16 @@ class V1:
             if ctx.first_byte_at is None:
                 ctx.outcome = "upstream_timeout"
                 raise proxy.timed_out(upstream) from None
-            await self._end_stream_with_error(ctx, send, "upstream_timeout",
-                                              "The upstream stopped sending within the time limit.")
+            await self._end_stream_with_error(
+                ctx, send, "upstream_timeout", "The upstream stopped sending within the time limit."
+            )
         except (aiohttp.ClientError, OSError):
             if ctx.first_byte_at is None:
                 ctx.outcome = "upstream_error"
                 raise proxy.unreachable(upstream) from None
-            await self._end_stream_with_error(ctx, send, "upstream_error", "The upstream connection was lost.")
+            await self._end_stream_with_error(
+                ctx, send, "upstream_error", "The upstream connection was lost."
+            )
         except GatewayError:
             ctx.outcome = "upstream_error"
             raise
@@ -255,8 +295,9 @@ class V1:
             parsed = None
         usage = parsed.get("usage") if isinstance(parsed, dict) else None
         if isinstance(usage, dict):
-            ctx.usage = Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0),
-                              "upstream")
+            ctx.usage = Usage(
+                int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0), "upstream"
+            )
         elif parsed is not None:
             ctx.usage = estimate(ctx, _completion_text_chunks(parsed))
         ctx.first_byte_at = time.perf_counter()
@@ -265,9 +306,16 @@ class V1:
         ctx.delivered_chunks = 1
         ctx.outcome = "ok"
 
-    async def _relay_stream(self, ctx: RequestContext, resp: aiohttp.ClientResponse, send: Send,
-                            keep_usage: bool, deadline: asyncio.Timeout, total_deadline: float,
-                            loop: asyncio.AbstractEventLoop) -> None:
+    async def _relay_stream(
+        self,
+        ctx: RequestContext,
+        resp: aiohttp.ClientResponse,
+        send: Send,
+        keep_usage: bool,
+        deadline: asyncio.Timeout,
+        total_deadline: float,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
         relay = StreamRelay(keep_usage=keep_usage)
         idle = self.timeouts.idle
         started = False
@@ -278,8 +326,13 @@ class V1:
                 if out:
                     if not started:
                         ctx.status = 200
-                        await send({"type": "http.response.start", "status": 200,
-                                    "headers": [*_SSE_HEADERS, *self._headers(ctx)]})
+                        await send(
+                            {
+                                "type": "http.response.start",
+                                "status": 200,
+                                "headers": [*_SSE_HEADERS, *self._headers(ctx)],
+                            }
+                        )
                         started = True
                         ctx.first_byte_at = time.perf_counter()
                     await send({"type": "http.response.body", "body": out, "more_body": True})
@@ -292,7 +345,9 @@ class V1:
             ctx.outcome = "upstream_error"
             if not started:
                 raise GatewayError(relay.error["message"], status=502, code="upstream_error")
-            await send({"type": "http.response.body", "body": event({"error": relay.error}), "more_body": False})
+            await send(
+                {"type": "http.response.body", "body": event({"error": relay.error}), "more_body": False}
+            )
             return
         if not relay.done:
             raise aiohttp.ClientPayloadError("stream ended without [DONE]")
@@ -308,17 +363,32 @@ class V1:
         if not log.isEnabledFor(logging.INFO):
             return
         principal = ctx.principal
-        log.info("request", extra={"fields": {
-            "request_id": ctx.request_id, "method": ctx.method, "path": ctx.path,
-            "account": principal.account_id if principal else None,
-            "key": principal.key_id if principal else None, "model": ctx.model_name,
-            "upstream": ctx.upstream.name if ctx.upstream else None, "route": ctx.route if ctx.upstream else None,
-            "status": ctx.status, "outcome": ctx.outcome, "error": ctx.error_code,
-            "prompt_tokens": ctx.usage.prompt_tokens, "completion_tokens": ctx.usage.completion_tokens,
-            "usage_source": ctx.usage.source, "stream": ctx.stream,
-            "latency_ms": round((time.perf_counter() - ctx.started) * 1000, 2),
-            "ttfb_ms": round((ctx.first_byte_at - ctx.started) * 1000, 2) if ctx.first_byte_at else None,
-        }})
+        log.info(
+            "request",
+            extra={
+                "fields": {
+                    "request_id": ctx.request_id,
+                    "method": ctx.method,
+                    "path": ctx.path,
+                    "account": principal.account_id if principal else None,
+                    "key": principal.key_id if principal else None,
+                    "model": ctx.model_name,
+                    "upstream": ctx.upstream.name if ctx.upstream else None,
+                    "route": ctx.route if ctx.upstream else None,
+                    "status": ctx.status,
+                    "outcome": ctx.outcome,
+                    "error": ctx.error_code,
+                    "prompt_tokens": ctx.usage.prompt_tokens,
+                    "completion_tokens": ctx.usage.completion_tokens,
+                    "usage_source": ctx.usage.source,
+                    "stream": ctx.stream,
+                    "latency_ms": round((time.perf_counter() - ctx.started) * 1000, 2),
+                    "ttfb_ms": round((ctx.first_byte_at - ctx.started) * 1000, 2)
+                    if ctx.first_byte_at
+                    else None,
+                }
+            },
+        )
 
 
 def estimate(ctx: RequestContext, completion_chunks: int) -> Usage:

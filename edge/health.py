@@ -19,5 +19,10 @@ async def readyz(request: Request) -> Response:
     parts: dict[str, Any] = {}
     for result in await gateway.chain.collect("resayil_readiness", gateway=gateway):
         parts.update(result)
-    ready = all(part.get("ok", False) for part in parts.values())
-    return JSONResponse({"status": "ready" if ready else "not_ready", "parts": parts}, status_code=200 if ready else 503)
+    # Every core part must answer; of the upstreams one is enough, since the others can take the traffic.
+    upstreams = [part.get("ok", False) for name, part in parts.items() if name.startswith("upstream:")]
+    core = [part.get("ok", False) for name, part in parts.items() if not name.startswith("upstream:")]
+    ready = all(core) and (any(upstreams) or not upstreams)
+    return JSONResponse(
+        {"status": "ready" if ready else "not_ready", "parts": parts}, status_code=200 if ready else 503
+    )

@@ -46,34 +46,54 @@ def map_status(upstream: Upstream, status: int, body: bytes, retry_after: str | 
     message = _upstream_message(body)
     name = upstream.name
     if status in (401, 403):
-        return UpstreamFailure(f"The upstream {name} refused the gateway's credentials.", upstream=name,
-                               code="upstream_auth_failed")
+        return UpstreamFailure(
+            f"The upstream {name} refused the gateway's credentials.",
+            upstream=name,
+            code="upstream_auth_failed",
+        )
     if status == 404:
-        return NotFound(f"The model is not available on the upstream: {message}", code="model_not_found",
-                        param="model")
+        return NotFound(
+            f"The model is not available on the upstream: {message}", code="model_not_found", param="model"
+        )
     if status in (429, 503):
         return UpstreamFailure(
             f"The upstream {name} is busy; try again shortly.",
-            status=503, code="upstream_busy", upstream=name, retryable=status == 503,
+            status=503,
+            code="upstream_busy",
+            upstream=name,
+            retryable=status == 503,
             headers={"retry-after": retry_after if retry_after and retry_after.isdigit() else "1"},
         )
     if status in _RETYPE:
-        return GatewayError(f"The upstream rejected the request: {message}", status=status,
-                            code="upstream_rejected", type=_RETYPE[status])
+        return GatewayError(
+            f"The upstream rejected the request: {message}",
+            status=status,
+            code="upstream_rejected",
+            type=_RETYPE[status],
+        )
     if 400 <= status < 500:
-        return GatewayError(f"The upstream rejected the request: {message}", status=400,
-                            code="upstream_rejected")
+        return GatewayError(
+            f"The upstream rejected the request: {message}", status=400, code="upstream_rejected"
+        )
     return UpstreamFailure(f"The upstream {name} failed: {message}", upstream=name, retryable=True)
 
 
 def unreachable(upstream: Upstream) -> UpstreamFailure:
-    return UpstreamFailure(f"The upstream {upstream.name} cannot be reached.", upstream=upstream.name,
-                           code="upstream_unreachable", retryable=True)
+    return UpstreamFailure(
+        f"The upstream {upstream.name} cannot be reached.",
+        upstream=upstream.name,
+        code="upstream_unreachable",
+        retryable=True,
+    )
 
 
 def timed_out(upstream: Upstream) -> UpstreamFailure:
-    return UpstreamFailure(f"The upstream {upstream.name} did not answer in time.", status=504,
-                           upstream=upstream.name, code="upstream_timeout")
+    return UpstreamFailure(
+        f"The upstream {upstream.name} did not answer in time.",
+        status=504,
+        upstream=upstream.name,
+        code="upstream_timeout",
+    )
 
 
 async def post(

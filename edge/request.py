@@ -25,7 +25,9 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
 def _model(payload: dict[str, Any]) -> str:
     model = payload.get("model")
     if model is None:
-        raise BadRequest("You must provide a model parameter.", code="missing_required_parameter", param="model")
+        raise BadRequest(
+            "You must provide a model parameter.", code="missing_required_parameter", param="model"
+        )
     if not isinstance(model, str) or not model or len(model) > 200:
         raise BadRequest("`model` must be a non-empty string.", code="invalid_type", param="model")
     return model
@@ -45,14 +47,18 @@ def parse_chat(ctx: RequestContext) -> None:
     ctx.model_name = _model(payload)
     messages = payload.get("messages")
     if messages is None:
-        raise BadRequest("You must provide a messages parameter.", code="missing_required_parameter",
-                         param="messages")
+        raise BadRequest(
+            "You must provide a messages parameter.", code="missing_required_parameter", param="messages"
+        )
     if not isinstance(messages, list) or not messages:
         raise BadRequest("`messages` must be a non-empty array.", code="invalid_type", param="messages")
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise BadRequest(f"`messages[{i}]` must be an object with a string `role`.", code="invalid_type",
-                             param=f"messages[{i}]")
+            raise BadRequest(
+                f"`messages[{i}]` must be an object with a string `role`.",
+                code="invalid_type",
+                param=f"messages[{i}]",
+            )
     stream = payload.get("stream", False)
     if stream is not None and not isinstance(stream, bool):
         raise BadRequest("`stream` must be true or false.", code="invalid_type", param="stream")
@@ -71,13 +77,16 @@ def parse_embeddings(ctx: RequestContext) -> None:
     ctx.model_name = _model(payload)
     given = payload.get("input")
     if given is None:
-        raise BadRequest("You must provide an input parameter.", code="missing_required_parameter", param="input")
+        raise BadRequest(
+            "You must provide an input parameter.", code="missing_required_parameter", param="input"
+        )
     ok = isinstance(given, str) or (
         isinstance(given, list) and given and all(isinstance(x, (str, list)) for x in given)
     )
     if not ok:
-        raise BadRequest("`input` must be a string or a non-empty array of strings.", code="invalid_type",
-                         param="input")
+        raise BadRequest(
+            "`input` must be a string or a non-empty array of strings.", code="invalid_type", param="input"
+        )
     ctx.payload = payload
     ctx.stream = False
     ctx.max_tokens = 0
@@ -88,14 +97,19 @@ def text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+        return "".join(
+            p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
+        )
     return ""
 
 
 def prompt_bytes(payload: dict[str, Any]) -> int:
     """UTF-8 bytes of the prompt's text (messages for chat, input for embeddings)."""
     if "messages" in payload:
-        return sum(len(text_of(m.get("content")).encode()) for m in payload["messages"] if isinstance(m, dict))
+        return sum(
+            len(text_of(m.get("content")).encode()) for m in payload["messages"] if isinstance(m, dict)
+        )
     given = payload.get("input")
     items = given if isinstance(given, list) else [given]
-    return sum(len(x.encode()) if isinstance(x, str) else len(x) for x in items)
+    # Token-id arrays count one per id; text counts its UTF-8 bytes.
+    return sum(len(x.encode()) if isinstance(x, str) else len(x) if isinstance(x, list) else 0 for x in items)

@@ -65,8 +65,12 @@ class StreamRelay:
         try:
             obj = orjson.loads(data)
         except orjson.JSONDecodeError:
-            self.error = {"message": "The upstream sent a malformed event.", "type": "server_error",
-                          "param": None, "code": "upstream_error"}
+            self.error = {
+                "message": "The upstream sent a malformed event.",
+                "type": "server_error",
+                "param": None,
+                "code": "upstream_error",
+            }
             return None, 0
         if not isinstance(obj, dict):
             return raw, 0
@@ -84,8 +88,12 @@ class StreamRelay:
         if not choices:
             return (raw if self.keep_usage else None), 0
         delta = choices[0].get("delta") if isinstance(choices[0], dict) else None
-        counted = 1 if isinstance(delta, dict) and (delta.get("content") or delta.get("tool_calls")
-                                                    or delta.get("reasoning")) else 0
+        counted = (
+            1
+            if isinstance(delta, dict)
+            and (delta.get("content") or delta.get("tool_calls") or delta.get("reasoning"))
+            else 0
+        )
         return raw, counted
 
 

@@ -52,6 +52,7 @@ def need(service: str, host: str, port: int) -> None:
 
 # ---- databases -------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("template") / "template.db"
@@ -118,6 +119,7 @@ def redis_url() -> str:
 
 # ---- upstream fakes --------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 async def ollama() -> AsyncIterator[Any]:
     from tests.fakes.ollama import FakeSettings, run_fake
@@ -136,9 +138,16 @@ async def cloud() -> AsyncIterator[Any]:
 
 # ---- config and a served gateway -------------------------------------------------------------------------
 
-def base_config(*, ollama_url: str, cloud_url: str = "http://127.0.0.1:9", database_url: str,
-                redis_url: str | None = None, plugins: list[dict[str, Any]] | None = None,
-                **server: Any) -> dict[str, Any]:
+
+def base_config(
+    *,
+    ollama_url: str,
+    cloud_url: str = "http://127.0.0.1:9",
+    database_url: str,
+    redis_url: str | None = None,
+    plugins: list[dict[str, Any]] | None = None,
+    **server: Any,
+) -> dict[str, Any]:
     """The example config's shape, pointed at the test's fakes and databases."""
     return {
         "server": {"public_url": "https://portal.example.test", **server},
@@ -150,15 +159,32 @@ def base_config(*, ollama_url: str, cloud_url: str = "http://127.0.0.1:9", datab
             "cloud": {"kind": "cloud", "base_url": f"{cloud_url}/v1", "api_key": "cloud-test-key"},
         },
         "models": [
-            {"name": "llama3.2:3b", "upstream": "ollama", "class": "local-small", "max_completion_tokens": 64,
-             "fallback": "deepseek-v3.1:671b-cloud"},
-            {"name": "qwen2.5-coder:14b", "upstream": "ollama", "class": "local-medium",
-             "fallback": "deepseek-v3.1:671b-cloud"},
-            {"name": "qwen3:30b", "upstream": "ollama", "class": "local-large",
-             "fallback": "deepseek-v3.1:671b-cloud"},
+            {
+                "name": "llama3.2:3b",
+                "upstream": "ollama",
+                "class": "local-small",
+                "max_completion_tokens": 64,
+                "fallback": "deepseek-v3.1:671b-cloud",
+            },
+            {
+                "name": "qwen2.5-coder:14b",
+                "upstream": "ollama",
+                "class": "local-medium",
+                "fallback": "deepseek-v3.1:671b-cloud",
+            },
+            {
+                "name": "qwen3:30b",
+                "upstream": "ollama",
+                "class": "local-large",
+                "fallback": "deepseek-v3.1:671b-cloud",
+            },
             {"name": "deepseek-v3.1:671b-cloud", "upstream": "cloud", "class": "cloud"},
-            {"name": "qwen3-embedding:0.6b", "upstream": "ollama", "class": "embedding",
-             "max_completion_tokens": 1},
+            {
+                "name": "qwen3-embedding:0.6b",
+                "upstream": "ollama",
+                "class": "embedding",
+                "max_completion_tokens": 1,
+            },
         ],
         "hidden_models": ["glm-4.7-flash", "bge-m3", "nomic-embed-text"],
         "tiers": TIERS,
@@ -167,14 +193,34 @@ def base_config(*, ollama_url: str, cloud_url: str = "http://127.0.0.1:9", datab
 
 
 TIERS: dict[str, Any] = {
-    "basic": {"label_ar": "أساسي", "label_en": "Basic", "price_fils": 2500, "monthly_credits": 1000,
-              "requests_per_minute": 10, "model_classes": ["local-small", "local-medium", "embedding"]},
-    "pro": {"label_ar": "احترافي", "label_en": "Pro", "price_fils": 7500, "monthly_credits": 5000,
-            "requests_per_minute": 30, "cloud": True, "priority": 1,
-            "model_classes": ["local-small", "local-medium", "local-large", "cloud", "embedding"]},
-    "enterprise": {"label_ar": "مؤسسات", "label_en": "Enterprise", "price_fils": 25000,
-                   "monthly_credits": 20000, "requests_per_minute": 60, "cloud": True, "priority": 2,
-                   "model_classes": ["local-small", "local-medium", "local-large", "cloud", "embedding"]},
+    "basic": {
+        "label_ar": "أساسي",
+        "label_en": "Basic",
+        "price_fils": 2500,
+        "monthly_credits": 1000,
+        "requests_per_minute": 10,
+        "model_classes": ["local-small", "local-medium", "embedding"],
+    },
+    "pro": {
+        "label_ar": "احترافي",
+        "label_en": "Pro",
+        "price_fils": 7500,
+        "monthly_credits": 5000,
+        "requests_per_minute": 30,
+        "cloud": True,
+        "priority": 1,
+        "model_classes": ["local-small", "local-medium", "local-large", "cloud", "embedding"],
+    },
+    "enterprise": {
+        "label_ar": "مؤسسات",
+        "label_en": "Enterprise",
+        "price_fils": 25000,
+        "monthly_credits": 20000,
+        "requests_per_minute": 60,
+        "cloud": True,
+        "priority": 2,
+        "model_classes": ["local-small", "local-medium", "local-large", "cloud", "embedding"],
+    },
 }
 
 
