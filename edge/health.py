@@ -20,7 +20,11 @@ async def readyz(request: Request) -> Response:
     for result in await gateway.chain.collect("resayil_readiness", gateway=gateway):
         parts.update(result)
     # Every core part must answer; of the upstreams one is enough, since the others can take the traffic.
-    upstreams = [part.get("ok", False) for name, part in parts.items() if name.startswith("upstream:")]
+    upstreams = [
+        part.get("ok", False)
+        for name, part in parts.items()
+        if name.startswith("upstream:") and part.get("state") != "not_configured"
+    ]
     core = [part.get("ok", False) for name, part in parts.items() if not name.startswith("upstream:")]
     ready = all(core) and (any(upstreams) or not upstreams)
     return JSONResponse(
