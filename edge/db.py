@@ -17,7 +17,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-_SAFE_URL = re.compile(r"//([^:/@]+):([^@]+)@")
+_SAFE_URL = re.compile(r"//([^:/@]*):([^@]+)@")
 
 
 def redact(url: str) -> str:
