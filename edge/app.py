@@ -28,9 +28,7 @@ PORTAL_DIR = Path(__file__).resolve().parent.parent / "portal_static"
 _CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large", 400: "invalid_request"}
 
 
-def error_response(
-    status: int, message: str, code: str | None, headers: dict[str, str] | None = None
-) -> Response:
+def error_response(status: int, message: str, code: str | None, headers: dict[str, str] | None = None) -> Response:
     body = {"error": {"message": message, "type": error_type_for(status), "param": None, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -58,9 +56,7 @@ async def _gateway_error(request: Request, exc: Exception) -> Response:
 
 async def _server_error(request: Request, exc: Exception) -> Response:
     log.error("unexpected error on %s", request.url.path, exc_info=exc)
-    return error_response(
-        500, "The server failed to handle this request; it has been logged.", "server_error"
-    )
+    return error_response(500, "The server failed to handle this request; it has been logged.", "server_error")
 
 
 class RequestId:

@@ -32,9 +32,7 @@ class Chain:
         for name in hookspecs.ASYNC_HOOKS:
             caller = getattr(pm.hook, name)
             ordered = reversed(caller.get_hookimpls())
-            self._impls[name] = tuple(
-                (impl.function, tuple(impl.argnames), impl.plugin_name) for impl in ordered
-            )
+            self._impls[name] = tuple((impl.function, tuple(impl.argnames), impl.plugin_name) for impl in ordered)
 
     def implementations(self, name: str) -> tuple[str, ...]:
         return tuple(plugin for _, _, plugin in self._impls[name])

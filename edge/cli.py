@@ -66,14 +66,11 @@ def cmd_serve(config: GatewayConfig, args: argparse.Namespace) -> int:
 
     workers = args.workers or config.server.workers
     if workers > 1 and not config.redis_url:
-        raise ConfigError(
-            "--workers: more than one worker needs shared state; set redis_url (RESAYIL_REDIS_URL)"
-        )
+        raise ConfigError("--workers: more than one worker needs shared state; set redis_url (RESAYIL_REDIS_URL)")
     missing = migrate.pending(config.database_url, version_locations(config))
     if missing:
         raise ConfigError(
-            f"database_url: the database needs migrating ({len(missing)} heads behind); "
-            "run `python -m edge migrate`"
+            f"database_url: the database needs migrating ({len(missing)} heads behind); run `python -m edge migrate`"
         )
     version_locations(config)
     server = Server(
@@ -103,9 +100,7 @@ async def run_plugin_command(config: GatewayConfig, command: Command, args: argp
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edge", description="Resayil LLM gateway")
-    parser.add_argument(
-        "--config", help="config file (default: RESAYIL_CONFIG or config/gateway.example.yaml)"
-    )
+    parser.add_argument("--config", help="config file (default: RESAYIL_CONFIG or config/gateway.example.yaml)")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve the gateway and portal with granian")
     serve.add_argument("--workers", type=int, default=None)

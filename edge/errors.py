@@ -150,9 +150,7 @@ class UpstreamFailure(GatewayError):
     status = 502
     code = "upstream_error"
 
-    def __init__(
-        self, message: str, *, retryable: bool = False, upstream: str | None = None, **kwargs: Any
-    ) -> None:
+    def __init__(self, message: str, *, retryable: bool = False, upstream: str | None = None, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         self.retryable = retryable
         self.upstream = upstream

@@ -36,9 +36,7 @@ class Gateway:
 
     def __init__(self, config: GatewayConfig, *, plugins: Iterable[object] = ()) -> None:
         self.config = config
-        self.pm: pluggy.PluginManager = build_manager(
-            config, defaults=defaults.default_plugins(config), extra=plugins
-        )
+        self.pm: pluggy.PluginManager = build_manager(config, defaults=defaults.default_plugins(config), extra=plugins)
         self.chain = Chain(self.pm)
         self.upstreams, self.models = catalogue(config)
         self.hidden_models = frozenset(config.hidden_models)

@@ -122,14 +122,10 @@ class V1:
                 )
             ctx.endpoint = endpoint.name
             if method in ("POST", "PUT", "PATCH"):
-                ctx.body = await read_body(
-                    receive, limit=self.limit, content_length=headers.get("content-length")
-                )
+                ctx.body = await read_body(receive, limit=self.limit, content_length=headers.get("content-length"))
             principal = await self.chain.first("resayil_authenticate", ctx=ctx)
             if principal is None:
-                raise Unauthorized(
-                    "You did not provide a valid API key. Send it as `Authorization: Bearer rsk_...`."
-                )
+                raise Unauthorized("You did not provide a valid API key. Send it as `Authorization: Bearer rsk_...`.")
             ctx.principal = principal
             if endpoint.parse is not None:
                 endpoint.parse(ctx)
@@ -277,9 +273,7 @@ class V1:
             if ctx.first_byte_at is None:
                 ctx.outcome = "upstream_error"
                 raise proxy.unreachable(upstream) from None
-            await self._end_stream_with_error(
-                ctx, send, "upstream_error", "The upstream connection was lost."
-            )
+            await self._end_stream_with_error(ctx, send, "upstream_error", "The upstream connection was lost.")
         except GatewayError:
             ctx.outcome = "upstream_error"
             raise
@@ -345,9 +339,7 @@ class V1:
             ctx.outcome = "upstream_error"
             if not started:
                 raise GatewayError(relay.error["message"], status=502, code="upstream_error")
-            await send(
-                {"type": "http.response.body", "body": event({"error": relay.error}), "more_body": False}
-            )
+            await send({"type": "http.response.body", "body": event({"error": relay.error}), "more_body": False})
             return
         if not relay.done:
             raise aiohttp.ClientPayloadError("stream ended without [DONE]")
@@ -383,9 +375,7 @@ class V1:
                     "usage_source": ctx.usage.source,
                     "stream": ctx.stream,
                     "latency_ms": round((time.perf_counter() - ctx.started) * 1000, 2),
-                    "ttfb_ms": round((ctx.first_byte_at - ctx.started) * 1000, 2)
-                    if ctx.first_byte_at
-                    else None,
+                    "ttfb_ms": round((ctx.first_byte_at - ctx.started) * 1000, 2) if ctx.first_byte_at else None,
                 }
             },
         )

@@ -52,9 +52,7 @@ def map_status(upstream: Upstream, status: int, body: bytes, retry_after: str | 
             code="upstream_auth_failed",
         )
     if status == 404:
-        return NotFound(
-            f"The model is not available on the upstream: {message}", code="model_not_found", param="model"
-        )
+        return NotFound(f"The model is not available on the upstream: {message}", code="model_not_found", param="model")
     if status in (429, 503):
         return UpstreamFailure(
             f"The upstream {name} is busy; try again shortly.",
@@ -72,9 +70,7 @@ def map_status(upstream: Upstream, status: int, body: bytes, retry_after: str | 
             type=_RETYPE[status],
         )
     if 400 <= status < 500:
-        return GatewayError(
-            f"The upstream rejected the request: {message}", status=400, code="upstream_rejected"
-        )
+        return GatewayError(f"The upstream rejected the request: {message}", status=400, code="upstream_rejected")
     return UpstreamFailure(f"The upstream {name} failed: {message}", upstream=name, retryable=True)
 
 

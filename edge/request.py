@@ -25,9 +25,7 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
 def _model(payload: dict[str, Any]) -> str:
     model = payload.get("model")
     if model is None:
-        raise BadRequest(
-            "You must provide a model parameter.", code="missing_required_parameter", param="model"
-        )
+        raise BadRequest("You must provide a model parameter.", code="missing_required_parameter", param="model")
     if not isinstance(model, str) or not model or len(model) > 200:
         raise BadRequest("`model` must be a non-empty string.", code="invalid_type", param="model")
     return model
@@ -47,9 +45,7 @@ def parse_chat(ctx: RequestContext) -> None:
     ctx.model_name = _model(payload)
     messages = payload.get("messages")
     if messages is None:
-        raise BadRequest(
-            "You must provide a messages parameter.", code="missing_required_parameter", param="messages"
-        )
+        raise BadRequest("You must provide a messages parameter.", code="missing_required_parameter", param="messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("`messages` must be a non-empty array.", code="invalid_type", param="messages")
     for i, message in enumerate(messages):
@@ -77,9 +73,7 @@ def parse_embeddings(ctx: RequestContext) -> None:
     ctx.model_name = _model(payload)
     given = payload.get("input")
     if given is None:
-        raise BadRequest(
-            "You must provide an input parameter.", code="missing_required_parameter", param="input"
-        )
+        raise BadRequest("You must provide an input parameter.", code="missing_required_parameter", param="input")
     ok = isinstance(given, str) or (
         isinstance(given, list) and given and all(isinstance(x, (str, list)) for x in given)
     )
@@ -97,18 +91,14 @@ def text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(
-            p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
-        )
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
     return ""
 
 
 def prompt_bytes(payload: dict[str, Any]) -> int:
     """UTF-8 bytes of the prompt's text (messages for chat, input for embeddings)."""
     if "messages" in payload:
-        return sum(
-            len(text_of(m.get("content")).encode()) for m in payload["messages"] if isinstance(m, dict)
-        )
+        return sum(len(text_of(m.get("content")).encode()) for m in payload["messages"] if isinstance(m, dict))
     given = payload.get("input")
     items = given if isinstance(given, list) else [given]
     # Token-id arrays count one per id; text counts its UTF-8 bytes.

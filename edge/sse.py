@@ -90,8 +90,7 @@ class StreamRelay:
         delta = choices[0].get("delta") if isinstance(choices[0], dict) else None
         counted = (
             1
-            if isinstance(delta, dict)
-            and (delta.get("content") or delta.get("tool_calls") or delta.get("reasoning"))
+            if isinstance(delta, dict) and (delta.get("content") or delta.get("tool_calls") or delta.get("reasoning"))
             else 0
         )
         return raw, counted

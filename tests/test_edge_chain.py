@@ -123,9 +123,7 @@ class Raises:
             raise GatewayError("no route", status=503, code="no_route")
 
 
-async def test_settle_runs_once_when_a_later_reserve_refuses(
-    serve: Any, cfg: dict[str, Any], ollama: Any
-) -> None:
+async def test_settle_runs_once_when_a_later_reserve_refuses(serve: Any, cfg: dict[str, Any], ollama: Any) -> None:
     recorder = Recorder(refuse_reserve=True)
     async with serve(cfg, plugins=[StaticAuth(), recorder]) as gw:
         async with gw.request("POST", "/v1/chat/completions", json=CHAT, headers=auth_headers()) as r:
@@ -227,9 +225,7 @@ async def test_settle_failures_are_collected_and_the_others_still_run(
     assert any("broken" in r.getMessage() for r in caplog.records)
 
 
-async def test_an_unexpected_plugin_error_is_a_json_500_without_a_traceback(
-    serve: Any, cfg: dict[str, Any]
-) -> None:
+async def test_an_unexpected_plugin_error_is_a_json_500_without_a_traceback(serve: Any, cfg: dict[str, Any]) -> None:
     class Buggy:
         name = "buggy"
 

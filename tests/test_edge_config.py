@@ -16,9 +16,7 @@ from edge.settings import ConfigError
 from tests.conftest import ROOT, base_config
 
 
-def run_cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("RESAYIL_")}
     full_env.update(env or {})
     return subprocess.run(
@@ -85,9 +83,7 @@ def test_example_config_defaults_and_environment() -> None:
         (lambda c: c.update(database_url="postgres://x"), "database_url: must start with"),
         (lambda c: c["plugins"].append({"name": "nope"}), "plugins.nope: no plugin module 'plugins.nope'"),
         (
-            lambda c: c["plugins"].append(
-                {"name": "s", "module": "tests.plugin_samples", "settings": {"colour": 1}}
-            ),
+            lambda c: c["plugins"].append({"name": "s", "module": "tests.plugin_samples", "settings": {"colour": 1}}),
             "plugins.s.settings.colour: unknown key",
         ),
         (
@@ -103,9 +99,7 @@ def test_example_config_defaults_and_environment() -> None:
     ],
 )
 def test_bad_config_stops_with_exit_2_naming_the_key(tmp_path: Path, change: Any, message: str) -> None:
-    cfg = base_config(
-        ollama_url="http://127.0.0.1:11434", database_url=f"sqlite+aiosqlite:///{tmp_path}/x.db"
-    )
+    cfg = base_config(ollama_url="http://127.0.0.1:11434", database_url=f"sqlite+aiosqlite:///{tmp_path}/x.db")
     change(cfg)
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
@@ -118,9 +112,7 @@ def test_bad_config_stops_with_exit_2_naming_the_key(tmp_path: Path, change: Any
 
 
 def test_secret_from_the_environment_is_accepted_and_never_printed(tmp_path: Path) -> None:
-    cfg = base_config(
-        ollama_url="http://127.0.0.1:11434", database_url=f"sqlite+aiosqlite:///{tmp_path}/x.db"
-    )
+    cfg = base_config(ollama_url="http://127.0.0.1:11434", database_url=f"sqlite+aiosqlite:///{tmp_path}/x.db")
     cfg["plugins"].append(
         {
             "name": "n",

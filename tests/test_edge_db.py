@@ -12,8 +12,9 @@ from edge.db import Database, redact
 from tests.conftest import all_version_locations, base_config
 from tests.edge_helpers import StaticAuth
 
-scratch = sa.Table("edge_scratch", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True),
-                   sa.Column("note", sa.String(64)))
+scratch = sa.Table(
+    "edge_scratch", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True), sa.Column("note", sa.String(64))
+)
 
 
 async def test_transactions_commit_and_roll_back_on_both_databases(db_url: str) -> None:

@@ -100,9 +100,7 @@ async def test_unknown_path_is_404_and_wrong_method_405(serve: Any, cfg: dict[st
         assert status == 405 and data["error"]["type"] == "invalid_request_error"
 
 
-async def test_no_authentication_plugin_means_401_for_every_v1_request(
-    serve: Any, cfg: dict[str, Any]
-) -> None:
+async def test_no_authentication_plugin_means_401_for_every_v1_request(serve: Any, cfg: dict[str, Any]) -> None:
     recorder = Recorder()
     async with serve(cfg, plugins=[recorder]) as gw:
         for method, path, body in [
@@ -134,9 +132,7 @@ async def test_wrong_key_is_401_before_the_body_is_judged(serve: Any, cfg: dict[
     assert (status, data["error"]["code"]) == (401, "invalid_api_key")
 
 
-async def test_request_id_is_echoed_when_sane_and_generated_otherwise(
-    serve: Any, cfg: dict[str, Any]
-) -> None:
+async def test_request_id_is_echoed_when_sane_and_generated_otherwise(serve: Any, cfg: dict[str, Any]) -> None:
     async with serve(cfg, plugins=[StaticAuth()]) as gw:
         async with gw.request(
             "POST",

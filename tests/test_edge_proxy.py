@@ -78,9 +78,7 @@ async def test_stream_keeps_the_usage_chunk_when_asked(serve: Any, cfg: dict[str
     assert usage_chunk["choices"] == [] and usage_chunk["usage"]["completion_tokens"] == 5
 
 
-async def test_stream_is_relayed_as_it_arrives_not_buffered(
-    serve: Any, cfg: dict[str, Any], ollama: Any
-) -> None:
+async def test_stream_is_relayed_as_it_arrives_not_buffered(serve: Any, cfg: dict[str, Any], ollama: Any) -> None:
     ollama.settings.chunks = 4
     ollama.settings.chunk_interval = 0.25
     async with serve(cfg, plugins=[StaticAuth()]) as gw:
@@ -140,9 +138,7 @@ async def test_models_lists_the_catalogue_without_hidden_models(serve: Any, cfg:
     assert data["object"] == "list" and "llama3.2:3b" in ids
     assert not {"bge-m3", "glm-4.7-flash", "nomic-embed-text"} & set(ids)
     assert hidden["error"]["code"] == unknown["error"]["code"] == "model_not_found"
-    assert hidden["error"]["message"].replace("bge-m3", "X") == unknown["error"]["message"].replace(
-        "no-such", "X"
-    )
+    assert hidden["error"]["message"].replace("bge-m3", "X") == unknown["error"]["message"].replace("no-such", "X")
 
 
 @pytest.mark.parametrize(
@@ -211,9 +207,7 @@ async def test_first_byte_timeout_is_504(serve: Any, cfg: dict[str, Any], ollama
         assert time.perf_counter() - started < 1.5
 
 
-async def test_idle_timeout_mid_stream_ends_with_an_error_event(
-    serve: Any, cfg: dict[str, Any], ollama: Any
-) -> None:
+async def test_idle_timeout_mid_stream_ends_with_an_error_event(serve: Any, cfg: dict[str, Any], ollama: Any) -> None:
     cfg["timeouts"]["idle"] = 0.3
     ollama.settings.chunks = 3
     ollama.settings.chunk_interval = 1.0
@@ -250,9 +244,7 @@ async def test_upstream_cut_mid_stream_ends_with_an_error_event_and_settles_once
     assert ctx.usage.prompt_tokens > 0
 
 
-async def test_upstream_error_event_mid_stream_is_retyped(
-    serve: Any, cfg: dict[str, Any], ollama: Any
-) -> None:
+async def test_upstream_error_event_mid_stream_is_retyped(serve: Any, cfg: dict[str, Any], ollama: Any) -> None:
     ollama.settings.error_after = 1
     async with serve(cfg, plugins=[StaticAuth()]) as gw:
         async with gw.request(
@@ -271,9 +263,7 @@ async def test_client_disconnect_mid_stream_settles_once_with_what_was_delivered
     ollama.settings.chunk_interval = 0.05
     recorder = Recorder()
     async with serve(cfg, plugins=[StaticAuth(), recorder]) as gw:
-        r = await gw.http.post(
-            gw.url + "/v1/chat/completions", json={**CHAT, "stream": True}, headers=auth_headers()
-        )
+        r = await gw.http.post(gw.url + "/v1/chat/completions", json={**CHAT, "stream": True}, headers=auth_headers())
         got = b""
         while got.count(b"\n\n") < 3:
             got += await r.content.readany()

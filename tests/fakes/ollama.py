@@ -346,9 +346,7 @@ class FakeOllama:
         self._wake()
 
     @contextlib.asynccontextmanager
-    async def _serving(
-        self, request: web.Request, body: JsonObject, model: str, stream: bool
-    ) -> AsyncIterator[None]:
+    async def _serving(self, request: web.Request, body: JsonObject, model: str, stream: bool) -> AsyncIterator[None]:
         self.arrivals += 1
         arrival = self.arrivals
         self._maybe_fail()
@@ -470,9 +468,7 @@ class FakeOllama:
             out["usage"] = gen.usage()
         return out
 
-    async def _v1_stream(
-        self, request: web.Request, gen: _Generation, body: JsonObject
-    ) -> web.StreamResponse:
+    async def _v1_stream(self, request: web.Request, gen: _Generation, body: JsonObject) -> web.StreamResponse:
         fp = f"fp_{self.settings.name}"
         common = b'{"id":"%s","object":"chat.completion.chunk","created":%d,"model":%s' % (
             gen.cid.encode(),
@@ -514,9 +510,7 @@ class FakeOllama:
             if self.settings.latency > 0:
                 await asyncio.sleep(self.settings.latency)
             tokens = sum(_count_tokens(t) for t in texts)
-            data = [
-                {"object": "embedding", "embedding": _embedding(t), "index": i} for i, t in enumerate(texts)
-            ]
+            data = [{"object": "embedding", "embedding": _embedding(t), "index": i} for i, t in enumerate(texts)]
             out: JsonObject = {"object": "list", "data": data, "model": model}
             if not self.settings.missing_usage:
                 out["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
@@ -524,8 +518,7 @@ class FakeOllama:
 
     async def _v1_models(self, request: web.Request) -> web.StreamResponse:
         data = [
-            {"id": m, "object": "model", "created": _MODIFIED_UNIX, "owned_by": "library"}
-            for m in self.settings.models
+            {"id": m, "object": "model", "created": _MODIFIED_UNIX, "owned_by": "library"} for m in self.settings.models
         ]
         return _json_response({"object": "list", "data": data})
 
