@@ -37,5 +37,5 @@ def setup(level: str = "info") -> None:
     handler._resayil = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level.upper())
-    for noisy in ("aiosqlite", "asyncio", "alembic.runtime.migration"):
+    for noisy in ("aiosqlite", "asyncio", "alembic.runtime.migration", "alembic.runtime.plugins"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
