@@ -95,6 +95,8 @@ def fake_ollama_process(*args: str) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 async def until(predicate: object, within: float = 5.0) -> None:
