@@ -1,0 +1,31 @@
+"""UTC-naive timestamps as the database keeps them, and their ISO 8601 / unix forms for APIs."""
+
+from __future__ import annotations
+
+import calendar
+from datetime import UTC, datetime
+
+
+def utcnow() -> datetime:
+    # Whole seconds: MariaDB's DATETIME drops fractions, so both databases then hold the same value.
+    return datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+
+
+def iso(value: datetime | None) -> str | None:
+    return None if value is None else value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def unix(value: datetime | None) -> int | None:
+    return None if value is None else calendar.timegm(value.timetuple())
+
+
+def parse_iso(text: str) -> datetime:
+    """An ISO 8601 instant as UTC-naive; a value without an offset is taken as UTC. Raises ValueError."""
+    parsed = datetime.fromisoformat(text.strip())
+    if parsed.tzinfo is not None:
+        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+    return parsed.replace(microsecond=0)
+
+
+def iso_unix(value: int | None) -> str | None:
+    return None if value is None else iso(datetime.fromtimestamp(value, UTC).replace(tzinfo=None))

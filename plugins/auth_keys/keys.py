@@ -1,0 +1,144 @@
+"""API keys in the database. The secret is shown once; only its SHA-256 and a short prefix are kept."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from edge.context import Principal
+from edge.db import Database
+from plugins.auth_keys.clock import iso, unix, utcnow
+from plugins.auth_keys.tables import accounts, api_keys, users
+
+SECRET_PREFIX = "rsk_"
+# "rsk_" and 8 characters of the random part: enough to tell keys apart, far too little to guess one.
+VISIBLE = len(SECRET_PREFIX) + 8
+
+
+def new_secret() -> str:
+    return SECRET_PREFIX + secrets.token_urlsafe(32)
+
+
+def secret_digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """A live key as the authenticator needs it."""
+
+    principal: Principal
+    expires_at: int | None
+
+
+def key_json(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "name": row.name,
+        "prefix": row.prefix,
+        "scopes": row.scopes.split(","),
+        "created_at": iso(row.created_at),
+        "expires_at": iso(row.expires_at),
+        "last_used_at": iso(row.last_used_at),
+        "revoked_at": iso(row.revoked_at),
+    }
+
+
+_COLUMNS = (
+    api_keys.c.id,
+    api_keys.c.name,
+    api_keys.c.prefix,
+    api_keys.c.scopes,
+    api_keys.c.created_at,
+    api_keys.c.expires_at,
+    api_keys.c.last_used_at,
+    api_keys.c.revoked_at,
+)
+
+
+class KeyStore:
+    def __init__(self, *, database: Database) -> None:
+        self.db = database
+
+    async def create(
+        self, *, account_id: int, user_id: int | None, name: str, scopes: tuple[str, ...], expires_at: datetime | None
+    ) -> tuple[dict[str, Any], str]:
+        """Store a new key; returns its JSON and the secret (the only time the secret exists)."""
+        secret = new_secret()
+        async with self.db.begin() as conn:
+            result = await conn.execute(
+                sa.insert(api_keys).values(
+                    account_id=account_id,
+                    user_id=user_id,
+                    name=name,
+                    prefix=secret[:VISIBLE],
+                    secret_hash=secret_digest(secret),
+                    scopes=",".join(scopes),
+                    created_at=utcnow(),
+                    expires_at=expires_at,
+                )
+            )
+            key_id = int(result.inserted_primary_key[0])  # type: ignore[index]
+            row = (await conn.execute(sa.select(*_COLUMNS).where(api_keys.c.id == key_id))).one()
+        return key_json(row), secret
+
+    async def for_account(self, *, account_id: int) -> list[dict[str, Any]]:
+        query = sa.select(*_COLUMNS).where(api_keys.c.account_id == account_id).order_by(api_keys.c.id.desc())
+        async with self.db.connect() as conn:
+            return [key_json(row) for row in await conn.execute(query)]
+
+    async def revoke(self, *, key_id: int, account_id: int) -> dict[str, Any] | None:
+        """Mark the account's key revoked (idempotent); None when the account has no such key."""
+        mine = sa.and_(api_keys.c.id == key_id, api_keys.c.account_id == account_id)
+        async with self.db.begin() as conn:
+            await conn.execute(
+                sa.update(api_keys).where(mine, api_keys.c.revoked_at.is_(None)).values(revoked_at=utcnow())
+            )
+            row = (await conn.execute(sa.select(*_COLUMNS).where(mine))).first()
+        return None if row is None else key_json(row)
+
+    async def lookup(self, digest: str) -> KeyRecord | None:
+        """The live (not revoked) key with this secret hash, with its account's tier and user's role."""
+        query = (
+            sa.select(
+                api_keys.c.id,
+                api_keys.c.account_id,
+                api_keys.c.user_id,
+                api_keys.c.scopes,
+                api_keys.c.expires_at,
+                accounts.c.tier,
+                accounts.c.plan_expires_at,
+                users.c.role,
+                users.c.locale,
+            )
+            .select_from(
+                api_keys.join(accounts, accounts.c.id == api_keys.c.account_id).outerjoin(
+                    users, users.c.id == api_keys.c.user_id
+                )
+            )
+            .where(api_keys.c.secret_hash == digest, api_keys.c.revoked_at.is_(None))
+        )
+        async with self.db.connect() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            return None
+        principal = Principal(
+            account_id=row.account_id,
+            user_id=row.user_id,
+            tier=row.tier,
+            key_id=row.id,
+            scopes=frozenset(row.scopes.split(",")),
+            role=row.role or "user",
+            locale=row.locale or "ar",
+            plan_expires_at=unix(row.plan_expires_at),
+        )
+        return KeyRecord(principal=principal, expires_at=unix(row.expires_at))
+
+    async def touch(self, *, key_id: int, when: datetime) -> None:
+        async with self.db.begin() as conn:
+            await conn.execute(sa.update(api_keys).where(api_keys.c.id == key_id).values(last_used_at=when))

@@ -1,0 +1,224 @@
+"""The portal's JSON API for accounts and keys: /api/auth/*, /api/me, /api/keys."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from edge.errors import GatewayError, NotFound
+from plugins.auth_keys import inputs
+from plugins.auth_keys.clock import parse_iso, utcnow
+from plugins.auth_keys.guards import check_csrf, optional_session_user, session_user
+from plugins.auth_keys.inputs import FieldError, Form, invalid
+from plugins.auth_keys.sessions import COOKIE_NAME
+from plugins.auth_keys.users import Taken
+
+if TYPE_CHECKING:
+    from plugins.auth_keys import Plugin
+
+NO_STORE = {"cache-control": "no-store"}
+
+
+def build(plugin: Plugin) -> list[BaseRoute]:
+    api = AuthApi(plugin)
+    return [
+        Route("/api/auth/register", api.register, methods=["POST"]),
+        Route("/api/auth/login", api.login, methods=["POST"]),
+        Route("/api/auth/logout", api.logout, methods=["POST"]),
+        Route("/api/me", api.me, methods=["GET"]),
+        Route("/api/me", api.update_me, methods=["PATCH"]),
+        Route("/api/me/password", api.change_password, methods=["POST"]),
+        Route("/api/keys", api.list_keys, methods=["GET"]),
+        Route("/api/keys", api.create_key, methods=["POST"]),
+        Route("/api/keys/{key_id:int}", api.revoke_key, methods=["DELETE"]),
+    ]
+
+
+def client_ip(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
+def wrong_login() -> GatewayError:
+    return GatewayError("The login or the password is not correct.", status=401, code="invalid_credentials")
+
+
+def expiry(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 64:
+        raise FieldError("expires_at_invalid")
+    try:
+        when = parse_iso(value)
+    except ValueError:
+        raise FieldError("expires_at_invalid") from None
+    if when <= utcnow():
+        raise FieldError("expires_at_past")
+    return when
+
+
+class AuthApi:
+    """The route handlers; each reads its body through one size-capped reader."""
+
+    def __init__(self, plugin: Plugin) -> None:
+        self.plugin = plugin
+
+    async def _body(self, request: Request) -> dict[str, Any]:
+        return await inputs.read_json(request, limit=self.plugin.settings.max_body_bytes)
+
+    def _signed_in(self, status: int, user: dict[str, Any], token: str, csrf: str) -> Response:
+        response = JSONResponse({"user": user, "csrf_token": csrf}, status_code=status, headers=NO_STORE)
+        response.set_cookie(
+            COOKIE_NAME,
+            token,
+            max_age=self.plugin.settings.session_absolute_seconds,
+            path="/",
+            secure=self.plugin.secure_cookie,
+            httponly=True,
+            samesite="lax",
+        )
+        return response
+
+    async def _start_session(self, request: Request, *, user_id: int, status: int) -> Response:
+        p = self.plugin
+        token, csrf = await p.sessions.create(
+            user_id=user_id,
+            ip=client_ip(request),
+            user_agent=request.headers.get("user-agent"),
+            replacing=request.cookies.get(COOKIE_NAME),
+        )
+        profile = await p.users.profile(user_id)
+        assert profile is not None
+        return self._signed_in(status, profile, token, csrf)
+
+    async def register(self, request: Request) -> Response:
+        p = self.plugin
+        form = Form(await self._body(request))
+        name = form.take("name", inputs.name)
+        email = form.take("email", inputs.email)
+        phone = form.take("phone", inputs.phone)
+        password = form.take("password", inputs.password)
+        locale = form.take("locale", inputs.locale)
+        for field, code in (await p.users.taken(email=email, phone=phone)).items():
+            form.fail(field, code)
+        form.check()
+        tier = p.settings.registration_tier
+        try:
+            user_id, account_id = await p.users.create(
+                name=name,
+                email=email,
+                phone=phone,
+                password_hash=await p.passwords.hash(password),
+                locale=locale,
+                tier=tier,
+            )
+        except Taken as exc:
+            raise invalid(exc.fields) from None
+        await p.publish_registered(
+            {
+                "user_id": user_id,
+                "account_id": account_id,
+                "name": name,
+                "email": email,
+                "phone": phone,
+                "locale": locale,
+                "tier": tier,
+            }
+        )
+        return await self._start_session(request, user_id=user_id, status=201)
+
+    async def login(self, request: Request) -> Response:
+        p = self.plugin
+        form = Form(await self._body(request))
+        login = form.take("login", inputs.login)
+        password = form.take("password", inputs.given_password)
+        form.check()
+        ip = client_ip(request)
+        await p.throttle.check(login=login, ip=ip)
+        found = await p.users.credentials(login)
+        # Unknown logins are checked against a dummy hash: the same answer, after the same work.
+        if not await p.passwords.verify(found.password_hash if found else None, password):
+            await p.throttle.failed(login=login, ip=ip)
+            raise wrong_login()
+        assert found is not None
+        await p.throttle.succeeded(login=login)
+        if p.passwords.needs_rehash(found.password_hash):
+            await p.users.set_password(user_id=found.id, password_hash=await p.passwords.hash(password))
+        return await self._start_session(request, user_id=found.id, status=200)
+
+    async def logout(self, request: Request) -> Response:
+        user = await optional_session_user(request)
+        if user is not None:
+            check_csrf(request, user)
+            await self.plugin.sessions.end(request.cookies.get(COOKIE_NAME, ""))
+        response = Response(status_code=204, headers=NO_STORE)
+        response.delete_cookie(COOKIE_NAME, path="/", secure=self.plugin.secure_cookie, httponly=True, samesite="lax")
+        return response
+
+    async def me(self, request: Request) -> Response:
+        user = await session_user(request)
+        profile = await self.plugin.users.profile(user.user_id)
+        return JSONResponse({"user": profile, "csrf_token": user.csrf_token}, headers=NO_STORE)
+
+    async def update_me(self, request: Request) -> Response:
+        p = self.plugin
+        user = await session_user(request)
+        data = await self._body(request)
+        form = Form(data)
+        values = {}
+        if "name" in data:
+            values["name"] = form.take("name", inputs.name)
+        if "locale" in data:
+            values["locale"] = form.take("locale", inputs.locale)
+        form.check()
+        await p.users.update(user_id=user.user_id, values=values)
+        if "locale" in values:
+            await p.invalidate_user(user.user_id)
+        return JSONResponse({"user": await p.users.profile(user.user_id)})
+
+    async def change_password(self, request: Request) -> Response:
+        p = self.plugin
+        user = await session_user(request)
+        form = Form(await self._body(request))
+        current = form.take("current_password", inputs.given_password)
+        new = form.take("new_password", inputs.password)
+        form.check()
+        # Guessing the current password here counts against the same allowance as logging in.
+        await p.throttle.check(login=user.email, ip=client_ip(request))
+        if not await p.passwords.verify(await p.users.password_hash(user.user_id), current):
+            await p.throttle.failed(login=user.email, ip=client_ip(request))
+            raise invalid({"current_password": "password_incorrect"})
+        await p.users.set_password(user_id=user.user_id, password_hash=await p.passwords.hash(new))
+        ended = await p.sessions.end_others(user_id=user.user_id, keep_session_id=user.session_id)
+        return JSONResponse({"ok": True, "sessions_ended": ended})
+
+    async def list_keys(self, request: Request) -> Response:
+        user = await session_user(request)
+        return JSONResponse({"object": "list", "data": await self.plugin.keys.for_account(account_id=user.account_id)})
+
+    async def create_key(self, request: Request) -> Response:
+        user = await session_user(request)
+        form = Form(await self._body(request))
+        name = form.take("name", inputs.name)
+        scopes = form.take("scopes", inputs.scopes)
+        expires_at = form.take("expires_at", expiry)
+        form.check()
+        key, secret = await self.plugin.keys.create(
+            account_id=user.account_id, user_id=user.user_id, name=name, scopes=scopes, expires_at=expires_at
+        )
+        return JSONResponse({"key": key, "secret": secret}, status_code=201, headers=NO_STORE)
+
+    async def revoke_key(self, request: Request) -> Response:
+        user = await session_user(request)
+        key_id = int(request.path_params["key_id"])
+        # Another account's key answers exactly like a key that does not exist.
+        key = None
+        if key_id < 2**63:
+            key = await self.plugin.keys.revoke(key_id=key_id, account_id=user.account_id)
+        if key is None:
+            raise NotFound("There is no API key with this id.", code="key_not_found")
+        await self.plugin.invalidate_key(key_id)
+        return JSONResponse({"key": key})

@@ -1,0 +1,236 @@
+"""Registration: normalised and unique email and phone, Argon2id, an account on Basic, a session, events,
+and clean 422/413 answers for bad, hostile and oversized input."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+
+from edge.hookspecs import hookimpl
+from plugins.auth_keys.tables import accounts, api_keys, sessions, users
+from tests.auth_helpers import PASSWORD, auth_config, unique_email, unique_phone
+
+
+class Events:
+    name = "events"
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, dict[str, Any]]] = []
+
+    @hookimpl
+    async def resayil_event(self, name: str, payload: dict[str, Any]) -> None:
+        self.seen.append((name, payload))
+
+
+async def post(served: Any, path: str, body: Any, **kwargs: Any) -> tuple[int, Any, Any]:
+    async with served.request("POST", path, json=body, **kwargs) as resp:
+        return resp.status, await resp.json(), resp
+
+
+def form(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "name": "سارة العلي",
+        "email": unique_email(),
+        "phone": unique_phone(),
+        "password": PASSWORD,
+        "locale": "ar",
+    }
+    body.update(overrides)
+    return {k: v for k, v in body.items() if v is not ...}
+
+
+async def user_rows(served: Any) -> list[Any]:
+    async with served.gateway.database.connect() as conn:
+        return list(await conn.execute(sa.select(users)))
+
+
+async def test_register_normalises_creates_a_basic_account_and_logs_in(ollama: Any, db_url: str, serve: Any) -> None:
+    local = f"9{unique_phone()[-7:]}"
+    async with serve(auth_config(ollama, db_url)) as served:
+        status, data, resp = await post(
+            served,
+            "/api/auth/register",
+            form(email="  Sara.Ali+Test@Example.COM ", phone=f"{local[:4]} {local[4:]}", locale="en"),
+        )
+        assert status == 201, data
+        user = data["user"]
+        assert user["email"] == "sara.ali+test@example.com"
+        assert user["phone"] == f"+965{local}"
+        assert (user["name"], user["locale"], user["role"], user["tier"]) == ("سارة العلي", "en", "user", "basic")
+        assert "password" not in orjson.dumps(data).decode() and "hash" not in data["user"]
+
+        set_cookie = resp.headers["Set-Cookie"]
+        attributes = {part.strip().split("=")[0].lower() for part in set_cookie.split(";")}
+        assert {"httponly", "secure", "samesite", "path", "max-age"} <= attributes
+        assert "samesite=lax" in set_cookie.lower()
+        token = resp.cookies["resayil_session"].value
+        headers = {"Cookie": f"resayil_session={token}"}
+        async with served.request("GET", "/api/me", headers=headers) as me:
+            assert me.status == 200
+            assert (await me.json())["user"]["id"] == user["id"]
+
+        async with served.gateway.database.connect() as conn:
+            row = (await conn.execute(sa.select(users).where(users.c.id == user["id"]))).one()
+            account = (await conn.execute(sa.select(accounts).where(accounts.c.id == user["account_id"]))).one()
+            stored_sessions = (await conn.execute(sa.select(sessions.c.id))).scalars().all()
+        assert row.password_hash.startswith("$argon2id$") and PASSWORD not in row.password_hash
+        assert (account.tier, account.plan_expires_at) == ("basic", None)
+        # The database keeps only a digest of the session cookie.
+        assert stored_sessions and token not in stored_sessions
+
+
+async def test_register_publishes_user_registered(ollama: Any, db_url: str, serve: Any) -> None:
+    events = Events()
+    async with serve(auth_config(ollama, db_url), plugins=[events]) as served:
+        status, data, _ = await post(served, "/api/auth/register", form(locale=...))
+        assert status == 201, data
+    assert [name for name, _ in events.seen] == ["user.registered"]
+    payload = events.seen[0][1]
+    assert payload["user_id"] == data["user"]["id"] and payload["account_id"] == data["user"]["account_id"]
+    assert (payload["tier"], payload["locale"], payload["email"]) == ("basic", "ar", data["user"]["email"])
+    assert "password" not in payload
+
+
+async def test_enterprise_registration_also_publishes_enterprise_registered(
+    ollama: Any, db_url: str, serve: Any
+) -> None:
+    events = Events()
+    async with serve(auth_config(ollama, db_url, registration_tier="enterprise"), plugins=[events]) as served:
+        status, data, _ = await post(served, "/api/auth/register", form())
+        assert status == 201 and data["user"]["tier"] == "enterprise"
+    assert [name for name, _ in events.seen] == ["user.registered", "enterprise.registered"]
+
+
+async def test_missing_and_malformed_fields_get_422_with_codes(ollama: Any, db_url: str, serve: Any) -> None:
+    async with serve(auth_config(ollama, db_url)) as served:
+        status, data, _ = await post(served, "/api/auth/register", {})
+        assert status == 422
+        error = data["error"]
+        assert error["type"] == "invalid_request_error" and isinstance(error["message"], str)
+        assert error["fields"] == {
+            "name": "name_required",
+            "email": "email_required",
+            "phone": "phone_required",
+            "password": "password_required",
+        }
+        assert (error["code"], error["param"]) == ("name_required", "name")
+
+        cases = [
+            ({"email": "not-an-email"}, "email", "email_invalid"),
+            ({"email": "a@b"}, "email", "email_invalid"),
+            ({"email": "a..b@example.com"}, "email", "email_invalid"),
+            ({"email": 12345}, "email", "email_invalid"),
+            ({"phone": "12345"}, "phone", "phone_invalid"),
+            ({"phone": "+96501234567"}, "phone", "phone_invalid"),
+            ({"phone": ["+96599887766"]}, "phone", "phone_invalid"),
+            ({"password": "seven77"}, "password", "password_too_short"),
+            ({"password": "p" * 1025}, "password", "password_too_long"),
+            ({"locale": "fr"}, "locale", "locale_invalid"),
+            ({"locale": 1}, "locale", "locale_invalid"),
+            ({"name": "   "}, "name", "name_required"),
+            ({"name": {"first": "x"}}, "name", "name_required"),
+            ({"name": "ن" * 101}, "name", "name_too_long"),
+        ]
+        for override, field, code in cases:
+            status, data, _ = await post(served, "/api/auth/register", form(**override))
+            assert status == 422, (override, data)
+            assert data["error"]["fields"] == {field: code}, override
+            assert data["error"]["code"] == code
+        assert await user_rows(served) == []
+
+
+async def test_email_and_phone_are_unique_after_normalisation(ollama: Any, db_url: str, serve: Any) -> None:
+    async with serve(auth_config(ollama, db_url)) as served:
+        first = form(email="owner@example.com", phone="+965 9876 5432")
+        status, _, _ = await post(served, "/api/auth/register", first)
+        assert status == 201
+        variants = [
+            (form(email="OWNER@Example.com"), {"email": "email_taken"}),
+            # Full-width letters are the same address once NFKC-normalised.
+            (form(email="ＯＷＮＥＲ@example.com"), {"email": "email_taken"}),
+            (form(phone="98765432"), {"phone": "phone_taken"}),
+            (form(phone="0096598765432"), {"phone": "phone_taken"}),
+            (form(phone="٩٨٧٦٥٤٣٢"), {"phone": "phone_taken"}),
+            (form(email="owner@example.com", phone="98765432"), {"email": "email_taken", "phone": "phone_taken"}),
+        ]
+        for body, fields in variants:
+            status, data, _ = await post(served, "/api/auth/register", body)
+            assert status == 422, body
+            assert data["error"]["fields"] == fields
+        assert len(await user_rows(served)) == 1
+
+
+async def test_oversized_and_non_json_bodies(ollama: Any, db_url: str, serve: Any) -> None:
+    async with serve(auth_config(ollama, db_url)) as served:
+        big = orjson.dumps(form(name="x" * (70 * 1024)))
+        async with served.request(
+            "POST", "/api/auth/register", data=big, headers={"Content-Type": "application/json"}
+        ) as resp:
+            assert resp.status == 413
+            assert (await resp.json())["error"]["code"] == "request_too_large"
+
+        async def chunks() -> Any:
+            for _ in range(20):
+                yield b" " * 4096
+
+        # Without a Content-Length the body is counted while it is read.
+        async with served.request(
+            "POST", "/api/auth/register", data=chunks(), headers={"Content-Type": "application/json"}
+        ) as resp:
+            assert resp.status == 413
+
+        for raw in (b"{not json", b"[1, 2]", b'"text"', b'{"name": "\\ud800"}'):
+            async with served.request(
+                "POST", "/api/auth/register", data=raw, headers={"Content-Type": "application/json"}
+            ) as resp:
+                assert resp.status == 422, raw
+                assert (await resp.json())["error"]["code"] == "invalid_json"
+        assert await user_rows(served) == []
+
+
+async def test_sql_looking_confusable_and_long_inputs_are_stored_or_refused_cleanly(
+    ollama: Any, db_url: str, serve: Any
+) -> None:
+    async with serve(auth_config(ollama, db_url)) as served:
+        sql_name = "Robert'); DROP TABLE users;--"
+        status, data, _ = await post(served, "/api/auth/register", form(name=sql_name, email="o'brien+x@example.com"))
+        assert status == 201, data
+        assert (data["user"]["name"], data["user"]["email"]) == (sql_name, "o'brien+x@example.com")
+
+        # Direction overrides and control characters are dropped; Arabic presentation forms and
+        # emoji (4-byte UTF-8) survive as text.
+        status, data, _ = await post(served, "/api/auth/register", form(name="\u202eأحمد\u0000 \u200f🚀 ﻻ"))
+        assert status == 201, data
+        assert data["user"]["name"] == "أحمد \u200f🚀 لا"
+
+        refused = [
+            form(email="аdmin@example.com"),  # Cyrillic а
+            form(email="' OR 1=1 --@example.com"),
+            form(email="x" * 300 + "@example.com"),
+            form(phone="+965 9999 9999; DROP TABLE users"),
+            form(phone="9" * 5000),
+            form(name="a" * 10_000),
+            form(password="p" * 60_000),
+        ]
+        for body in refused:
+            status, data, _ = await post(served, "/api/auth/register", body)
+            assert status == 422, data
+            assert set(data["error"]["fields"]) <= {"email", "phone", "name", "password"}
+        async with served.gateway.database.connect() as conn:
+            assert await conn.scalar(sa.select(sa.func.count()).select_from(users)) == 2
+            assert await conn.scalar(sa.select(sa.func.count()).select_from(api_keys)) == 0
+
+
+async def test_concurrent_registrations_with_one_email_create_one_user(ollama: Any, db_url: str, serve: Any) -> None:
+    async with serve(auth_config(ollama, db_url)) as served:
+        email = unique_email()
+        answers = await asyncio.gather(*(post(served, "/api/auth/register", form(email=email)) for _ in range(6)))
+        statuses = sorted(status for status, _, _ in answers)
+        assert statuses == [201, 422, 422, 422, 422, 422]
+        assert all(data["error"]["fields"] == {"email": "email_taken"} for status, data, _ in answers if status == 422)
+        assert len(await user_rows(served)) == 1
+        async with served.gateway.database.connect() as conn:
+            assert await conn.scalar(sa.select(sa.func.count()).select_from(accounts)) == 1
