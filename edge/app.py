@@ -19,6 +19,7 @@ from starlette.staticfiles import StaticFiles
 from edge.asgi import Receive, Scope, Send
 from edge.config import GatewayConfig
 from edge.errors import GatewayError, error_type_for
+from edge.forwarded import parse_networks, real_client
 from edge.gateway import Gateway
 from edge.handler import V1, new_request_id
 from edge.health import healthz, readyz
@@ -90,8 +91,11 @@ class EdgeApp:
         self.gateway = gateway
         self.v1 = V1(gateway)
         self.web = build_web(gateway)
+        self.proxies = parse_networks(gateway.config.server.trusted_proxies)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.proxies and scope["type"] == "http":
+            real_client(scope, self.proxies)
         if scope["type"] == "http" and scope["path"].startswith("/v1"):
             await self.v1(scope, receive, send)
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ class ServerSettings:
     # Without an authentication plugin every /v1 request is refused; open access is for experiments only.
     open_access: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Reverse proxies (addresses or networks) whose X-Forwarded-For names the real client.
+    trusted_proxies: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -112,6 +115,11 @@ class GatewayConfig:
             raise ConfigError(
                 "server.workers: more than one worker needs shared state; set redis_url (RESAYIL_REDIS_URL)"
             )
+        for i, item in enumerate(self.server.trusted_proxies):
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ConfigError(f"server.trusted_proxies[{i}]: not an address or network: {item!r}") from None
         if self.server.max_body_bytes < 1024:
             raise ConfigError("server.max_body_bytes: must be at least 1024")
         if not self.database_url.startswith(("sqlite+aiosqlite://", "mysql+aiomysql://")):

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from edge.context import RequestContext
+from edge.hookspecs import hookimpl
 from tests.conftest import base_config
 from tests.edge_helpers import CHAT, Recorder, StaticAuth, auth_headers
 
@@ -190,3 +192,24 @@ async def test_portal_is_served_at_the_root(serve: Any, cfg: dict[str, Any]) -> 
         assert r.status == 200
         text = await r.text()
     assert 'dir="rtl"' in text and "/v1" in text
+
+
+async def test_client_address_comes_from_a_trusted_proxy_only(serve: Any, cfg: dict[str, Any]) -> None:
+    seen: list[str] = []
+
+    class Watch:
+        name = "watch"
+
+        @hookimpl
+        async def resayil_authorize(self, ctx: RequestContext) -> None:
+            seen.append(ctx.client_ip)
+
+    spoof = {"X-Forwarded-For": "6.6.6.6, 203.0.113.9"}
+    async with serve(cfg, plugins=[StaticAuth(), Watch()]) as gw:
+        await call(gw, "GET", "/v1/models", headers=auth_headers(**spoof))
+    cfg["server"]["trusted_proxies"] = ["127.0.0.0/8"]
+    async with serve(cfg, plugins=[StaticAuth(), Watch()]) as gw:
+        await call(gw, "GET", "/v1/models", headers=auth_headers(**spoof))
+        await call(gw, "GET", "/v1/models", headers=auth_headers(**{"X-Forwarded-For": "not-an-ip"}))
+    # Untrusted peer: the header is ignored. Trusted: the right-most hop it did not add itself.
+    assert seen == ["127.0.0.1", "203.0.113.9", "127.0.0.1"]

@@ -1,0 +1,363 @@
+"""Credits: an exact, append-only ledger of milli-credits; holds before a request, charges after it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import zoneinfo
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edge.cli import Command
+from edge.context import RequestContext
+from edge.errors import PaymentRequired
+from edge.hookspecs import hookimpl
+from edge.settings import ConfigError
+from plugins.credits import messages, pricing, reports
+from plugins.credits.api import routes
+from plugins.credits.ledger import Change, Ledger
+from plugins.credits.reconcile import arguments, run_reconcile
+from plugins.credits.rows import utcnow
+
+if TYPE_CHECKING:
+    from starlette.routing import BaseRoute
+
+    from edge.gateway import Gateway
+
+log = logging.getLogger("resayil.credits")
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """What `reserve` took for one request (kept in ctx.extras["credits"] until `settle`)."""
+
+    id: str
+    account_id: int
+    amount_milli: int
+    multiplier: int
+    completion_budget: int
+
+
+class Plugin:
+    """Holds the worst case before a request goes upstream, charges what it really cost after, and keeps
+    every balance equal to the sum of its ledger rows. Serves /api/credits, /api/usage and admin credits."""
+
+    @dataclass
+    class Settings:
+        # Below this many completion tokens a lowered budget is not worth sending: refuse with 402 instead.
+        min_completion_tokens: int = 64
+        # credits.low fires when the balance falls below this percentage of the plan's monthly credits.
+        low_balance_percent: int = 20
+        # A hold lives for timeouts.total plus this grace; the sweeper releases it after that.
+        hold_grace_seconds: int = 120
+        sweep_interval_seconds: float = 30.0
+        # The calendar the usage chart and month totals count days in.
+        timezone: str = "Asia/Kuwait"
+        billing_path: str = "/#/billing"
+        chart_days: int = 30
+
+    def __init__(self, settings: Plugin.Settings) -> None:
+        if settings.min_completion_tokens < 1:
+            raise ConfigError("plugins.credits.settings.min_completion_tokens: must be at least 1")
+        if not 0 <= settings.low_balance_percent <= 100:
+            raise ConfigError("plugins.credits.settings.low_balance_percent: must be between 0 and 100")
+        if settings.sweep_interval_seconds <= 0 or settings.hold_grace_seconds < 0:
+            raise ConfigError(
+                "plugins.credits.settings: sweep_interval_seconds and hold_grace_seconds must be positive"
+            )
+        if not 1 <= settings.chart_days <= 366:
+            raise ConfigError("plugins.credits.settings.chart_days: must be between 1 and 366")
+        try:
+            self.tz = zoneinfo.ZoneInfo(settings.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"plugins.credits.settings.timezone: unknown time zone {settings.timezone!r}") from None
+        self.settings = settings
+        self._gateway: Gateway | None = None
+        self._ledger: Ledger | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    @property
+    def gateway(self) -> Gateway:
+        if self._gateway is None:
+            raise RuntimeError("the credits plugin has not started")
+        return self._gateway
+
+    @property
+    def ledger(self) -> Ledger:
+        if self._ledger is None:
+            raise RuntimeError("the credits plugin has not started")
+        return self._ledger
+
+    @property
+    def top_up_url(self) -> str:
+        return self.gateway.config.server.public_url.rstrip("/") + self.settings.billing_path
+
+    # ---- lifecycle -----------------------------------------------------------------------------------------
+
+    @hookimpl
+    async def resayil_startup(self, gateway: Gateway) -> None:
+        """Open the ledger on the shared database and start the sweeper of expired holds."""
+        self._gateway = gateway
+        self._ledger = Ledger(
+            gateway.database,
+            plan_milli=lambda tier: pricing.plan_milli(gateway, tier),
+            low_percent=self.settings.low_balance_percent,
+        )
+        self._sweeper = asyncio.ensure_future(self._sweep_forever())
+
+    @hookimpl
+    async def resayil_shutdown(self, gateway: Gateway) -> None:
+        """Stop the sweeper."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.sweep_interval_seconds)
+            try:
+                await self.ledger.release_expired()
+            except Exception:
+                log.exception("sweeping expired holds failed; trying again next interval")
+
+    @hookimpl
+    def resayil_migrations(self) -> str:
+        """The credits tables' Alembic revisions."""
+        return str(Path(__file__).parent / "migrations")
+
+    @hookimpl
+    def resayil_commands(self) -> list[Command]:
+        """`python -m edge reconcile`: every balance against its ledger and its live holds."""
+        return [
+            Command(
+                "reconcile",
+                "check every balance against its ledger and live holds; exit 1 on any difference",
+                run_reconcile,
+                arguments,
+            )
+        ]
+
+    @hookimpl
+    def resayil_routes(self, gateway: Gateway) -> list[BaseRoute]:
+        """/api/credits, /api/usage, /api/usage.csv and the admin credits endpoints."""
+        return routes(self)
+
+    # ---- the request path ----------------------------------------------------------------------------------
+
+    @hookimpl
+    async def resayil_reserve(self, ctx: RequestContext) -> None:
+        """Hold the request's worst case against the available balance; lower the completion budget to what
+        the balance pays for, or refuse with 402 when not even a useful minimum fits."""
+        principal = ctx.principal
+        if principal is None or principal.account_id is None or ctx.model is None:
+            return  # open access mode: nobody pays
+        account = principal.account_id
+        multiplier = pricing.worst_multiplier(self.gateway, ctx)
+        if multiplier <= 0:
+            return  # a free model (multiplier 0 in the YAML) costs nothing, so there is nothing to hold
+        prompt = pricing.prompt_bound(ctx)
+        budget = ctx.completion_budget
+        expires = utcnow() + timedelta(seconds=self.gateway.config.timeouts.total + self.settings.hold_grace_seconds)
+
+        async def take(completion: int) -> str | None:
+            amount = pricing.hold_milli(prompt=prompt, completion=completion, multiplier=multiplier)
+            return await self.ledger.hold(
+                account_id=account,
+                amount_milli=amount,
+                request_id=ctx.request_id,
+                tier=principal.tier,
+                expires_at=expires,
+            )
+
+        completion = budget
+        hold_id = await take(budget)
+        floor = min(self.settings.min_completion_tokens, budget)
+        available = 0
+        # Another request may take what we just saw between the read and the hold: look again, a few times.
+        for _ in range(3):
+            if hold_id is not None:
+                break
+            available = (await self.ledger.state(account))["available_milli"]
+            completion = min(
+                budget, pricing.affordable_completion(available_milli=available, prompt=prompt, multiplier=multiplier)
+            )
+            if completion < floor:
+                break
+            hold_id = await take(completion)
+        if hold_id is None:
+            needed = pricing.hold_milli(prompt=prompt, completion=floor, multiplier=multiplier)
+            await self._refuse(ctx, account=account, needed_milli=needed, available_milli=available)
+            return
+        if completion < budget or (ctx.max_tokens is None and ctx.endpoint == "chat"):
+            self._cap(ctx, completion, lowered=completion < budget)
+        ctx.extras["credits"] = Hold(
+            hold_id,
+            account,
+            pricing.hold_milli(prompt=prompt, completion=completion, multiplier=multiplier),
+            multiplier,
+            completion,
+        )
+
+    def _cap(self, ctx: RequestContext, completion: int, *, lowered: bool) -> None:
+        """Send upstream the completion cap the hold pays for, under the key the client used.
+
+        Also when the client set none: Ollama's own default is to generate until the context is full, so
+        the model's configured cap must travel with the request for the hold to be a real upper bound.
+        """
+        keys = [k for k in ("max_completion_tokens", "max_tokens") if k in ctx.payload] or ["max_tokens"]
+        for key in keys:
+            ctx.set_payload(key, completion)
+        ctx.max_tokens = completion
+        if lowered:
+            ctx.response_headers["x-resayil-completion-budget"] = str(completion)
+
+    async def _refuse(self, ctx: RequestContext, *, account: int, needed_milli: int, available_milli: int) -> None:
+        principal = ctx.principal
+        assert principal is not None
+        url = self.top_up_url
+        if await self.ledger.mark_exhausted(account):
+            state = await self.ledger.state(account)
+            self._publish(
+                "credits.exhausted",
+                {
+                    "account_id": account,
+                    "balance_milli": state["balance_milli"],
+                    "available_milli": state["available_milli"],
+                    "needed_milli": needed_milli,
+                    "top_up_url": url,
+                    "tier": principal.tier,
+                    "locale": principal.locale,
+                    "user_id": principal.user_id,
+                    "model": ctx.model_name,
+                },
+            )
+        raise PaymentRequired(
+            messages.insufficient(
+                locale=principal.locale, needed_milli=needed_milli, available_milli=available_milli, top_up_url=url
+            ),
+            code="insufficient_quota",
+            type="insufficient_quota",
+            extra={"top_up_url": url},
+        )
+
+    @hookimpl
+    async def resayil_settle(self, ctx: RequestContext) -> None:
+        """Replace the hold with the real charge at the route taken and record the usage row, once."""
+        hold = ctx.extras.get("credits")
+        if not isinstance(hold, Hold):
+            return
+        charge = pricing.charge_milli(ctx.usage, ctx.multiplier)
+        change = await self.ledger.settle(
+            hold_id=hold.id,
+            account_id=hold.account_id,
+            hold_milli=hold.amount_milli,
+            charge_milli=charge,
+            usage_row=self._usage_row(ctx),
+        )
+        if change is None:
+            log.info("hold already settled or released", extra={"fields": {"request_id": ctx.request_id}})
+            return
+        principal = ctx.principal
+        self.announce_low(
+            hold.account_id,
+            change,
+            locale=principal.locale if principal else None,
+            user_id=principal.user_id if principal else None,
+        )
+
+    def _usage_row(self, ctx: RequestContext) -> dict[str, Any]:
+        principal = ctx.principal
+        counted = ctx.usage.source != "none"
+        finished = ctx.finished_at or time.perf_counter()
+        return {
+            "request_id": ctx.request_id[:128],
+            "user_id": principal.user_id if principal else None,
+            "key_id": principal.key_id if principal else None,
+            "model": (ctx.model_name or "")[:200],
+            "endpoint": ctx.endpoint[:32],
+            "route": ctx.route[:16] if ctx.upstream is not None else "none",
+            "upstream": ctx.upstream.name[:64] if ctx.upstream is not None else None,
+            "stream": ctx.stream,
+            "prompt_tokens": ctx.usage.prompt_tokens if counted else 0,
+            "completion_tokens": ctx.usage.completion_tokens if counted else 0,
+            "usage_source": ctx.usage.source,
+            "multiplier": ctx.multiplier,
+            "status": ctx.status,
+            "outcome": ctx.outcome[:32],
+            "latency_ms": int((finished - ctx.started) * 1000),
+            "ttft_ms": int((ctx.first_byte_at - ctx.started) * 1000) if ctx.first_byte_at else None,
+            "day": datetime.now(self.tz).date(),
+        }
+
+    # ---- events --------------------------------------------------------------------------------------------
+
+    def announce_low(
+        self, account_id: int, change: Change, *, locale: str | None = None, user_id: int | None = None
+    ) -> None:
+        if not change.crossed_low:
+            return
+        plan = pricing.plan_milli(self.gateway, change.tier)
+        self._publish(
+            "credits.low",
+            {
+                "account_id": account_id,
+                "balance_milli": change.balance_milli,
+                "plan_credits_milli": plan,
+                "percent_remaining": pricing.percent(change.balance_milli, plan),
+                "threshold_percent": self.settings.low_balance_percent,
+                "tier": change.tier,
+                "locale": locale,
+                "user_id": user_id,
+                "top_up_url": self.top_up_url,
+            },
+        )
+
+    def _publish(self, name: str, payload: dict[str, Any]) -> None:
+        # Off the request path: a slow notifier must not hold up a response or a settlement.
+        self.gateway.spawn(self.gateway.publish(name, payload))
+
+    # ---- what other plugins call ---------------------------------------------------------------------------
+
+    async def grant(
+        self,
+        *,
+        account_id: int,
+        amount_milli: int,
+        kind: str,
+        reference: str,
+        actor: str | int | None = None,
+        reason: str | None = None,
+    ) -> dict[str, Any]:
+        """Add credits (kind grant, subscription, topup, refund or adjustment) as one ledger row.
+
+        Idempotent by (kind, reference): a repeat returns the first row, with `created` False. Raises
+        ValueError for a bad kind or amount, and ledger.BalanceTooLow when a negative adjustment would take
+        the available balance below zero.
+        """
+        change = await self.ledger.credit(
+            account_id=account_id,
+            amount_milli=amount_milli,
+            kind=kind,
+            reference=reference,
+            actor=None if actor is None else str(actor),
+            reason=reason,
+        )
+        self.announce_low(account_id, change)
+        assert change.row is not None
+        return {**change.row, "created": change.created}
+
+    async def balance(self, account_id: int) -> dict[str, int]:
+        """{account_id, balance_milli, reserved_milli, available_milli} for one account."""
+        return await self.ledger.state(account_id)
+
+    async def month_usage(self, account_id: int) -> dict[str, Any]:
+        """This calendar month's totals (settings.timezone): requests, tokens and milli-credits spent."""
+        return await reports.month_usage(
+            self.gateway.database, account_id=account_id, today=datetime.now(self.tz).date()
+        )

@@ -1,0 +1,228 @@
+"""The credits JSON API: a user's balance and usage (session), and admin adjustments with their audit trail."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import sqlalchemy as sa
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from edge.errors import BadRequest, GatewayError, NotFound, Unprocessable
+from plugins.credits import pricing, reports
+from plugins.credits.ledger import BalanceTooLow
+
+if TYPE_CHECKING:
+    from plugins.auth_keys.sessions import SessionUser
+    from plugins.credits import Plugin
+
+log = logging.getLogger("resayil.credits")
+MAX_PAGE = 200
+MAX_DELTA_MILLI = 10**15
+CSV_FIELDS = (
+    "created_at",
+    "request_id",
+    "model",
+    "endpoint",
+    "route",
+    "upstream",
+    "stream",
+    "prompt_tokens",
+    "completion_tokens",
+    "usage_source",
+    "multiplier",
+    "cost_milli",
+    "credits",
+    "status",
+    "outcome",
+    "latency_ms",
+    "ttft_ms",
+    "key_id",
+    "user_id",
+)
+
+
+# The portal's sessions belong to plugins/auth_keys, imported on first use so that the request path (and
+# open-access experiments) load without it.
+async def session_user(request: Request) -> SessionUser:
+    from plugins.auth_keys import guards
+
+    return await guards.session_user(request)
+
+
+async def require_admin(request: Request) -> SessionUser:
+    from plugins.auth_keys import guards
+
+    return await guards.require_admin(request)
+
+
+def page_args(request: Request, *, default: int = 50) -> tuple[int, int | None]:
+    """`limit` (1..200) and `cursor` from the query string, or 422 naming the bad one."""
+    fields: dict[str, str] = {}
+    raw_limit = request.query_params.get("limit")
+    limit = default
+    if raw_limit is not None:
+        if raw_limit.isdigit() and 1 <= int(raw_limit) <= MAX_PAGE:
+            limit = int(raw_limit)
+        else:
+            fields["limit"] = f"Must be a whole number from 1 to {MAX_PAGE}."
+    raw_cursor = request.query_params.get("cursor")
+    cursor = None
+    if raw_cursor:
+        if raw_cursor.isdigit() and len(raw_cursor) <= 19:
+            cursor = int(raw_cursor)
+        else:
+            fields["cursor"] = "Must be the next_cursor of a previous page."
+    if fields:
+        raise Unprocessable("Some query parameters are not valid.", extra={"fields": fields})
+    return limit, cursor
+
+
+def adjustment(body: Any) -> tuple[int, str]:
+    """(delta_milli, reason) from an admin's request body, or 422 with `fields`."""
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object.", code="invalid_json")
+    fields = {
+        key: "Unknown field; send `delta_milli` and `reason`." for key in body if key not in ("delta_milli", "reason")
+    }
+    delta = body.get("delta_milli")
+    if isinstance(delta, bool) or not isinstance(delta, int) or delta == 0 or abs(delta) > MAX_DELTA_MILLI:
+        fields["delta_milli"] = "Must be a non-zero whole number of milli-credits (1 credit = 1000)."
+    reason = body.get("reason")
+    if not isinstance(reason, str) or not reason.strip() or len(reason.strip()) > 500:
+        fields["reason"] = "Say why, in 1 to 500 characters; it is kept in the audit trail."
+    if fields:
+        raise Unprocessable("Some fields are not valid.", extra={"fields": fields})
+    assert isinstance(delta, int) and isinstance(reason, str)
+    return delta, reason.strip()
+
+
+def routes(plugin: Plugin) -> list[BaseRoute]:
+    async def get_credits(request: Request) -> Response:
+        user = await session_user(request)
+        state = await plugin.ledger.state(user.account_id)
+        plan = pricing.plan_milli(plugin.gateway, user.tier)
+        return JSONResponse(
+            {**state, "plan_credits_milli": plan, "percent_remaining": pricing.percent(state["balance_milli"], plan)}
+        )
+
+    async def get_usage(request: Request) -> Response:
+        user = await session_user(request)
+        limit, cursor = page_args(request)
+        db = plugin.gateway.database
+        items, next_cursor = await reports.usage_page(db, account_id=user.account_id, limit=limit, before=cursor)
+        days = await reports.daily_totals(
+            db, account_id=user.account_id, today=datetime.now(plugin.tz).date(), days=plugin.settings.chart_days
+        )
+        return JSONResponse({"data": items, "next_cursor": next_cursor, "days": days})
+
+    async def get_usage_csv(request: Request) -> Response:
+        user = await session_user(request)
+
+        async def lines() -> AsyncIterator[bytes]:
+            yield _csv_line(CSV_FIELDS)
+            async for batch in reports.usage_batches(plugin.gateway.database, account_id=user.account_id):
+                for item in batch:
+                    yield _csv_line([_csv_value(item, name) for name in CSV_FIELDS])
+
+        return StreamingResponse(
+            lines(),
+            media_type="text/csv; charset=utf-8",
+            headers={"content-disposition": 'attachment; filename="usage.csv"'},
+        )
+
+    async def post_credits(request: Request) -> Response:
+        admin = await require_admin(request)
+        account_id = int(request.path_params["account_id"])
+        try:
+            body = orjson.loads(await request.body())
+        except orjson.JSONDecodeError:
+            raise BadRequest("We could not parse the JSON body of your request.", code="invalid_json") from None
+        delta, reason = adjustment(body)
+        await _existing_account(plugin, account_id)
+        # An Idempotency-Key makes a retried click one adjustment, not two.
+        key = request.headers.get("idempotency-key", "")[:64] or os.urandom(12).hex()
+        try:
+            row = await plugin.grant(
+                account_id=account_id,
+                amount_milli=delta,
+                kind="adjustment",
+                reference=f"admin:{account_id}:{key}",
+                actor=f"user:{admin.user_id}",
+                reason=reason,
+            )
+        except BalanceTooLow as exc:
+            raise GatewayError(
+                f"This would take the account below zero: only {pricing.credits_text(exc.available_milli)} "
+                "credits are available (the rest is held by requests in flight).",
+                status=409,
+                code="balance_too_low",
+                param="delta_milli",
+                extra={"available_milli": exc.available_milli},
+            ) from None
+        created = row.pop("created")
+        if created:
+            log.info(
+                "credits adjusted by admin",
+                extra={
+                    "fields": {
+                        "admin_user": admin.user_id,
+                        "account": account_id,
+                        "delta_milli": delta,
+                        "ledger_id": row["id"],
+                    }
+                },
+            )
+        return JSONResponse(row, status_code=201 if created else 200)
+
+    async def get_ledger(request: Request) -> Response:
+        await require_admin(request)
+        account_id = int(request.path_params["account_id"])
+        limit, cursor = page_args(request)
+        items, next_cursor = await reports.ledger_page(
+            plugin.gateway.database, account_id=account_id, limit=limit, before=cursor
+        )
+        return JSONResponse(
+            {"account": await plugin.ledger.state(account_id), "data": items, "next_cursor": next_cursor}
+        )
+
+    return [
+        Route("/api/credits", get_credits, methods=["GET"]),
+        Route("/api/usage", get_usage, methods=["GET"]),
+        Route("/api/usage.csv", get_usage_csv, methods=["GET"]),
+        Route("/api/admin/accounts/{account_id:int}/credits", post_credits, methods=["POST"]),
+        Route("/api/admin/accounts/{account_id:int}/ledger", get_ledger, methods=["GET"]),
+    ]
+
+
+async def _existing_account(plugin: Plugin, account_id: int) -> None:
+    from plugins.auth_keys.tables import accounts
+
+    async with plugin.gateway.database.connect() as conn:
+        found = (await conn.execute(sa.select(accounts.c.id).where(accounts.c.id == account_id))).first()
+    if found is None:
+        raise NotFound(f"No account with id {account_id}.", code="account_not_found")
+
+
+def _csv_value(item: dict[str, Any], name: str) -> Any:
+    if name == "credits":
+        return pricing.credits_text(int(item["cost_milli"])).replace(",", "")
+    value = item[name]
+    # A cell starting with = + - @ is a formula to a spreadsheet: quote it so it stays text.
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@"):
+        return "'" + value
+    return "" if value is None else value
+
+
+def _csv_line(values: Any) -> bytes:
+    out = io.StringIO()
+    csv.writer(out).writerow(values)
+    return out.getvalue().encode()

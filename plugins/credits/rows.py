@@ -1,0 +1,127 @@
+"""What every money transaction does with rows: lock the balance row, read it, append a ledger row, retry
+on a deadlock; and how timestamps and ledger rows are written out."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from edge.db import Database
+from plugins.credits.tables import balances, ledger
+
+T = TypeVar("T")
+# MariaDB deadlock / lock wait timeout, and SQLite's busy error: the whole transaction is simply retried.
+_TRANSIENT_MYSQL = frozenset({1205, 1213})
+
+
+def utcnow() -> datetime:
+    """UTC-naive, whole seconds: what DATETIME columns hold on both databases."""
+    return datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat() + "Z" if value is not None else None
+
+
+def ledger_row(m: Mapping[Any, Any]) -> dict[str, Any]:
+    return {
+        "id": int(m["id"]),
+        "account_id": int(m["account_id"]),
+        "kind": m["kind"],
+        "amount_milli": int(m["amount_milli"]),
+        "balance_after_milli": int(m["balance_after_milli"]),
+        "reference": m["reference"],
+        "actor": m["actor"],
+        "reason": m["reason"],
+        "created_at": iso(m["created_at"]),
+    }
+
+
+async def in_transaction(db: Database, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    """Run `work` in one transaction, again from the start when the database reports a deadlock."""
+    for attempt in range(5):
+        try:
+            async with db.begin() as conn:
+                return await work(conn)
+        except sa.exc.OperationalError as exc:
+            if attempt == 4 or not _transient(exc):
+                raise
+            await asyncio.sleep(0.005 * (attempt + 1) + random.random() * 0.01)
+    raise AssertionError("unreachable")
+
+
+async def lock_balance(conn: AsyncConnection, account_id: int) -> datetime:
+    """Create the balance row if missing and write it, which locks it until the transaction ends."""
+    now = utcnow()
+    values = {
+        "account_id": account_id,
+        "balance_milli": 0,
+        "reserved_milli": 0,
+        "low_notified": False,
+        "exhausted_notified": False,
+        "updated_at": now,
+    }
+    if conn.dialect.name == "sqlite":
+        stmt: Any = (
+            sqlite.insert(balances)
+            .values(**values)
+            .on_conflict_do_update(index_elements=["account_id"], set_={"updated_at": now})
+        )
+    else:
+        stmt = mysql.insert(balances).values(**values).on_duplicate_key_update(updated_at=now)
+    await conn.execute(stmt)
+    return now
+
+
+async def read_balance(conn: AsyncConnection, account_id: int, *, for_update: bool = False) -> Any:
+    """The balance row; `for_update` locks it on MariaDB (SQLite has no row locks, and needs none here:
+    the transaction's first write already holds the database's write lock)."""
+    query = sa.select(
+        balances.c.balance_milli, balances.c.reserved_milli, balances.c.low_notified, balances.c.tier
+    ).where(balances.c.account_id == account_id)
+    if for_update:
+        query = query.with_for_update()
+    return (await conn.execute(query)).one()
+
+
+async def append_entry(
+    conn: AsyncConnection,
+    *,
+    account_id: int,
+    kind: str,
+    amount: int,
+    balance_after: int,
+    reference: str,
+    now: datetime,
+    actor: str | None = None,
+    reason: str | None = None,
+) -> dict[str, Any]:
+    values = {
+        "account_id": account_id,
+        "kind": kind,
+        "amount_milli": amount,
+        "balance_after_milli": balance_after,
+        "reference": reference[:160],
+        "actor": actor[:64] if actor else None,
+        "reason": reason[:500] if reason else None,
+        "created_at": now,
+    }
+    result = await conn.execute(ledger.insert().values(**values))
+    key = result.inserted_primary_key
+    assert key is not None
+    return ledger_row({"id": key[0], **values})
+
+
+def _transient(exc: sa.exc.OperationalError) -> bool:
+    orig = exc.orig
+    args = getattr(orig, "args", ())
+    if args and isinstance(args[0], int):
+        return args[0] in _TRANSIENT_MYSQL
+    return "database is locked" in str(orig)

@@ -1,0 +1,88 @@
+"""The credits schema: balances, the append-only ledger, live holds and per-request usage.
+
+Account ids come from plugins/auth_keys' `accounts` table; they are plain indexed columns here, so the
+ledger does not depend on that plugin's migrations.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+# One row per account that has ever held credits: the running balance and what live holds take from it.
+balances = sa.Table(
+    "credit_balances",
+    metadata,
+    sa.Column("account_id", sa.BigInteger(), primary_key=True, autoincrement=False),
+    sa.Column("balance_milli", sa.BigInteger(), nullable=False, server_default="0"),
+    sa.Column("reserved_milli", sa.BigInteger(), nullable=False, server_default="0"),
+    # The tier last seen on a request: decides the plan size for the low-credit warning.
+    sa.Column("tier", sa.String(32), nullable=True),
+    sa.Column("low_notified", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("exhausted_notified", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("updated_at", sa.DateTime(), nullable=False),
+)
+
+# Append-only: a balance always equals the sum of its rows. (kind, reference) makes every write idempotent.
+ledger = sa.Table(
+    "credit_ledger",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("account_id", sa.BigInteger(), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("amount_milli", sa.BigInteger(), nullable=False),
+    sa.Column("balance_after_milli", sa.BigInteger(), nullable=False),
+    sa.Column("reference", sa.String(160), nullable=False),
+    sa.Column("actor", sa.String(64), nullable=True),
+    sa.Column("reason", sa.String(500), nullable=True),
+    sa.Column("created_at", sa.DateTime(), nullable=False),
+    sa.UniqueConstraint("kind", "reference", name="uq_credit_ledger_kind_reference"),
+    sa.Index("ix_credit_ledger_account_id", "account_id", "id"),
+)
+
+# The worst case of a request in flight. Settling deletes the row; the sweeper deletes expired ones.
+holds = sa.Table(
+    "credit_holds",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("account_id", sa.BigInteger(), nullable=False, index=True),
+    sa.Column("request_id", sa.String(128), nullable=False),
+    sa.Column("amount_milli", sa.BigInteger(), nullable=False),
+    sa.Column("created_at", sa.DateTime(), nullable=False),
+    sa.Column("expires_at", sa.DateTime(), nullable=False, index=True),
+)
+
+# One row per settled hold. `charge_id` is the hold's id, so settling twice cannot write two rows even
+# when a client reuses its own x-request-id.
+usage = sa.Table(
+    "usage_records",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("charge_id", sa.String(32), nullable=False, unique=True),
+    sa.Column("request_id", sa.String(128), nullable=False, index=True),
+    sa.Column("account_id", sa.BigInteger(), nullable=False),
+    sa.Column("user_id", sa.BigInteger(), nullable=True),
+    sa.Column("key_id", sa.BigInteger(), nullable=True),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("endpoint", sa.String(32), nullable=False),
+    sa.Column("route", sa.String(16), nullable=False),
+    sa.Column("upstream", sa.String(64), nullable=True),
+    sa.Column("stream", sa.Boolean(), nullable=False),
+    sa.Column("prompt_tokens", sa.Integer(), nullable=False),
+    sa.Column("completion_tokens", sa.Integer(), nullable=False),
+    sa.Column("usage_source", sa.String(16), nullable=False),
+    sa.Column("multiplier", sa.Integer(), nullable=False),
+    sa.Column("cost_milli", sa.BigInteger(), nullable=False),
+    sa.Column("status", sa.Integer(), nullable=False),
+    sa.Column("outcome", sa.String(32), nullable=False),
+    sa.Column("latency_ms", sa.Integer(), nullable=True),
+    sa.Column("ttft_ms", sa.Integer(), nullable=True),
+    # The local calendar day (settings.timezone) the request ended on: the chart groups by it.
+    sa.Column("day", sa.Date(), nullable=False),
+    sa.Column("created_at", sa.DateTime(), nullable=False),
+    sa.Index("ix_usage_records_account_id", "account_id", "id"),
+    sa.Index("ix_usage_records_account_day", "account_id", "day"),
+)
