@@ -101,6 +101,7 @@ async def resayil_retry(ctx: RequestContext, error: UpstreamFailure) -> bool | N
     """The upstream failed before anything reached the client. Return True to try again: the
     implementation has already chosen ctx.upstream (and route, multiplier) for the next attempt and
     waited any backoff. Return None to let the next implementation decide; no True means `error` is answered.
+    Raise a GatewayError to answer with it instead (for example 503 once every upstream is exhausted).
     """
 
 

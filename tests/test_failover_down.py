@@ -1,0 +1,199 @@
+"""A failing local upstream: retried with backoff, spilled to cloud, answered 503, marked down for a while."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from typing import Any
+
+import pytest
+
+from tests.failover_test_plugins import TierAuth, Watch, assert_released, chat, failover_config
+
+
+@pytest.fixture(params=["redis", "memory"])
+def store(request: pytest.FixtureRequest) -> str | None:
+    return request.getfixturevalue("redis_url") if request.param == "redis" else None
+
+
+def closed_port_url() -> str:
+    """A local address where nothing listens: connections are refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+async def test_a_failing_local_upstream_is_retried_then_pro_spills_to_cloud(
+    serve: Any, ollama: Any, cloud: Any, sqlite_url: str, store: str | None
+) -> None:
+    ollama.settings.fail_status = 500
+    config = failover_config(
+        ollama_url=ollama.url, cloud_url=cloud.url, database_url=sqlite_url, redis_url=store, down_after_failures=100
+    )
+    watch = Watch()
+    async with serve(config, plugins=[TierAuth(), watch]) as served:
+        reply = await chat(served, "pro")
+        assert (reply.status, reply.route, reply.fingerprint) == (200, "cloud", "fp_cloud")
+        assert ollama.failures == 3 and len(cloud.served) == 1
+        (ctx,) = await watch.until_settled(1)
+        assert ctx.extras["failover"].tried == ["ollama", "ollama", "ollama", "cloud"]
+        assert (ctx.route, ctx.multiplier, ctx.outcome) == ("cloud", 2, "ok")
+        await assert_released(served)
+
+
+async def test_a_failing_local_upstream_is_retried_then_basic_gets_503(
+    serve: Any, ollama: Any, cloud: Any, sqlite_url: str, store: str | None
+) -> None:
+    ollama.settings.fail_status = 500
+    config = failover_config(
+        ollama_url=ollama.url,
+        cloud_url=cloud.url,
+        database_url=sqlite_url,
+        redis_url=store,
+        down_after_failures=100,
+        retry_backoff_s=0.1,
+        retry_backoff_max_s=0.4,
+    )
+    async with serve(config, plugins=[TierAuth()]) as served:
+        reply = await chat(served, "basic")
+        assert reply.status == 503 and reply.code == "upstream_unavailable"
+        assert int(reply.headers["retry-after"]) >= 1
+        assert ollama.failures == 3 and cloud.served == []
+        # Two jittered, growing waits of tenacity's: 0.1-0.2 s, then 0.2-0.3 s.
+        assert 0.3 <= reply.elapsed < 1.0
+        await assert_released(served)
+
+
+async def test_refused_connections_are_retried_then_spilled_or_answered_503(
+    serve: Any, cloud: Any, sqlite_url: str, store: str | None
+) -> None:
+    config = failover_config(
+        ollama_url=closed_port_url(),
+        cloud_url=cloud.url,
+        database_url=sqlite_url,
+        redis_url=store,
+        down_after_failures=100,
+    )
+    watch = Watch()
+    async with serve(config, plugins=[TierAuth(), watch]) as served:
+        pro = await chat(served, "enterprise")
+        assert (pro.status, pro.route, pro.fingerprint) == (200, "cloud", "fp_cloud")
+        basic = await chat(served, "basic")
+        assert basic.status == 503 and basic.code == "upstream_unavailable"
+        first, second = await watch.until_settled(2)
+        assert first.extras["failover"].tried == ["ollama"] * 3 + ["cloud"]
+        assert second.extras["failover"].tried == ["ollama"] * 3
+        await assert_released(served)
+
+
+async def test_pro_gets_503_when_local_is_failing_and_the_cloud_cap_is_reached(
+    serve: Any, ollama: Any, cloud: Any, sqlite_url: str, store: str | None
+) -> None:
+    ollama.settings.fail_status = 502
+    config = failover_config(
+        ollama_url=ollama.url,
+        cloud_url=cloud.url,
+        database_url=sqlite_url,
+        redis_url=store,
+        down_after_failures=100,
+        cloud_daily_cap=0,
+    )
+    async with serve(config, plugins=[TierAuth()]) as served:
+        reply = await chat(served, "pro")
+        assert reply.status == 503 and reply.code == "upstream_unavailable"
+        assert ollama.failures == 3 and cloud.served == []
+        await assert_released(served)
+
+
+async def test_an_upstream_that_keeps_failing_is_marked_down_then_recovers(
+    serve: Any, ollama: Any, cloud: Any, sqlite_url: str, store: str | None
+) -> None:
+    ollama.settings.fail_status = 500
+    config = failover_config(
+        ollama_url=ollama.url,
+        cloud_url=cloud.url,
+        database_url=sqlite_url,
+        redis_url=store,
+        down_after_failures=2,
+        down_cooldown_s=1.5,
+    )
+    async with serve(config, plugins=[TierAuth()]) as served:
+        first = await chat(served, "basic")
+        assert first.status == 503 and first.code == "upstream_unavailable"
+        assert ollama.failures == 2  # marked down after the second failure: no third attempt
+
+        # While down nobody waits on it: Basic is answered at once, Pro goes straight to cloud.
+        basic = await chat(served, "basic")
+        assert basic.status == 503 and basic.code == "upstream_unavailable" and basic.elapsed < 0.3
+        assert 1 <= int(basic.headers["retry-after"]) <= 2
+        pro = await chat(served, "pro")
+        assert (pro.status, pro.route) == (200, "cloud")
+        assert ollama.failures == 2 and ollama.arrivals == 2
+
+        async with served.request("GET", "/readyz") as resp:
+            ready = await resp.json()
+            assert resp.status == 503
+        assert ready["parts"]["queue:ollama"]["ok"] is False
+        assert ready["parts"]["queue:ollama"]["state"] == "down"
+
+        ollama.settings.fail_status = None
+        await asyncio.sleep(1.6)
+        again = await chat(served, "basic")
+        assert (again.status, again.route, again.fingerprint) == (200, "local", "fp_local")
+        async with served.request("GET", "/readyz") as resp:
+            ready = await resp.json()
+        assert ready["parts"]["queue:ollama"] == {
+            "ok": True,
+            "state": "up",
+            "down_for_s": 0,
+            "slots_in_use": 0,
+            "queue_depth": 0,
+        }
+        await assert_released(served)
+
+
+async def test_requests_waiting_on_an_upstream_that_goes_down_stop_waiting(
+    serve: Any, ollama: Any, cloud: Any, sqlite_url: str, store: str | None
+) -> None:
+    ollama.settings.fail_status = 500
+    # The holder keeps its slot through its backoff waits, so the others are still in line when it is
+    # marked down.
+    config = failover_config(
+        ollama_url=ollama.url,
+        cloud_url=cloud.url,
+        database_url=sqlite_url,
+        redis_url=store,
+        down_after_failures=3,
+        retry_backoff_s=0.3,
+        retry_backoff_max_s=0.6,
+        queue_max_wait_s=30,
+    )
+    async with serve(config, plugins=[TierAuth()]) as served:
+        started = time.monotonic()
+        holder = asyncio.ensure_future(chat(served, "basic", "holder"))
+        await asyncio.sleep(0.1)
+        waiters = [asyncio.ensure_future(chat(served, "basic", f"w{i}")) for i in range(3)]
+        replies = await asyncio.gather(holder, *waiters)
+        assert [(r.status, r.code) for r in replies] == [(503, "upstream_unavailable")] * 4
+        assert time.monotonic() - started < 3  # far from the 30 s longest wait
+        assert ollama.arrivals == 3  # only the holder's attempts reached it
+        await assert_released(served)
+
+
+async def test_an_unreachable_redis_is_a_clear_503_not_a_crash(
+    serve: Any, ollama: Any, cloud: Any, sqlite_url: str
+) -> None:
+    config = failover_config(
+        ollama_url=ollama.url,
+        cloud_url=cloud.url,
+        database_url=sqlite_url,
+        redis_url=closed_port_url().replace("http", "redis") + "/0",
+    )
+    async with serve(config, plugins=[TierAuth()]) as served:
+        for tier in ("basic", "pro"):
+            reply = await chat(served, tier)
+            assert reply.status == 503 and reply.code == "queue_unavailable"
+            assert reply.headers["retry-after"] == "5"
+        assert ollama.served == [] and cloud.served == []
