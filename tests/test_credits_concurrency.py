@@ -21,7 +21,7 @@ from edge import config as config_module
 from edge.gateway import Gateway
 from tests.conftest import ROOT, truncate_mariadb
 from tests.credits_test_plugins import bearer, chat_body, credits_config, run_cli, table_rows, until_settled
-from tests.servers import clean_env, free_port, wait_http
+from tests.servers import clean_env, fake_ollama_process, free_port, wait_http
 
 pytestmark = pytest.mark.slow
 
@@ -64,27 +64,6 @@ def gateway_processes(config_path: Path, logs: Path, count: int = 2) -> Iterator
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-
-
-@contextmanager
-def fake_ollama_process(*args: str) -> Iterator[str]:
-    """The fake Ollama as its own process (a third event loop, like the real server); yields its URL."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes.ollama", "--port", "0", *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stdout is not None
-    with proc.stdout:
-        try:
-            line = proc.stdout.readline().strip()
-            assert line.startswith("ready "), line
-            yield line.split(" ", 1)[1]
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
 
 
 @contextmanager
