@@ -248,7 +248,9 @@ async def serve_app(app: EdgeApp) -> AsyncIterator[Served]:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="critical", access_log=False, proxy_headers=False))
+    server = uvicorn.Server(
+        uvicorn.Config(app, lifespan="on", log_level="critical", access_log=False, proxy_headers=False)
+    )
     server.config.setup_event_loop = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
