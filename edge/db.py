@@ -7,17 +7,24 @@ No ORM sessions: plugins build Core statements against their own `Table`s and ru
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import event
+from sqlalchemy import event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 _SAFE_URL = re.compile(r"//([^:/@]*):([^@]+)@")
+# A connection returned to the pool this recently was working a moment ago: pinging it again on every
+# checkout (pool_pre_ping) cost one round trip per transaction. One idle longer is pinged first, as before.
+PING_IDLE_SECONDS = 1.0
+_IDLE_SINCE = "resayil_idle_since"
+# Set on a connection whose transaction has just committed: it has nothing to roll back on return.
+_CLEAN = "resayil_clean"
 
 
 def redact(url: str) -> str:
@@ -40,6 +47,44 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _pool_events(engine: AsyncEngine) -> None:
+    """Ping only connections that sat idle, and skip the rollback-on-return after a commit.
+
+    Both were a round trip per transaction: SQLAlchemy rolls back every returned connection, even one whose
+    transaction has just committed, and `pool_pre_ping` pings on every checkout.
+    """
+    pool = engine.sync_engine.pool
+    dialect = engine.sync_engine.dialect
+
+    def connect(dbapi_connection: Any, record: Any) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    def checkin(dbapi_connection: Any, record: Any) -> None:
+        if record is not None:
+            record.info[_IDLE_SINCE] = time.monotonic()
+
+    def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        since = record.info.get(_IDLE_SINCE)
+        if since is not None and time.monotonic() - since < PING_IDLE_SECONDS:
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except Exception:
+            # What pool_pre_ping does: drop every pooled connection older than now and connect afresh.
+            raise exc.InvalidatePoolError() from None
+
+    def reset(dbapi_connection: Any, record: Any, state: Any) -> None:
+        if record is not None and record.info.pop(_CLEAN, False):
+            return
+        if state.asyncio_safe and not state.transaction_was_reset:
+            dbapi_connection.rollback()
+
+    event.listen(pool, "connect", connect)
+    event.listen(pool, "checkin", checkin)
+    event.listen(pool, "checkout", checkout)
+    event.listen(pool, "reset", reset)
+
+
 def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -50,14 +95,16 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         return engine
     query = dict(parsed.query)
     query.setdefault("charset", "utf8mb4")
-    return create_async_engine(
+    engine = create_async_engine(
         parsed.set(query=query),
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_recycle=1800,
-        pool_pre_ping=True,
+        pool_reset_on_return=None,  # _pool_events rolls back instead, unless the transaction committed
         isolation_level="READ COMMITTED",
     )
+    _pool_events(engine)
+    return engine
 
 
 class Database:
@@ -75,8 +122,11 @@ class Database:
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[AsyncConnection]:
         """A connection inside a transaction, committed on success and rolled back on error."""
-        async with self.engine.begin() as conn:
-            yield conn
+        async with self.engine.connect() as conn:
+            async with conn.begin():
+                yield conn
+            if not self.is_sqlite:
+                conn.info[_CLEAN] = True
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[AsyncConnection]:

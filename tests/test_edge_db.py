@@ -64,3 +64,30 @@ async def test_readyz_reports_redis(serve: Any, ollama: Any, sqlite_url: str, re
 def test_urls_are_redacted_for_logs() -> None:
     assert redact("mysql+aiomysql://resayil:hunter2@db:3306/r") == "mysql+aiomysql://resayil:***@db:3306/r"
     assert redact("redis://:pw@r:6379/0") == "redis://:***@r:6379/0"
+
+
+async def test_a_pool_whose_connections_were_killed_recovers_after_idling(mariadb_database: str) -> None:
+    import asyncio
+
+    import pymysql
+
+    from edge import db as db_module
+    from tests.conftest import MARIADB
+
+    db = Database(mariadb_database)
+    try:
+        await db.ping()
+        name = mariadb_database.rsplit("/", 1)[1]
+        admin = pymysql.connect(**MARIADB, autocommit=True)
+        with admin.cursor() as cur:
+            cur.execute("SELECT id FROM information_schema.processlist WHERE db=%s AND id <> CONNECTION_ID()", (name,))
+            for (conn_id,) in cur.fetchall():
+                cur.execute(f"KILL {int(conn_id)}")
+        admin.close()
+        # Idle past the threshold, the connection is pinged on checkout and the dead pool is replaced.
+        await asyncio.sleep(db_module.PING_IDLE_SECONDS + 0.2)
+        await db.ping()
+        async with db.begin() as conn:
+            assert (await conn.execute(sa.text("SELECT 41 + 1"))).scalar() == 42
+    finally:
+        await db.close()

@@ -1,6 +1,6 @@
 """Every write to a balance: holds, settlements, grants and adjustments, each one transaction.
 
-Each money transaction starts with a write (a conditional UPDATE, an upsert of the balance row, or the
+Each money transaction starts with a write (the insert of a hold, an upsert of the balance row, or the
 DELETE of a hold), so SQLite's write lock is held before anything is read, and on MariaDB the balance row
 is locked (written, or read FOR UPDATE) before its values are used: what a transaction reads cannot change
 under it, on any number of workers and hosts.
@@ -31,6 +31,34 @@ from plugins.credits.tables import balances, holds, ledger, usage
 
 log = logging.getLogger("resayil.credits")
 T = TypeVar("T")
+
+# Built once with bound parameters (see rows.py). _TAKE is the one conditional UPDATE that makes
+# overspending impossible: it only matches while balance - reserved still covers the hold.
+_TAKE = (
+    balances.update()
+    .where(
+        balances.c.account_id == sa.bindparam("b_account", type_=balances.c.account_id.type),
+        balances.c.balance_milli - balances.c.reserved_milli >= sa.bindparam("b_amount", type_=sa.BigInteger()),
+    )
+    .values(
+        reserved_milli=balances.c.reserved_milli + sa.bindparam("b_amount", type_=sa.BigInteger()),
+        tier=sa.bindparam("b_tier", type_=balances.c.tier.type),
+        updated_at=sa.bindparam("b_now", type_=balances.c.updated_at.type),
+    )
+)
+_ADD_HOLD = holds.insert()
+_DROP_HOLD = holds.delete().where(holds.c.id == sa.bindparam("b_hold", type_=holds.c.id.type))
+# SET takes the columns named in the parameters.
+_SET_BALANCE = balances.update().where(
+    balances.c.account_id == sa.bindparam("b_account", type_=balances.c.account_id.type)
+)
+_ADD_USAGE = usage.insert()
+_COST_USAGE = usage.update().where(usage.c.charge_id == sa.bindparam("b_charge", type_=usage.c.charge_id.type))
+
+
+class _NotCovered(Exception):
+    """The available balance does not cover a hold: its transaction rolls back."""
+
 
 # Kinds that add to a balance; only `adjustment` may also take away.
 CREDIT_KINDS = frozenset({"grant", "subscription", "topup", "refund", "adjustment"})
@@ -83,32 +111,34 @@ class Ledger:
         """Take `amount_milli` from the available balance, or return None when it is not there."""
         hold_id = os.urandom(12).hex()
 
-        async def work(conn: AsyncConnection) -> str | None:
+        async def work(conn: AsyncConnection) -> str:
+            now = utcnow()
+            # The hold row first and the balance row last: every request of the account needs the balance
+            # row, so it stays locked for the shortest time, one statement and the commit.
+            await conn.execute(
+                _ADD_HOLD,
+                {
+                    "id": hold_id,
+                    "account_id": account_id,
+                    "request_id": request_id[:128],
+                    "amount_milli": amount_milli,
+                    "created_at": now,
+                    "expires_at": expires_at,
+                },
+            )
             # The one conditional UPDATE that makes overspending impossible: it only matches while
             # balance - reserved still covers the hold, and the database applies it atomically.
             taken = await conn.execute(
-                balances.update()
-                .where(
-                    balances.c.account_id == account_id,
-                    balances.c.balance_milli - balances.c.reserved_milli >= amount_milli,
-                )
-                .values(reserved_milli=balances.c.reserved_milli + amount_milli, tier=tier[:32], updated_at=utcnow())
+                _TAKE, {"b_account": account_id, "b_amount": amount_milli, "b_tier": tier[:32], "b_now": now}
             )
             if taken.rowcount != 1:
-                return None
-            await conn.execute(
-                holds.insert().values(
-                    id=hold_id,
-                    account_id=account_id,
-                    request_id=request_id[:128],
-                    amount_milli=amount_milli,
-                    created_at=utcnow(),
-                    expires_at=expires_at,
-                )
-            )
+                raise _NotCovered  # rolls the hold row back with the transaction
             return hold_id
 
-        return await self.transaction(work)
+        try:
+            return await self.transaction(work)
+        except _NotCovered:
+            return None
 
     async def settle(
         self, *, hold_id: str, account_id: int, hold_milli: int, charge_milli: int, usage_row: dict[str, Any]
@@ -118,15 +148,28 @@ class Ledger:
 
         async def work(conn: AsyncConnection) -> Change | None:
             # Deleting the hold is the guard: of any number of settlements (and the sweeper) one deletes it.
-            gone = await conn.execute(holds.delete().where(holds.c.id == hold_id))
+            gone = await conn.execute(_DROP_HOLD, {"b_hold": hold_id})
             if gone.rowcount != 1:
                 return None
             now = utcnow()
+            # The usage row before the balance row is locked, for the same reason as in `hold`; its cost is
+            # corrected below in the rare case the charge is capped.
+            await conn.execute(
+                _ADD_USAGE,
+                {
+                    **usage_row,
+                    "charge_id": hold_id,
+                    "account_id": account_id,
+                    "cost_milli": charge_milli,
+                    "created_at": now,
+                },
+            )
             state = await read_balance(conn, account_id, for_update=True)
             reserved = state.reserved_milli - hold_milli
             # Never below what the other live holds need: a charge beyond this hold takes only what is free.
             charged = max(min(charge_milli, state.balance_milli - reserved), 0)
             if charged < charge_milli:
+                await conn.execute(_COST_USAGE, {"b_charge": hold_id, "cost_milli": charged})
                 log.warning(
                     "charge capped at the available balance",
                     extra={"fields": {"account": account_id, "charge_milli": charge_milli, "charged_milli": charged}},
@@ -139,9 +182,14 @@ class Ledger:
                 notified=bool(state.low_notified),
             )
             await conn.execute(
-                balances.update()
-                .where(balances.c.account_id == account_id)
-                .values(balance_milli=balance, reserved_milli=reserved, low_notified=flag, updated_at=now)
+                _SET_BALANCE,
+                {
+                    "b_account": account_id,
+                    "balance_milli": balance,
+                    "reserved_milli": reserved,
+                    "low_notified": flag,
+                    "updated_at": now,
+                },
             )
             row = None
             if charged:
@@ -154,11 +202,6 @@ class Ledger:
                     reference=hold_id,
                     now=now,
                 )
-            await conn.execute(
-                usage.insert().values(
-                    **usage_row, charge_id=hold_id, account_id=account_id, cost_milli=charged, created_at=now
-                )
-            )
             return Change(balance, state.tier, row, crossed_low=crossed, charged_milli=charged)
 
         return await self.transaction(work)

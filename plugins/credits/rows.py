@@ -17,6 +17,13 @@ from edge.db import Database
 from plugins.credits.tables import balances, ledger
 
 T = TypeVar("T")
+# The hot statements are built once, with bound parameters: building and cache-keying a statement on every
+# call cost more CPU than its round trip to the database.
+_BALANCE = sa.select(
+    balances.c.balance_milli, balances.c.reserved_milli, balances.c.low_notified, balances.c.tier
+).where(balances.c.account_id == sa.bindparam("b_account", type_=balances.c.account_id.type))
+_BALANCE_FOR_UPDATE = _BALANCE.with_for_update()
+_APPEND = ledger.insert()
 # MariaDB deadlock / lock wait timeout, and SQLite's busy error: the whole transaction is simply retried.
 _TRANSIENT_MYSQL = frozenset({1205, 1213})
 
@@ -83,12 +90,8 @@ async def lock_balance(conn: AsyncConnection, account_id: int) -> datetime:
 async def read_balance(conn: AsyncConnection, account_id: int, *, for_update: bool = False) -> Any:
     """The balance row; `for_update` locks it on MariaDB (SQLite has no row locks, and needs none here:
     the transaction's first write already holds the database's write lock)."""
-    query = sa.select(
-        balances.c.balance_milli, balances.c.reserved_milli, balances.c.low_notified, balances.c.tier
-    ).where(balances.c.account_id == account_id)
-    if for_update:
-        query = query.with_for_update()
-    return (await conn.execute(query)).one()
+    query = _BALANCE_FOR_UPDATE if for_update else _BALANCE
+    return (await conn.execute(query, {"b_account": account_id})).one()
 
 
 async def append_entry(
@@ -113,7 +116,7 @@ async def append_entry(
         "reason": reason[:500] if reason else None,
         "created_at": now,
     }
-    result = await conn.execute(ledger.insert().values(**values))
+    result = await conn.execute(_APPEND, values)
     key = result.inserted_primary_key
     assert key is not None
     return ledger_row({"id": key[0], **values})

@@ -1,6 +1,7 @@
 -- Admit one request for an account, or refuse it, and report the window: the whole check in one round trip.
 --
 -- KEYS[1]  the account's moving window: a list of "<unix seconds> <tokens>" entries, newest first
+-- KEYS[2]  the window's running totals: a hash {n = entries in KEYS[1], used = their tokens}
 -- ARGV[1]  requests allowed in the window
 -- ARGV[2]  the window, in seconds
 -- ARGV[3]  tokens allowed in the window (0: no token limit)
@@ -8,6 +9,9 @@
 --
 -- Returns {admitted (1 or 0), requests in the window, tokens in the window, ms until the oldest entry leaves}.
 -- The clock is Redis's own, so gateways on hosts whose clocks disagree still share one exact window.
+--
+-- The totals keep each call O(1) however high the limit: entries that left the window are popped from the
+-- old end and subtracted, instead of the whole list being read and added up on every request.
 
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
@@ -17,33 +21,57 @@ local max_tokens = tonumber(ARGV[3])
 local cost = tonumber(ARGV[4])
 local start = now - window
 
--- Admitted requests are at most max_requests per window, so this walk is short; entries that have left
--- the window are cut off on the way.
-local entries = redis.call('LRANGE', KEYS[1], 0, -1)
-local count, used, oldest = 0, 0, nil
-for i, entry in ipairs(entries) do
+local function parse(entry)
     local sep = string.find(entry, ' ', 1, true)
-    local at = tonumber(string.sub(entry, 1, sep - 1))
-    if at <= start then
-        if i == 1 then
-            redis.call('DEL', KEYS[1])
-        else
-            redis.call('LTRIM', KEYS[1], 0, i - 2)
-        end
+    return tonumber(string.sub(entry, 1, sep - 1)), tonumber(string.sub(entry, sep + 1))
+end
+
+local count = redis.call('LLEN', KEYS[1])
+local totals = redis.call('HMGET', KEYS[2], 'n', 'used')
+local used = tonumber(totals[2])
+local rebuilt = false
+if tonumber(totals[1]) ~= count or used == nil then
+    -- No totals yet (a window written before they existed, or one of the two keys expired first): add up once.
+    used = 0
+    for _, entry in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+        local _, tokens = parse(entry)
+        used = used + tokens
+    end
+    rebuilt = true
+end
+
+local popped = false
+local oldest = nil
+while count > 0 do
+    local at, tokens = parse(redis.call('LINDEX', KEYS[1], -1))
+    if at > start then
+        oldest = at
         break
     end
-    count = count + 1
-    used = used + tonumber(string.sub(entry, sep + 1))
-    oldest = at
+    redis.call('RPOP', KEYS[1])
+    count = count - 1
+    used = used - tokens
+    popped = true
 end
 
 local admitted = count < max_requests and (max_tokens == 0 or used + cost <= max_tokens)
 if admitted then
     redis.call('LPUSH', KEYS[1], string.format('%.6f %d', now, cost))
-    redis.call('EXPIRE', KEYS[1], math.ceil(window) + 1)
     count = count + 1
     used = used + cost
     oldest = oldest or now
+    redis.call('HSET', KEYS[2], 'n', count, 'used', string.format('%d', used))
+    redis.call('EXPIRE', KEYS[1], math.ceil(window) + 1)
+    redis.call('EXPIRE', KEYS[2], math.ceil(window) + 1)
+elseif count == 0 then
+    redis.call('DEL', KEYS[2])
+elseif popped or rebuilt then
+    redis.call('HSET', KEYS[2], 'n', count, 'used', string.format('%d', used))
+    -- A refusal does not extend the window's life: the totals expire with the list.
+    local ttl = redis.call('PTTL', KEYS[1])
+    if ttl > 0 then
+        redis.call('PEXPIRE', KEYS[2], ttl)
+    end
 end
 
 local reset_ms = 0

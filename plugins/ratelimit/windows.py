@@ -101,7 +101,8 @@ class RedisWindows:
     with each client's clock. So the check is one Lua script of ours (`admit.lua`), run with EVALSHA on
     the storage's connection: one round trip a request (two, once, after Redis lost its script cache),
     atomic across processes, timed by Redis's clock. One list per account holds an entry per admitted
-    request with its tokens, so the walk is bounded by the request limit.
+    request with its tokens, and a hash beside it keeps their running totals, so a check costs the same
+    however high the limit.
     """
 
     def __init__(self, *, url: str, window_seconds: int, timeout: float, key_prefix: str) -> None:
@@ -123,8 +124,9 @@ class RedisWindows:
         return f"{self.key_prefix}:account:{account}"
 
     async def admit(self, limits: Limits) -> Decision:
+        key = self.key(limits.account)
         admitted, count, used, reset_ms = await self.script(
-            keys=[self.key(limits.account)],
+            keys=[key, key + ":totals"],
             args=[limits.requests, self.window_seconds, limits.tokens or 0, limits.cost],
         )
         reset = int(reset_ms) / 1000
