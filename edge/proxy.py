@@ -19,7 +19,9 @@ def open_session(*, connect_timeout: float) -> aiohttp.ClientSession:
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=None, connect=connect_timeout),
         auto_decompress=False,
-        skip_auto_headers=("User-Agent",),
+        # The gateway relays the upstream's bytes as they are (auto_decompress=False), so it must not ask
+        # for a compressed answer: a gzipped body would reach the client without its Content-Encoding.
+        skip_auto_headers=("User-Agent", "Accept-Encoding"),
     )
 
 

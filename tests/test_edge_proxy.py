@@ -295,3 +295,12 @@ async def test_stream_without_usage_is_counted_from_what_was_relayed(
     usage = recorder.settled[0].usage
     assert (usage.completion_tokens, usage.source) == (7, "estimated")
     assert recorder.settled[0].outcome == "ok"
+
+
+async def test_the_gateway_never_asks_the_upstream_for_a_compressed_answer(
+    serve: Any, cfg: dict[str, Any], ollama: Any
+) -> None:
+    async with serve(cfg, plugins=[StaticAuth()]) as gw:
+        async with gw.request("POST", "/v1/chat/completions", json=CHAT, headers=auth_headers()) as r:
+            assert r.status == 200
+    assert "accept-encoding" not in ollama.served[-1]["headers"]

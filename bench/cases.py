@@ -1,0 +1,36 @@
+"""The load shapes of a run, as data: non-streaming at concurrency 1 and 64, a 20-chunk stream at 16."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+PATH = "/v1/chat/completions"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One load shape. Plain requests go through wrk; streams through `bench.streamclient`."""
+
+    name: str
+    stream: bool
+    concurrency: int
+
+    def body(self, model: str) -> bytes:
+        # A short prompt and a cap above the fake's answer length, so every answer has the configured chunks.
+        payload: dict[str, object] = {
+            "model": model,
+            "messages": [{"role": "user", "content": "Say hello in one short sentence."}],
+            "max_tokens": 256,
+        }
+        if self.stream:
+            payload["stream"] = True
+        return orjson.dumps(payload)
+
+
+CASES: tuple[Case, ...] = (
+    Case("chat-c1", stream=False, concurrency=1),
+    Case("chat-c64", stream=False, concurrency=64),
+    Case("stream-c16", stream=True, concurrency=16),
+)

@@ -1,0 +1,116 @@
+"""A streaming load generator: `concurrency` clients, each posting a streamed chat completion in a loop.
+
+Run as its own (pinned) process by `bench.load`; prints one JSON object with every request's time to
+first byte and to last byte, so the parent computes the percentiles. wrk cannot see the first byte.
+
+    python -m bench.streamclient --url URL --body-file F --concurrency 16 --duration 15 --expect-events 21
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import aiohttp
+import orjson
+
+
+async def _one(
+    session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str], expect_events: int
+) -> tuple[float, float] | str:
+    """(seconds to first body byte, seconds to last byte), or why the stream was not a good one."""
+    started = time.perf_counter()
+    first = 0.0
+    events = 0
+    tail = b""
+    async with session.post(url, data=body, headers=headers) as resp:
+        if resp.status != 200:
+            await resp.read()
+            return f"status {resp.status}"
+        async for data in resp.content.iter_any():
+            if not first:
+                first = time.perf_counter()
+            events += data.count(b"data: ")
+            tail = (tail + data)[-64:]
+    ended = time.perf_counter()
+    if not first or b"data: [DONE]" not in tail:
+        return "incomplete"
+    if expect_events and events != expect_events:
+        return f"{events} events"
+    return first - started, ended - started
+
+
+async def _client(
+    session: aiohttp.ClientSession,
+    args: argparse.Namespace,
+    body: bytes,
+    headers: dict[str, str],
+    deadline: float,
+    times: list[tuple[float, float]],
+    errors: Counter[str],
+) -> None:
+    while time.perf_counter() < deadline:
+        try:
+            result = await _one(session, args.url, body, headers, args.expect_events)
+        except (aiohttp.ClientError, OSError) as exc:
+            result = type(exc).__name__
+        if isinstance(result, str):
+            errors[result] += 1
+        else:
+            times.append(result)
+
+
+async def run(args: argparse.Namespace, body: bytes) -> dict[str, object]:
+    headers = {"Content-Type": "application/json"}
+    for line in args.header:
+        name, _, value = line.partition(":")
+        headers[name.strip()] = value.strip()
+    times: list[tuple[float, float]] = []
+    errors: Counter[str] = Counter()
+    connector = aiohttp.TCPConnector(limit=args.concurrency)
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False) as session:
+        cpu0 = time.process_time()
+        started = time.perf_counter()
+        deadline = started + args.duration
+        await asyncio.gather(
+            *(_client(session, args, body, headers, deadline, times, errors) for _ in range(args.concurrency))
+        )
+        elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu0
+    return {
+        "requests": len(times),
+        "seconds": elapsed,
+        "errors": dict(errors),
+        "ttfb": [round(t[0], 7) for t in times],
+        "ttlb": [round(t[1], 7) for t in times],
+        "cpu_seconds": cpu,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.streamclient")
+    p.add_argument("--url", required=True)
+    p.add_argument("--body-file", required=True)
+    p.add_argument("--header", action="append", default=[], help="extra 'Name: value' header (repeatable)")
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--duration", type=float, default=15.0)
+    p.add_argument("--expect-events", type=int, default=0, help="SSE events in a whole stream (0 = any)")
+    args = p.parse_args(argv)
+    body = Path(args.body_file).read_bytes()
+    try:
+        import uvloop
+
+        result = uvloop.run(run(args, body))
+    except ImportError:
+        result = asyncio.run(run(args, body))
+    sys.stdout.buffer.write(orjson.dumps(result) + b"\n")
+
+
+if __name__ == "__main__":
+    main()
