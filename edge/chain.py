@@ -72,6 +72,15 @@ class Chain:
                 results.append(result)
         return results
 
+    async def pipe(self, hook: str, /, *, value_arg: str, value: Any, **kwargs: Any) -> Any:
+        """Hand `value` through every implementation in turn; a non-None result replaces it for the next."""
+        for fn, args, _ in self._impls[hook]:
+            given = {**kwargs, value_arg: value}
+            result = await fn(**{a: given[a] for a in args})
+            if result is not None:
+                value = result
+        return value
+
     def call(self, hook: str, /, **kwargs: Any) -> list[Any]:
         """A synchronous hook through pluggy itself (routes, migrations, commands)."""
         return list(getattr(self.pm.hook, hook)(**kwargs))

@@ -156,11 +156,11 @@ class V1:
         return out
 
     async def list_models(self, ctx: RequestContext) -> tuple[int, Any]:
-        models = [m for m in self.gateway.models.values() if m.name not in self.gateway.hidden_models]
-        for fn, args, _ in self.chain._impls["resayil_models"]:
-            kept = await fn(**{a: {"ctx": ctx, "models": models}[a] for a in args})
-            if kept is not None:
-                models = [m for m in kept if m.name not in self.gateway.hidden_models]
+        hidden = self.gateway.hidden_models
+        models = [m for m in self.gateway.models.values() if m.name not in hidden]
+        kept = await self.chain.pipe("resayil_models", value_arg="models", value=models, ctx=ctx)
+        # A plugin may return any list; hidden models stay hidden whatever it returns.
+        models = [m for m in kept if m.name not in hidden]
         return 200, {
             "object": "list",
             "data": [
