@@ -15,6 +15,11 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+import yaml
+from sqlalchemy.engine import url as sa_url
 
 from bench.machine import Layout
 from bench.procs import BenchError, Proc, descendants, free_port, spawn, wait_for_http
@@ -76,26 +81,78 @@ class Direct(Target):
         return Running(base_url=env.fake_url, cost_pids=env.fake.tree)
 
 
-Prepare = Callable[[BenchEnv, Running], dict[str, str]]
+# Creates what a variant needs once it is up (an account, an API key) and returns the headers to send.
+# Called with the environment the gateway runs in, so it can run the gateway's own CLI commands.
+Prepare = Callable[[BenchEnv, Running, dict[str, str]], dict[str, str]]
+# Changes a config loaded from YAML (raised limits, fewer plugins) before the gateway reads it.
+Patch = Callable[[dict[str, Any]], None]
+
+# Services the chains with a production store use; both are emptied for each target.
+MARIADB_URL = os.environ.get("RESAYIL_BENCH_MARIADB_URL", "mysql+aiomysql://root@127.0.0.1:3306")
+REDIS_URL = os.environ.get("RESAYIL_BENCH_REDIS_URL", "redis://127.0.0.1:6379")
+
+
+def fresh_mariadb(name: str) -> str:
+    """An empty database `resayil_bench_<name>` on MariaDB; returns its URL."""
+    url = sa_url.make_url(MARIADB_URL)
+    database = f"resayil_bench_{name}".replace("-", "_")
+    engine = sa.create_engine(url.set(drivername="mysql+pymysql"))
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{database}`")
+            conn.exec_driver_sql(f"CREATE DATABASE `{database}` CHARACTER SET utf8mb4")
+    finally:
+        engine.dispose()
+    return str(url.set(database=database).render_as_string(hide_password=False))
+
+
+def fresh_redis(db: int) -> str:
+    """Redis database `db`, emptied; returns its URL."""
+    import redis
+
+    url = f"{REDIS_URL.rstrip('/')}/{db}"
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+    return url
 
 
 @dataclass(frozen=True)
 class EdgeGateway(Target):
-    """Our gateway from `config` (a YAML file), migrated into a fresh SQLite file, served by granian."""
+    """Our gateway from `config` (a YAML file, changed by `patch`), migrated into a fresh database, served
+    by granian. The database is a SQLite file, or with `mariadb` an emptied MariaDB database; `redis_db`
+    gives it an emptied Redis database (required for more than one worker)."""
 
     config: Path = BENCH_DIR / "minimal.yaml"
+    patch: Patch | None = None
     workers: int = 1
+    mariadb: bool = False
+    redis_db: int | None = None
     environ: dict[str, str] = field(default_factory=dict)
-    # Creates what the variant needs once it is up (keys, accounts) and returns the headers to send.
     prepare: Prepare | None = None
     ready_timeout: float = 30.0
 
+    def config_file(self, env: BenchEnv) -> Path:
+        if self.patch is None:
+            return self.config
+        data = yaml.safe_load(self.config.read_text())
+        self.patch(data)
+        path = env.work / f"{self.name}.yaml"
+        path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False))
+        return path
+
     def start(self, env: BenchEnv, stack: ExitStack) -> Running:
+        database = fresh_mariadb(self.name) if self.mariadb else f"sqlite+aiosqlite:///{env.work / self.name}.db"
         environ = {
             **os.environ,
-            "RESAYIL_CONFIG": str(self.config),
-            "RESAYIL_DATABASE_URL": f"sqlite+aiosqlite:///{env.work / self.name}.db",
+            "RESAYIL_CONFIG": str(self.config_file(env)),
+            "RESAYIL_DATABASE_URL": database,
             "RESAYIL_OLLAMA_URL": env.fake_url,
+            "RESAYIL_CLOUD_URL": env.fake_url + "/v1",
+            "RESAYIL_WORKERS": str(self.workers),
+            **({"RESAYIL_REDIS_URL": fresh_redis(self.redis_db)} if self.redis_db is not None else {}),
             **self.environ,
         }
         migrate = subprocess.run(
@@ -117,13 +174,59 @@ class EdgeGateway(Target):
             ready_seconds=time.monotonic() - started,
         )
         if self.prepare is not None:
-            running.headers.update(self.prepare(env, running))
+            running.headers.update(self.prepare(env, running, environ))
         return running
 
 
-# Issue 7 adds the full chain (an EdgeGateway with the example config's plugins, a prepare step that creates a
-# key, workers matching LiteLLM's) and LiteLLM's proxy (a Target subclass) here.
+EXAMPLE = ROOT / "config" / "gateway.example.yaml"
+# Raised so the load is measured, not refused: every plan's rate limits, and the local upstream's slots
+# (the failover plugin queues beyond them, as it would in production).
+BENCH_ENVIRON = {"RESAYIL_OLLAMA_PARALLEL": "64", "RESAYIL_LOG_LEVEL": "warning", "RESAYIL_CLOUD_API_KEY": "bench"}
+
+
+def raise_limits(config: dict[str, Any]) -> None:
+    for tier in config["tiers"].values():
+        tier["requests_per_minute"] = 10**9
+        tier.pop("tokens_per_minute", None)
+
+
+def only_auth(config: dict[str, Any]) -> None:
+    config["plugins"] = [p for p in config["plugins"] if p["name"] == "auth_keys"]
+
+
+def _customer(**plan: Any) -> Prepare:
+    from bench.accounts import Customer
+
+    return Customer(**plan)
+
+
 TARGETS: tuple[Target, ...] = (
     Direct("direct", "fake Ollama, no gateway"),
     EdgeGateway("minimal", "gateway, bare core (open access, no plugins), 1 worker"),
+    EdgeGateway(
+        "auth",
+        "gateway, API-key auth only (auth_keys), 2 workers, MariaDB + Redis",
+        config=EXAMPLE,
+        patch=only_auth,
+        workers=2,
+        mariadb=True,
+        redis_db=14,
+        environ=BENCH_ENVIRON,
+        prepare=_customer(tier=None, credits_milli=0),
+        serve_on="any",
+        load_on="any",
+    ),
+    EdgeGateway(
+        "full",
+        "gateway, full chain as the example config ships it, limits raised, 2 workers, MariaDB + Redis",
+        config=EXAMPLE,
+        patch=raise_limits,
+        workers=2,
+        mariadb=True,
+        redis_db=15,
+        environ=BENCH_ENVIRON,
+        prepare=_customer(),
+        serve_on="any",
+        load_on="any",
+    ),
 )

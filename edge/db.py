@@ -18,6 +18,8 @@ from sqlalchemy import event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from edge.procedures import Procedures
+
 _SAFE_URL = re.compile(r"//([^:/@]*):([^@]+)@")
 # A connection returned to the pool this recently was working a moment ago: pinging it again on every
 # checkout (pool_pre_ping) cost one round trip per transaction. One idle longer is pinged first, as before.
@@ -114,6 +116,8 @@ class Database:
         self.url = url
         self.engine = make_engine(url, pool_size=pool_size)
         self.dialect = self.engine.dialect.name  # "sqlite" or "mysql"
+        # MariaDB/MySQL only: stored procedures for the request path's money transactions, one round trip each.
+        self.procedures: Procedures | None = None if self.is_sqlite else Procedures(url, size=pool_size)
 
     @property
     def is_sqlite(self) -> bool:
@@ -138,4 +142,6 @@ class Database:
             await conn.execute(sa.text("SELECT 1"))
 
     async def close(self) -> None:
+        if self.procedures is not None:
+            await self.procedures.close()
         await self.engine.dispose()

@@ -104,7 +104,7 @@ class Plugin:
         self._gateway = gateway
         self._ledger = Ledger(
             gateway.database,
-            plan_milli=lambda tier: pricing.plan_milli(gateway, tier),
+            plans={name: pricing.plan_milli(gateway, name) for name in gateway.config.tiers},
             low_percent=self.settings.low_balance_percent,
         )
         self._sweeper = asyncio.ensure_future(self._sweep_forever())

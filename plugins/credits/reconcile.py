@@ -117,7 +117,7 @@ def arguments(parser: argparse.ArgumentParser) -> None:
 async def run_reconcile(gateway: Gateway, args: argparse.Namespace) -> int:
     db = gateway.database
     if getattr(args, "release_expired", False):
-        released = await Ledger(db, plan_milli=lambda tier: 0, low_percent=0).release_expired()
+        released = await Ledger(db, plans={}, low_percent=0).release_expired()
         print(f"released {released} expired hold(s)")
     async with db.connect() as plain:
         conn = plain if db.is_sqlite else await plain.execution_options(isolation_level="REPEATABLE READ")
