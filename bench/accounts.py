@@ -12,14 +12,12 @@ import subprocess
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from bench.procs import BenchError
-
-if TYPE_CHECKING:
-    from bench.targets import BenchEnv, Running
+from bench.targets import BenchEnv, Running
 
 PASSWORD = "bench password 1234"
 

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import orjson
 
 PATH = "/v1/chat/completions"
+# An SSE event whose delta carries text. Gateways may add events of their own (LiteLLM sends
+# `finish_reason` in an extra empty one), so whole streams are checked by their content events.
+_CONTENT = re.compile(rb'^data: \{.*"content": ?"[^"]', re.MULTILINE)
+
+
+def content_events(stream: bytes) -> int:
+    return len(_CONTENT.findall(stream))
 
 
 @dataclass(frozen=True)

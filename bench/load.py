@@ -110,7 +110,7 @@ def run_wrk(shot: Shot) -> LoadResult:
     )
 
 
-def run_streams(shot: Shot, *, expect_events: int) -> LoadResult:
+def run_streams(shot: Shot, *, expect_content: int) -> LoadResult:
     argv = [
         sys.executable,
         "-m",
@@ -123,8 +123,8 @@ def run_streams(shot: Shot, *, expect_events: int) -> LoadResult:
         str(shot.concurrency),
         "--duration",
         str(shot.seconds),
-        "--expect-events",
-        str(expect_events),
+        "--expect-content",
+        str(expect_content),
     ]
     for name, value in shot.headers.items():
         argv += ["--header", f"{name}: {value}"]

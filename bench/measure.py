@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 
 from bench import profile
-from bench.cases import PATH, Case
+from bench.cases import PATH, Case, content_events
 from bench.load import LoadResult, Shot, run_streams, run_wrk
 from bench.machine import cpu_times, wait_quiet
 from bench.procs import BenchError, cpu_seconds
@@ -55,7 +55,7 @@ def check_answers(target: Target, running: Running, cases: list[Case], *, chunks
         except urllib.error.HTTPError as exc:
             raise BenchError(f"{target.name}: {case.name} answered {exc.code}: {exc.read()[:300]!r}") from None
         if stream:
-            ok = body.count(b"data: ") == chunks + 1 and body.rstrip().endswith(b"data: [DONE]")
+            ok = content_events(body) == chunks and body.rstrip().endswith(b"data: [DONE]")
         else:
             ok = bool(orjson.loads(body)["choices"][0]["message"].get("content"))
         if not ok:
@@ -89,7 +89,7 @@ def measure(env: BenchEnv, target: Target, running: Running, case: Case, plan: P
 
 def _load(case: Case, shot: Shot, plan: Plan) -> LoadResult:
     if case.stream:
-        return run_streams(shot, expect_events=plan.chunks + 1)
+        return run_streams(shot, expect_content=plan.chunks)
     return run_wrk(shot)
 
 

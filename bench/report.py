@@ -67,10 +67,17 @@ class Goal:
         return not (self.at_least is not None and value < self.at_least)
 
 
-# Issue 2's goals for the bare core; issue 7 adds its own (ratios to LiteLLM, the full chain's latency).
+# Issue 2's goals for the bare core; issue 7's for the API-key-only ("auth") and full chains, as ratios to
+# LiteLLM measured in the same run.
 GOALS: tuple[Goal, ...] = (
     Goal("bare core: added p50 at concurrency 1 <= 1 ms", "minimal", "chat-c1", "added_p50", at_most=1.0),
     Goal("bare core: >= 2,500 requests/s at concurrency 64, one worker", "minimal", "chat-c64", "rps", at_least=2500),
+    Goal("auth-only chain: >= 20x LiteLLM's requests/s at concurrency 64", "auth", "chat-c64", "ratio", at_least=20),
+    Goal("auth-only chain: added p50 at concurrency 1 <= 1 ms", "auth", "chat-c1", "added_p50", at_most=1.0),
+    Goal("full chain: >= 8x LiteLLM's requests/s at concurrency 64", "full", "chat-c64", "ratio", at_least=8),
+    Goal("full chain: added p50 at concurrency 1 <= 2.5 ms", "full", "chat-c1", "added_p50", at_most=2.5),
+    Goal("full chain: >= 10x LiteLLM's stream throughput", "full", "stream-c16", "ratio", at_least=10),
+    Goal("full chain: added time to first byte <= 2 ms", "full", "stream-c16", "added_ttfb_p50", at_most=2.0),
 )
 
 _COLUMNS = (

@@ -19,12 +19,13 @@ from typing import TypeVar
 
 from bench import profile
 from bench.cases import CASES, Case
+from bench.lineup import TARGETS
 from bench.load import ensure_wrk
 from bench.machine import Layout, describe
 from bench.measure import Plan, check_answers, measure, say
 from bench.procs import BenchError, Proc, free_port, memory_kib, spawn, wait_for_line
 from bench.report import Report, Row, TargetInfo
-from bench.targets import ROOT, TARGETS, BenchEnv, Target
+from bench.targets import ROOT, BenchEnv, Target
 
 T = TypeVar("T", Case, Target)
 
@@ -148,7 +149,9 @@ def run(args: argparse.Namespace) -> Report:
         "gateway_src": str(args.gateway_src),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    return Report(rows=rows, targets=infos, machine=describe(), settings=settings, ratio_to=args.ratio_to)
+    # With LiteLLM in the run, every target's requests/s is also given as a multiple of LiteLLM's (issue 7).
+    ratio_to = args.ratio_to or ("litellm" if any(t.name == "litellm" for t in targets) else None)
+    return Report(rows=rows, targets=infos, machine=describe(), settings=settings, ratio_to=ratio_to)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

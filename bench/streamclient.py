@@ -3,7 +3,7 @@
 Run as its own (pinned) process by `bench.load`; prints one JSON object with every request's time to
 first byte and to last byte, so the parent computes the percentiles. wrk cannot see the first byte.
 
-    python -m bench.streamclient --url URL --body-file F --concurrency 16 --duration 15 --expect-events 21
+    python -m bench.streamclient --url URL --body-file F --concurrency 16 --duration 15 --expect-content 20
 """
 
 from __future__ import annotations
@@ -19,15 +19,16 @@ from pathlib import Path
 import aiohttp
 import orjson
 
+from bench.cases import content_events
+
 
 async def _one(
-    session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str], expect_events: int
+    session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str], expect_content: int
 ) -> tuple[float, float] | str:
     """(seconds to first body byte, seconds to last byte), or why the stream was not a good one."""
     started = time.perf_counter()
     first = 0.0
-    events = 0
-    tail = b""
+    received: list[bytes] = []
     async with session.post(url, data=body, headers=headers) as resp:
         if resp.status != 200:
             await resp.read()
@@ -35,13 +36,13 @@ async def _one(
         async for data in resp.content.iter_any():
             if not first:
                 first = time.perf_counter()
-            events += data.count(b"data: ")
-            tail = (tail + data)[-64:]
+            received.append(data)
     ended = time.perf_counter()
-    if not first or b"data: [DONE]" not in tail:
+    whole = b"".join(received)
+    if not first or not whole.rstrip().endswith(b"data: [DONE]"):
         return "incomplete"
-    if expect_events and events != expect_events:
-        return f"{events} events"
+    if expect_content and (found := content_events(whole)) != expect_content:
+        return f"{found} content events"
     return first - started, ended - started
 
 
@@ -56,7 +57,7 @@ async def _client(
 ) -> None:
     while time.perf_counter() < deadline:
         try:
-            result = await _one(session, args.url, body, headers, args.expect_events)
+            result = await _one(session, args.url, body, headers, args.expect_content)
         except (aiohttp.ClientError, OSError) as exc:
             result = type(exc).__name__
         if isinstance(result, str):
@@ -100,7 +101,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--header", action="append", default=[], help="extra 'Name: value' header (repeatable)")
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--duration", type=float, default=15.0)
-    p.add_argument("--expect-events", type=int, default=0, help="SSE events in a whole stream (0 = any)")
+    p.add_argument(
+        "--expect-content", type=int, default=0, help="events with content in a whole stream (0 = any number)"
+    )
     args = p.parse_args(argv)
     body = Path(args.body_file).read_bytes()
     try:
