@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: run test lint bench migrate check-config clean
+.PHONY: run test lint bench soak migrate check-config clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -33,6 +33,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Issue 7's memory check: five minutes of mixed load on the full chain, then `reconcile`.
+soak: $(STAMP)
+	$(BIN)/python -m bench --targets full --cases "" --soak 300 --json var/bench/soak.json $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

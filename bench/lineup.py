@@ -54,6 +54,7 @@ TARGETS: tuple[Target, ...] = (
         redis_db=15,
         environ=BENCH_ENVIRON,
         prepare=Customer(),
+        reconcile=True,
         serve_on="any",
         load_on="any",
     ),

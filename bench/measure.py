@@ -109,10 +109,17 @@ def _measure_once(env: BenchEnv, target: Target, running: Running, case: Case, s
         for pid in running.worker_pids():
             out = plan.profile_dir / f"{target.name}-{case.name}-{pid}.raw"
             spies.append((out, profile.start(pid, out=out, seconds=shot.seconds, cpus=shot.cpus)))
-    target0, upstream0, machine0 = cpu_seconds(cost), cpu_seconds(upstream), cpu_times()
+    services = running.service_pids()
+    target0, services0, upstream0, machine0 = (
+        cpu_seconds(cost),
+        cpu_seconds(services),
+        cpu_seconds(upstream),
+        cpu_times(),
+    )
     result = _load(case, shot, plan)
     cpu = {
         "target": cpu_seconds(cost) - target0,
+        "services": cpu_seconds(services) - services0,
         "upstream": cpu_seconds(upstream) - upstream0,
         "load": result.load_cpu_seconds,
         **{f"machine_{k}": v - machine0[k] for k, v in cpu_times().items()},

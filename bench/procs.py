@@ -126,6 +126,22 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def pids_named(names: Sequence[str]) -> list[int]:
+    """Processes whose command name (as in /proc/PID/comm) is one of `names`."""
+    if not names:
+        return []
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                comm = Path(entry.path, "comm").read_text().strip()
+            except OSError:
+                continue
+            if comm in names:
+                found.append(int(entry.name))
+    return found
+
+
 def cpu_seconds(pids: Sequence[int]) -> float:
     """User plus system CPU time of these processes (all their threads) so far."""
     total = 0

@@ -32,7 +32,7 @@ class Row:
         steal. Above a few percent, this row's numbers are pessimistic."""
         if not self.result.seconds:
             return 0.0
-        ours = sum(self.cpu.get(k, 0.0) for k in ("target", "upstream", "load"))
+        ours = sum(self.cpu.get(k, 0.0) for k in ("target", "services", "upstream", "load"))
         other = max(0.0, self.cpu.get("machine_process", 0.0) - ours)
         return (other + self.cpu.get("machine_steal", 0.0)) / self.result.seconds
 
@@ -48,6 +48,10 @@ class TargetInfo:
     ready_seconds: float | None
     # (pid, VmRSS KiB, VmHWM KiB) of each worker after the run
     workers: list[tuple[int, int, int]]
+    # (what was checked after the load, whether it held, its last line of output)
+    checks: list[tuple[str, bool, str]] = field(default_factory=list)
+    # The soak's summary, when one ran (`--soak`)
+    soak: str | None = None
 
 
 @dataclass(frozen=True)
@@ -92,13 +96,14 @@ _COLUMNS = (
     "+ttfb",
     "errors",
     "CPU us/req",
-    "CPU% tgt/up/load/irq",
+    "CPU% tgt/svc/up/load/irq",
     "noise",
 )
 NOTES = (
     "p50/p99 of a stream are to its last byte; +p50 and +ttfb are the target's minus the baseline's.",
     "CPU us/req: CPU time of the target's own processes per request. CPU%: percent of one CPU used by the",
-    "target, the fake upstream (when not the target), the load generator, and interrupts (loopback TCP).",
+    "target, the services it uses (MariaDB, Redis), the fake upstream (when not the target), the load",
+    "generator, and interrupts (loopback TCP).",
     "noise: CPU taken by other processes and the hypervisor meanwhile; high noise makes a row pessimistic.",
 )
 
@@ -164,7 +169,7 @@ class Report:
                 _ms(self.value(row, "added_ttfb_p50"), signed=True),
                 str(res.error_count),
                 f"{row.cpu_us_per_request:,.0f}",
-                "/".join(f"{row.util(p):.0f}" for p in ("target", "upstream", "load", "machine_irq")),
+                "/".join(f"{row.util(p):.0f}" for p in ("target", "services", "upstream", "load", "machine_irq")),
                 f"{row.noise:.0%}",
             ]
             if self.ratio_to is not None:
@@ -196,8 +201,21 @@ class Report:
             )
         return lines
 
+    def after_lines(self) -> list[str]:
+        """Soaks and the checks run after each target's load."""
+        lines = []
+        for info in self.targets:
+            if info.soak:
+                lines.append(info.soak)
+            for what, ok, output in info.checks:
+                lines.append(f"  {info.name}: {'ok' if ok else 'FAILED'}  {what}: {output}")
+        return lines
+
     def render(self) -> str:
         parts = [self.table(), "", *NOTES, "", "gateway workers after the run:", *self.memory_lines()]
+        after = self.after_lines()
+        if after:
+            parts += ["", "after the load:", *after]
         goals = self.checked_goals()
         if goals:
             parts += ["", "goals:"]
@@ -206,7 +224,7 @@ class Report:
 
     def markdown(self) -> str:
         """The table and the memory lines as Markdown, for docs/performance.md."""
-        memory = [line.strip() for line in self.memory_lines()]
+        memory = [line.strip() for line in self.memory_lines() + self.after_lines()]
         return "\n".join([self.table(markdown=True), "", *(f"- {line}" for line in memory)]) + "\n"
 
     def write_json(self, path: Path) -> None:

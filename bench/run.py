@@ -25,6 +25,7 @@ from bench.machine import Layout, describe
 from bench.measure import Plan, check_answers, measure, say
 from bench.procs import BenchError, Proc, free_port, memory_kib, spawn, wait_for_line
 from bench.report import Report, Row, TargetInfo
+from bench.soak import soak
 from bench.targets import ROOT, BenchEnv, Target
 
 T = TypeVar("T", Case, Target)
@@ -58,6 +59,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=ROOT / "var" / "bench" / "latest.json", help="where to write JSON")
     p.add_argument("--profile", action="store_true", help="sample each gateway worker with py-spy, per case")
     p.add_argument("--ratio-to", default=None, help="add a column: each target's requests/s over this target's")
+    p.add_argument(
+        "--soak",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="after the cases, a mixed load for this long on each target, watching its workers' memory",
+    )
     args = p.parse_args(argv)
     if not (args.gateway_src / "edge" / "__main__.py").is_file():
         p.error(f"--gateway-src: {args.gateway_src} is not a checkout of the gateway (no edge/__main__.py)")
@@ -126,7 +134,7 @@ def run(args: argparse.Namespace) -> Report:
             with ExitStack() as target_stack:
                 say(f"{target.name}: starting ({target.label})")
                 running = target.start(env, target_stack)
-                check_answers(target, running, cases, chunks=args.chunks)
+                check_answers(target, running, cases or list(CASES), chunks=args.chunks)
                 for case in cases:
                     row = measure(env, target, running, case, plan)
                     res = row.result
@@ -135,8 +143,16 @@ def run(args: argparse.Namespace) -> Report:
                         f"p99 {res.p99:.2f} ms, {res.error_count} errors, noise {row.noise:.0%}"
                     )
                     rows.append(row)
+                summary = None
+                if args.soak > 0:
+                    soaked = soak(env, target, running, seconds=args.soak, chunks=args.chunks)
+                    summary = soaked.render()
+                    say(summary)
                 workers = [(pid, *memory_kib(pid)) for pid in running.worker_pids()]
-                infos.append(TargetInfo(target.name, target.label, running.ready_seconds, workers))
+                checks = [check() for check in running.checks]
+                for what, ok, output in checks:
+                    say(f"{target.name}: {'ok' if ok else 'FAILED'}  {what}: {output}")
+                infos.append(TargetInfo(target.name, target.label, running.ready_seconds, workers, checks, summary))
     settings = {
         "duration": args.duration,
         "warmup": args.warmup,

@@ -22,7 +22,7 @@ import yaml
 from sqlalchemy.engine import url as sa_url
 
 from bench.machine import Layout
-from bench.procs import BenchError, Proc, descendants, free_port, spawn, wait_for_http
+from bench.procs import BenchError, Proc, descendants, free_port, pids_named, spawn, wait_for_http
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
@@ -51,9 +51,13 @@ class Running:
     cost_pids: Callable[[], list[int]]
     # Processes whose memory is reported (gateway workers); empty when memory is not this target's to report.
     worker_pids: Callable[[], list[int]] = list
+    # Shared services the target's requests use (MariaDB, Redis): their CPU is reported beside the target's.
+    service_pids: Callable[[], list[int]] = list
     headers: dict[str, str] = field(default_factory=dict)
     model: str = MODEL
     ready_seconds: float | None = None
+    # Run after the load: each returns (what it checked, whether it held, what it printed).
+    checks: list[Callable[[], tuple[str, bool, str]]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,8 @@ class EdgeGateway(Target):
     environ: dict[str, str] = field(default_factory=dict)
     prepare: Prepare | None = None
     ready_timeout: float = 30.0
+    # After the load, `python -m edge reconcile` must find every balance equal to its ledger (credits plugin).
+    reconcile: bool = False
 
     def config_file(self, env: BenchEnv) -> Path:
         if self.patch is None:
@@ -167,12 +173,28 @@ class EdgeGateway(Target):
         stack.callback(proc.stop)
         base_url = f"http://127.0.0.1:{port}"
         wait_for_http(proc, f"{base_url}/healthz", timeout=self.ready_timeout)
+        services = (["mariadbd", "mysqld"] if self.mariadb else []) + (
+            ["redis-server"] if self.redis_db is not None else []
+        )
         running = Running(
             base_url=base_url,
             cost_pids=proc.tree,
             worker_pids=lambda: descendants(proc.pid),
+            service_pids=lambda: pids_named(services),
             ready_seconds=time.monotonic() - started,
         )
         if self.prepare is not None:
             running.headers.update(self.prepare(env, running, environ))
+        if self.reconcile:
+            running.checks.append(lambda: _reconcile(env, environ))
         return running
+
+
+def _reconcile(env: BenchEnv, environ: dict[str, str]) -> tuple[str, bool, str]:
+    # Requests still settling when the load stops finish within moments; reconcile then sees no live hold.
+    time.sleep(1.0)
+    done = subprocess.run(
+        [env.python, "-m", "edge", "reconcile"], cwd=env.src, env=environ, capture_output=True, text=True, check=False
+    )
+    output = (done.stdout + done.stderr).strip().splitlines()
+    return "`python -m edge reconcile` exits 0", done.returncode == 0, output[-1] if output else ""
