@@ -178,3 +178,33 @@ async def test_open_access_callers_are_not_billed(db_url: str, ollama: Any, serv
             assert r.status == 200
         assert await table_rows(served.gateway, "usage") == []
         assert await table_rows(served.gateway, "balances") == []
+
+
+async def test_a_database_that_fails_while_holding_answers_503_and_nothing_runs_unpaid(
+    db_url: str, ollama: Any, serve: Any, monkeypatch: Any
+) -> None:
+    """The database cannot be stopped in a test, so its failure is injected where the hold is taken:
+    the error each driver raises when the server goes away."""
+    import pymysql
+    import sqlalchemy as sa
+
+    async with serve(credits_config(ollama_url=ollama.url, database_url=db_url), plugins=[Plugin()]) as served:
+        plugin = served.gateway.plugin("credits")
+        await plugin.grant(account_id=3, amount_milli=1_000_000, kind="grant", reference="seed-3")
+
+        async def lost(**_: Any) -> str | None:
+            if served.gateway.database.is_sqlite:
+                raise sa.exc.OperationalError("INSERT", {}, Exception("disk I/O error"))
+            raise pymysql.err.OperationalError(2013, "Lost connection to MySQL server during query")
+
+        monkeypatch.setattr(plugin.ledger, "_hold", lost)
+        async with post(served, chat_body(), 3) as resp:
+            status, headers, data = resp.status, resp.headers, await resp.json()
+        monkeypatch.undo()
+        state = await plugin.ledger.state(3)
+    assert status == 503
+    assert headers["retry-after"] == "5"
+    assert data["error"]["code"] == "billing_unavailable"
+    assert "MySQL" not in data["error"]["message"] and "disk" not in data["error"]["message"]
+    assert ollama.arrivals == 0
+    assert state["balance_milli"] == 1_000_000 and state["reserved_milli"] == 0

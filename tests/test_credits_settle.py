@@ -6,14 +6,16 @@ import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
+import pytest
 
 from edge.context import RequestContext
 from edge.hookspecs import hookimpl
+from plugins.credits.rows import utcnow
 from tests.credits_test_plugins import (
     Plugin,
     Settled,
@@ -262,3 +264,48 @@ async def test_a_charge_beyond_the_hold_takes_only_what_is_free_and_never_goes_b
         balance = await plugin.balance(2)
     assert usage["multiplier"] == 100 and usage["cost_milli"] == len(body) + 64 + 5
     assert balance == {"account_id": 2, "balance_milli": 0, "reserved_milli": 0, "available_milli": 0}
+
+
+async def test_a_hold_that_commits_after_its_request_was_cancelled_is_given_straight_back(
+    db_url: str, ollama: Any, serve: Any, monkeypatch: Any
+) -> None:
+    """A client that disconnects while its hold is being taken: the transaction commits all the same (on
+    MariaDB the CALL is already in the server), and the hold must not stay reserved until it expires."""
+    async with funded(serve, db_url, ollama) as served:
+        ledger = served.gateway.plugin("credits").ledger
+        real_hold = ledger._hold
+        started, taken = asyncio.Event(), []
+
+        async def slow_hold(**kwargs: Any) -> str | None:
+            started.set()
+            await asyncio.sleep(0.2)  # the request is cancelled meanwhile
+            hold_id = await real_hold(**kwargs)
+            taken.append(hold_id)
+            return hold_id
+
+        monkeypatch.setattr(ledger, "_hold", slow_hold)
+        request = asyncio.ensure_future(
+            ledger.hold(
+                account_id=1,
+                amount_milli=50_000,
+                request_id="req_cancelled",
+                tier="basic",
+                expires_at=utcnow() + timedelta(minutes=10),
+            )
+        )
+        await started.wait()
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        for _ in range(100):
+            if taken and not ledger._cleanups:
+                break
+            await asyncio.sleep(0.05)
+        assert taken and taken[0] is not None, "the hold should have been taken after the cancellation"
+        assert await table_rows(served.gateway, "holds") == []
+        assert await ledger.state(1) == {
+            "account_id": 1,
+            "balance_milli": START,
+            "reserved_milli": 0,
+            "available_milli": START,
+        }

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 from edge.cli import Command
 from edge.context import RequestContext
-from edge.errors import PaymentRequired
+from edge.errors import PaymentRequired, ServiceUnavailable
 from edge.hookspecs import hookimpl
 from edge.settings import ConfigError
 from plugins.credits import messages, pricing, reports
 from plugins.credits.api import routes
-from plugins.credits.ledger import Change, Ledger
+from plugins.credits.ledger import DATABASE_ERRORS, Change, Ledger
 from plugins.credits.reconcile import arguments, run_reconcile
 from plugins.credits.rows import utcnow
 
@@ -167,13 +167,22 @@ class Plugin:
 
         async def take(completion: int) -> str | None:
             amount = pricing.hold_milli(prompt=prompt, completion=completion, multiplier=multiplier)
-            return await self.ledger.hold(
-                account_id=account,
-                amount_milli=amount,
-                request_id=ctx.request_id,
-                tier=principal.tier,
-                expires_at=expires,
-            )
+            try:
+                return await self.ledger.hold(
+                    account_id=account,
+                    amount_milli=amount,
+                    request_id=ctx.request_id,
+                    tier=principal.tier,
+                    expires_at=expires,
+                )
+            except DATABASE_ERRORS:
+                # Nothing is served unpaid: without the ledger the request waits for it to come back.
+                log.exception("could not take a hold", extra={"fields": {"request_id": ctx.request_id}})
+                raise ServiceUnavailable(
+                    "Billing is unavailable for a moment, so the request was not run; please try again shortly.",
+                    code="billing_unavailable",
+                    headers={"retry-after": "5"},
+                ) from None
 
         completion = budget
         hold_id = await take(budget)

@@ -8,14 +8,16 @@ under it, on any number of workers and hosts.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import orjson
+import pymysql
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -83,6 +85,9 @@ class _NotCovered(Exception):
     """The available balance does not cover a hold: its transaction rolls back."""
 
 
+# What a lost or failing database raises, through SQLAlchemy (SQLite, MariaDB) or a procedure call (MariaDB).
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (sa.exc.DBAPIError, pymysql.err.MySQLError, OSError)
+
 # Kinds that add to a balance; only `adjustment` may also take away.
 CREDIT_KINDS = frozenset({"grant", "subscription", "topup", "refund", "adjustment"})
 
@@ -130,6 +135,8 @@ class Ledger:
         self.plans = dict(plans)
         self.low_percent = low_percent
         self._plans_json = orjson.dumps(self.plans).decode()
+        # Holds being given back after their request was cancelled (strong references until they finish).
+        self._cleanups: set[asyncio.Future[None]] = set()
 
     def plan_milli(self, tier: str | None) -> int:
         return self.plans.get(tier or "", 0)
@@ -142,7 +149,40 @@ class Ledger:
     async def hold(
         self, *, account_id: int, amount_milli: int, request_id: str, tier: str, expires_at: datetime
     ) -> str | None:
-        """Take `amount_milli` from the available balance, or return None when it is not there."""
+        """Take `amount_milli` from the available balance, or return None when it is not there.
+
+        Safe against the caller being cancelled (a client that disconnects while its hold is taken): the
+        transaction may commit all the same, so it is awaited to the end and a hold it took is given
+        straight back, rather than staying reserved until the sweeper expires it."""
+        taking = asyncio.ensure_future(
+            self._hold(
+                account_id=account_id,
+                amount_milli=amount_milli,
+                request_id=request_id,
+                tier=tier,
+                expires_at=expires_at,
+            )
+        )
+        try:
+            return await asyncio.shield(taking)
+        except asyncio.CancelledError:
+            giving_back = asyncio.ensure_future(self._give_back(taking, account_id))
+            self._cleanups.add(giving_back)
+            giving_back.add_done_callback(self._cleanups.discard)
+            raise
+
+    async def _give_back(self, taking: asyncio.Future[str | None], account_id: int) -> None:
+        try:
+            hold_id = await taking
+        except Exception:
+            return  # nothing was taken
+        if hold_id is not None:
+            # The hold's expiry is in the future: a cutoff beyond any expiry releases it now.
+            await self._release(hold_id=hold_id, account_id=account_id, cutoff=utcnow() + timedelta(days=3650))
+
+    async def _hold(
+        self, *, account_id: int, amount_milli: int, request_id: str, tier: str, expires_at: datetime
+    ) -> str | None:
         hold_id = os.urandom(12).hex()
         if self.db.procedures is not None:
             args = (hold_id, account_id, request_id[:128], amount_milli, tier[:32], utcnow(), expires_at)
@@ -327,8 +367,15 @@ class Ledger:
                 .values(reserved_milli=balances.c.reserved_milli - amount, updated_at=utcnow())
             )
             log.warning(
-                "released an expired hold",
-                extra={"fields": {"account": account_id, "hold": hold_id, "amount_milli": int(amount)}},
+                "released a hold",
+                extra={
+                    "fields": {
+                        "account": account_id,
+                        "hold": hold_id,
+                        "amount_milli": int(amount),
+                        "why": "expired" if cutoff <= utcnow() else "its request was cancelled",
+                    }
+                },
             )
             return 1
 
