@@ -193,8 +193,18 @@ class EdgeGateway(Target):
 def _reconcile(env: BenchEnv, environ: dict[str, str]) -> tuple[str, bool, str]:
     # Requests still settling when the load stops finish within moments; reconcile then sees no live hold.
     time.sleep(1.0)
-    done = subprocess.run(
-        [env.python, "-m", "edge", "reconcile"], cwd=env.src, env=environ, capture_output=True, text=True, check=False
-    )
+    what = "`python -m edge reconcile` exits 0"
+    try:
+        done = subprocess.run(
+            [env.python, "-m", "edge", "reconcile"],
+            cwd=env.src,
+            env=environ,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+    except subprocess.TimeoutExpired:
+        return what, False, "did not finish within 120 s"
     output = (done.stdout + done.stderr).strip().splitlines()
-    return "`python -m edge reconcile` exits 0", done.returncode == 0, output[-1] if output else ""
+    return what, done.returncode == 0, output[-1] if output else ""

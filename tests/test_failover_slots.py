@@ -150,3 +150,29 @@ async def test_down_marking_counts_failures_and_clears_on_success(store: SlotSto
     entry = await store.enter(upstream="ollama", ticket=t, priority=0, spill_depth=3)
     assert entry.state == "down" and 4 < entry.retry_after_s <= 5
     assert (await store.snapshot(upstream="ollama")).down_for_s > 4
+
+
+async def test_stop_ends_the_listener_even_when_the_redis_client_swallows_the_cancellation(
+    client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py's `get_message(timeout=...)` can swallow a cancellation that lands inside its own timeout and
+    return None; a `python -m edge reconcile` then never exited. Stopping must not depend on the cancel."""
+    original = aioredis.client.PubSub.get_message
+
+    async def swallowing(self: aioredis.client.PubSub, *args: object, **kwargs: object) -> object:
+        try:
+            return await original(self, *args, **kwargs)  # type: ignore[arg-type]
+        except asyncio.CancelledError:
+            return None
+
+    monkeypatch.setattr(aioredis.client.PubSub, "get_message", swallowing)
+    store = await redis_store(client, poll_s=0.2)
+    tasks = list(store._tasks)
+    await asyncio.sleep(0.3)  # subscribed and waiting for a message
+    started = time.monotonic()
+    # Not wait_for: it would wait for a cancellation that never lands, and hang the run instead of failing.
+    stopping = asyncio.ensure_future(store.stop())
+    await asyncio.wait({stopping}, timeout=5)
+    assert stopping.done(), "stop() did not return"
+    assert time.monotonic() - started < 1.0
+    assert all(task.done() for task in tasks)

@@ -100,8 +100,8 @@ class Invalidations:
     async def stop(self) -> None:
         if self.task is not None:
             self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+            # Bounded: a cancellation swallowed inside the Redis client must not keep the process alive.
+            await asyncio.wait({self.task}, timeout=5)
             self.task = None
 
     async def publish(self, message: str) -> None:

@@ -165,14 +165,23 @@ class RedisSlots:
         self.waiting: dict[str, dict[str, int]] = {name: {} for name in parallel}
         self._wakeups: dict[str, asyncio.Event] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
 
     async def start(self) -> None:
+        self._stopping = False
         self._tasks = [asyncio.create_task(self._listen()), asyncio.create_task(self._heartbeat())]
 
     async def stop(self) -> None:
+        """End the listener and the heartbeat. Cancelling is not enough on its own: redis-py's
+        `get_message(timeout=...)` can swallow a cancellation that lands inside its own timeout (seen as a
+        `reconcile` that never exited), so the loops also check `_stopping`, and each ends within a poll."""
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=2 * self.poll_s + 1)
+            if stuck:
+                log.warning("failover tasks did not stop in time", extra={"fields": {"tasks": len(stuck)}})
         self._tasks = []
 
     async def enter(self, *, upstream: str, ticket: str, priority: int, spill_depth: int | None) -> Entry:
@@ -268,11 +277,11 @@ class RedisSlots:
 
     async def _listen(self) -> None:
         """One subscription per process turns releases anywhere into wake-ups here."""
-        while True:
+        while not self._stopping:
             pubsub = self.redis.pubsub()
             try:
                 await pubsub.subscribe(CHANNEL)
-                while True:
+                while not self._stopping:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=self.poll_s)
                     if message is not None:
                         self._wake(message["data"].decode())
@@ -288,7 +297,7 @@ class RedisSlots:
 
     async def _heartbeat(self) -> None:
         """Extend the leases of every slot held and place waited for by this process."""
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.lease_ms / 3000)
             try:
                 await self.beat()
