@@ -151,11 +151,30 @@ class Forwarder:
             raise aiohttp.ClientPayloadError("stream ended without [DONE]")
         ctx.outcome = "ok"
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await _drain(resp)
 
     async def _end_stream_with_error(self, ctx: RequestContext, send: Send, code: str, message: str) -> None:
         ctx.outcome = code
         error = {"message": message, "type": "server_error", "param": None, "code": code}
         await send({"type": "http.response.body", "body": event({"error": error}), "more_body": False})
+
+
+# After `[DONE]` only the end of the upstream's body is due (the last empty chunk of a chunked answer). It is
+# read, once the client has its whole answer, so the kept-alive connection goes back to the pool: released
+# unread, aiohttp closes it and the next stream pays for a new connection. An upstream that sends more, or
+# nothing at all, loses its connection as before.
+_DRAIN_BYTES = 64 * 1024
+_DRAIN_SECONDS = 0.5
+
+
+async def _drain(resp: aiohttp.ClientResponse) -> None:
+    try:
+        async with asyncio.timeout(_DRAIN_SECONDS):
+            left = _DRAIN_BYTES
+            while left > 0 and (data := await resp.content.readany()):
+                left -= len(data)
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        pass
 
 
 def estimate(ctx: RequestContext, completion_chunks: int) -> Usage:

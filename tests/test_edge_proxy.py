@@ -69,6 +69,25 @@ async def test_stream_strips_the_usage_chunk_the_client_did_not_ask_for(
     assert usage.prompt_tokens > 0
 
 
+async def test_streams_and_answers_one_after_another_reuse_one_upstream_connection(
+    serve: Any, cfg: dict[str, Any], ollama: Any
+) -> None:
+    """After `[DONE]` the end of the upstream's chunked body is read, so its kept-alive connection goes back
+    to the pool instead of being closed: every stream would otherwise open a new connection to Ollama."""
+    ollama.settings.end_delay = 0.02  # the body's end arrives after `[DONE]`, as from Ollama's Go server
+    async with serve(cfg, plugins=[StaticAuth()]) as gw:
+        for stream in (True, True, False, True):
+            async with gw.request(
+                "POST", "/v1/chat/completions", json={**CHAT, "stream": stream}, headers=auth_headers()
+            ) as r:
+                assert r.status == 200
+                await r.read()
+            await asyncio.sleep(0.05)  # the relay finishes reading the upstream after the client's last byte
+    peers = [served["peer"] for served in ollama.served]
+    assert len(peers) == 4 and peers[0]
+    assert len(set(peers)) == 1, peers
+
+
 async def test_stream_keeps_the_usage_chunk_when_asked(serve: Any, cfg: dict[str, Any]) -> None:
     body = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
     async with serve(cfg, plugins=[StaticAuth()]) as gw:

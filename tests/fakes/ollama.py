@@ -72,6 +72,8 @@ class FakeSettings:
     require_key: str | None = None
     models: list[str] = field(default_factory=list)
     name: str = "ollama"
+    # Seconds between a stream's last event and the end of its chunked body (Go's server writes them apart).
+    end_delay: float = 0.0
 
 
 class ServedRequest(TypedDict):
@@ -83,6 +85,8 @@ class ServedRequest(TypedDict):
     stream: bool
     body: JsonObject
     headers: dict[str, str]
+    # The client's "address:port": the same for requests that came over one kept-alive connection.
+    peer: str
 
 
 class _HttpError(Exception):
@@ -353,9 +357,16 @@ class FakeOllama:
         await self._acquire()
         try:
             headers = {k.lower(): v for k, v in request.headers.items()}
+            peername = request.transport.get_extra_info("peername") if request.transport is not None else None
             self.served.append(
                 ServedRequest(
-                    arrival=arrival, path=request.path, model=model, stream=stream, body=body, headers=headers
+                    arrival=arrival,
+                    path=request.path,
+                    model=model,
+                    stream=stream,
+                    body=body,
+                    headers=headers,
+                    peer=f"{peername[0]}:{peername[1]}" if peername else "",
                 )
             )
             self.loaded.add(model)
@@ -429,6 +440,8 @@ class FakeOllama:
         try:
             if await self._pump(request, resp, frames=frames, frame=frame, error=error):
                 await resp.write(tail())
+                if self.settings.end_delay > 0:
+                    await asyncio.sleep(self.settings.end_delay)
             await resp.write_eof()
         except (_Abort, ConnectionError):
             pass
