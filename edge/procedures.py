@@ -14,7 +14,6 @@ error for the next caller.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -24,10 +23,13 @@ import aiomysql
 import pymysql
 from sqlalchemy.engine import make_url
 
+from edge.transient import mysql_transient, retrying
+
 PING_IDLE_SECONDS = 1.0
-# Deadlock and lock-wait timeout: the procedure rolled its transaction back, so it is simply called again.
-_TRANSIENT = frozenset({1205, 1213})
-_ATTEMPTS = 5
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, pymysql.err.OperationalError) and mysql_transient(exc)
 
 
 class Procedures:
@@ -54,14 +56,7 @@ class Procedures:
         """`CALL name(args…)` and the first row of its first result set (None when it returned no row).
 
         Every procedure called here rolls back on error, so one reporting a deadlock is called again."""
-        for attempt in range(1, _ATTEMPTS + 1):
-            try:
-                return await self._call_once(name, args)
-            except pymysql.err.OperationalError as exc:
-                if attempt == _ATTEMPTS or not (exc.args and exc.args[0] in _TRANSIENT):
-                    raise
-            await asyncio.sleep(0.005 * attempt + random.random() * 0.01)
-        raise AssertionError("unreachable")
+        return await retrying(lambda: self._call_once(name, args), transient=_transient)
 
     async def _call_once(self, name: str, args: Sequence[Any]) -> tuple[Any, ...] | None:
         placeholders = ", ".join(["%s"] * len(args))

@@ -297,7 +297,6 @@ class Ledger:
     ) -> Change | None:
         assert self.db.procedures is not None
         now = utcnow()
-        u = usage_row
         args = (
             hold_id,
             account_id,
@@ -306,7 +305,7 @@ class Ledger:
             self._plans_json,
             self.low_percent,
             now,
-            *(u[column] for column in _USAGE_ARGS),
+            *(usage_row[column] for column in _USAGE_ARGS),
         )
         result = await self.db.procedures.call("credits_settle", args)
         if result is None or result[0] != 1:

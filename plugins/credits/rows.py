@@ -3,8 +3,6 @@ on a deadlock; and how timestamps and ledger rows are written out."""
 
 from __future__ import annotations
 
-import asyncio
-import random
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -14,6 +12,7 @@ from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edge.db import Database
+from edge.transient import mysql_transient, retrying
 from plugins.credits.tables import balances, ledger
 
 T = TypeVar("T")
@@ -24,8 +23,6 @@ _BALANCE = sa.select(
 ).where(balances.c.account_id == sa.bindparam("b_account", type_=balances.c.account_id.type))
 _BALANCE_FOR_UPDATE = _BALANCE.with_for_update()
 _APPEND = ledger.insert()
-# MariaDB deadlock / lock wait timeout, and SQLite's busy error: the whole transaction is simply retried.
-_TRANSIENT_MYSQL = frozenset({1205, 1213})
 
 
 def utcnow() -> datetime:
@@ -53,15 +50,12 @@ def ledger_row(m: Mapping[Any, Any]) -> dict[str, Any]:
 
 async def in_transaction(db: Database, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
     """Run `work` in one transaction, again from the start when the database reports a deadlock."""
-    for attempt in range(5):
-        try:
-            async with db.begin() as conn:
-                return await work(conn)
-        except sa.exc.OperationalError as exc:
-            if attempt == 4 or not _transient(exc):
-                raise
-            await asyncio.sleep(0.005 * (attempt + 1) + random.random() * 0.01)
-    raise AssertionError("unreachable")
+
+    async def once() -> T:
+        async with db.begin() as conn:
+            return await work(conn)
+
+    return await retrying(once, transient=_transient)
 
 
 async def lock_balance(conn: AsyncConnection, account_id: int) -> datetime:
@@ -122,9 +116,8 @@ async def append_entry(
     return ledger_row({"id": key[0], **values})
 
 
-def _transient(exc: sa.exc.OperationalError) -> bool:
-    orig = exc.orig
-    args = getattr(orig, "args", ())
-    if args and isinstance(args[0], int):
-        return args[0] in _TRANSIENT_MYSQL
-    return "database is locked" in str(orig)
+def _transient(exc: BaseException) -> bool:
+    """MariaDB's deadlock or lock-wait timeout, or SQLite's busy lock: the whole transaction runs again."""
+    if not isinstance(exc, sa.exc.OperationalError):
+        return False
+    return mysql_transient(exc.orig) or "database is locked" in str(exc.orig)
