@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 import zoneinfo
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from edge.hookspecs import hookimpl
 from edge.settings import ConfigError
 from plugins.credits import messages, pricing, reports
 from plugins.credits.api import routes
+from plugins.credits.leases import Lease, Leases
 from plugins.credits.ledger import DATABASE_ERRORS, Change, Ledger
 from plugins.credits.reconcile import arguments, run_reconcile
 from plugins.credits.rows import utcnow
@@ -40,6 +42,8 @@ class Hold:
     amount_milli: int
     multiplier: int
     completion_budget: int
+    # Taken from this worker's lease on the account (its id is then the charge's own), else a hold row.
+    lease: Lease | None = None
 
 
 class Plugin:
@@ -59,6 +63,13 @@ class Plugin:
         timezone: str = "Asia/Kuwait"
         billing_path: str = "/#/billing"
         chart_days: int = 30
+        # Leases (see leases.py): each worker reserves room for this many more requests like the last one
+        # of an account, takes holds from it in memory and writes settlements in batches. 0: every request
+        # holds and settles in its own transactions.
+        lease_requests: int = 0
+        # How long settled charges wait to be written together, and how long an unused lease is kept.
+        settle_batch_ms: int = 20
+        lease_idle_ms: int = 500
 
     def __init__(self, settings: Plugin.Settings) -> None:
         if settings.min_completion_tokens < 1:
@@ -71,6 +82,10 @@ class Plugin:
             )
         if not 1 <= settings.chart_days <= 366:
             raise ConfigError("plugins.credits.settings.chart_days: must be between 1 and 366")
+        if not 0 <= settings.lease_requests <= 1000:
+            raise ConfigError("plugins.credits.settings.lease_requests: must be between 0 and 1000")
+        if not 1 <= settings.settle_batch_ms <= 1000 or not 10 <= settings.lease_idle_ms <= 60_000:
+            raise ConfigError("plugins.credits.settings: settle_batch_ms must be 1-1000 and lease_idle_ms 10-60000")
         try:
             self.tz = zoneinfo.ZoneInfo(settings.timezone)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
@@ -78,6 +93,7 @@ class Plugin:
         self.settings = settings
         self._gateway: Gateway | None = None
         self._ledger: Ledger | None = None
+        self._leases: Leases | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
     @property
@@ -91,6 +107,11 @@ class Plugin:
         if self._ledger is None:
             raise RuntimeError("the credits plugin has not started")
         return self._ledger
+
+    @property
+    def hold_seconds(self) -> float:
+        """How long a hold (or a silent worker's lease) lives before the sweeper releases it."""
+        return self.gateway.config.timeouts.total + self.settings.hold_grace_seconds
 
     @property
     def top_up_url(self) -> str:
@@ -107,11 +128,23 @@ class Plugin:
             plans={name: pricing.plan_milli(gateway, name) for name in gateway.config.tiers},
             low_percent=self.settings.low_balance_percent,
         )
+        if self.settings.lease_requests:
+            self._leases = Leases(
+                gateway.database,
+                plans=self._ledger.plans,
+                low_percent=self.settings.low_balance_percent,
+                requests=self.settings.lease_requests,
+                batch_seconds=self.settings.settle_batch_ms / 1000,
+                idle_seconds=self.settings.lease_idle_ms / 1000,
+                ttl_seconds=self.hold_seconds,
+            )
         self._sweeper = asyncio.ensure_future(self._sweep_forever())
 
     @hookimpl
     async def resayil_shutdown(self, gateway: Gateway) -> None:
-        """Stop the sweeper."""
+        """Write what leases have settled and give their room back; stop the sweeper."""
+        if self._leases is not None:
+            await self._leases.stop()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -163,11 +196,19 @@ class Plugin:
             return  # a free model (multiplier 0 in the YAML) costs nothing, so there is nothing to hold
         prompt = pricing.prompt_bound(ctx)
         budget = ctx.completion_budget
-        expires = utcnow() + timedelta(seconds=self.gateway.config.timeouts.total + self.settings.hold_grace_seconds)
+        expires = utcnow() + timedelta(seconds=self.hold_seconds)
+        leases = self._leases
+        lease: Lease | None = None
 
-        async def take(completion: int) -> str | None:
+        async def take(completion: int, *, first: bool = False) -> str | None:
+            nonlocal lease
             amount = pricing.hold_milli(prompt=prompt, completion=completion, multiplier=multiplier)
             try:
+                if leases is not None:
+                    lease = await leases.take(
+                        account_id=account, amount_milli=amount, tier=principal.tier, patient=first
+                    )
+                    return os.urandom(12).hex() if lease is not None else None
                 return await self.ledger.hold(
                     account_id=account,
                     amount_milli=amount,
@@ -185,7 +226,7 @@ class Plugin:
                 ) from None
 
         completion = budget
-        hold_id = await take(budget)
+        hold_id = await take(budget, first=True)
         floor = min(self.settings.min_completion_tokens, budget)
         available = 0
         # Another request may take what we just saw between the read and the hold: look again, a few times.
@@ -193,6 +234,8 @@ class Plugin:
             if hold_id is not None:
                 break
             available = (await self.ledger.state(account))["available_milli"]
+            if leases is not None:
+                available += leases.spare(account)  # this worker's own room counts as available to it
             completion = min(
                 budget, pricing.affordable_completion(available_milli=available, prompt=prompt, multiplier=multiplier)
             )
@@ -211,6 +254,7 @@ class Plugin:
             pricing.hold_milli(prompt=prompt, completion=completion, multiplier=multiplier),
             multiplier,
             completion,
+            lease,
         )
 
     def _cap(self, ctx: RequestContext, completion: int, *, lowered: bool) -> None:
@@ -262,13 +306,24 @@ class Plugin:
         if not isinstance(hold, Hold):
             return
         charge = pricing.charge_milli(ctx.usage, ctx.multiplier)
-        change = await self.ledger.settle(
-            hold_id=hold.id,
-            account_id=hold.account_id,
-            hold_milli=hold.amount_milli,
-            charge_milli=charge,
-            usage_row=self._usage_row(ctx),
-        )
+        change: Change | None
+        if hold.lease is not None:
+            assert self._leases is not None
+            change = await self._leases.settle(
+                hold.lease,
+                charge_id=hold.id,
+                hold_milli=hold.amount_milli,
+                charge_milli=charge,
+                usage_row=self._usage_row(ctx),
+            )
+        else:
+            change = await self.ledger.settle(
+                hold_id=hold.id,
+                account_id=hold.account_id,
+                hold_milli=hold.amount_milli,
+                charge_milli=charge,
+                usage_row=self._usage_row(ctx),
+            )
         if change is None:
             log.info("hold already settled or released", extra={"fields": {"request_id": ctx.request_id}})
             return

@@ -1,0 +1,377 @@
+"""A worker's leases: credits it has reserved in the database for an account's next requests.
+
+Without leases every request is two transactions on the account's balance row: the hold before it goes
+upstream, the settlement after. With them, a worker reserves room for several requests at once (one
+hold row, `lease_rows.grow`) and takes each request's hold from that room in memory; settlements are
+written together, many requests in one transaction (`lease_rows.write_batch`), `batch_seconds` after
+the first of them. The money stays exact:
+
+- nothing is spent that is not reserved in the database: a request's hold comes out of the lease's
+  spare room, which is part of the account's reserved_milli, so no number of workers or hosts can
+  overspend a balance;
+- every request still gets its own usage row and ledger row, and `settle` returns only once they are
+  committed, as before;
+- a lease only keeps spare room while its account is busy, and at most a LEASE_SHARE-th of what else
+  is free, so little of a small balance is ever parked in another worker; an idle lease is given back
+  after `idle_seconds`.
+
+What a crash costs: the charges of the last `batch_seconds` are lost (the customer is billed less,
+never more), and the lease's room stays reserved until the sweeper releases its row at expiry, as for
+any hold of a crashed worker. A stopping worker writes what it has and gives its leases back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from edge.db import Database
+from plugins.credits.lease_rows import LEASE_SHARE, Charge, LeaseMove, Written, grow, write_batch
+from plugins.credits.ledger import Change
+from plugins.credits.rows import utcnow
+
+log = logging.getLogger("resayil.credits")
+
+# After a failed batch, the next attempt waits this long; after this many failures its charges are lost.
+RETRY_SECONDS = 1.0
+ATTEMPTS = 5
+
+
+@dataclass(eq=False, slots=True)
+class Lease:
+    """One account's room in this worker. `size` is what the hold row reserves; requests in flight use
+    `in_use` of it and settled charges not yet written `pending`; the rest is spare."""
+
+    id: str
+    account_id: int
+    size: int = 0
+    in_use: int = 0
+    pending: int = 0
+    want: int = 0  # spare room to keep while busy: lease_requests x the last request's hold
+    free_seen: int = 0  # the account's free balance outside every hold, as of our last transaction
+    last_used: float = field(default_factory=time.monotonic)
+    renewed: float = field(default_factory=time.monotonic)
+    lost: bool = False
+
+    @property
+    def spare(self) -> int:
+        return self.size - self.in_use - self.pending
+
+
+@dataclass(eq=False, slots=True)
+class _Pending:
+    charge: Charge
+    done: asyncio.Future[Change | None]
+    attempts: int = 0
+
+
+class Leases:
+    """This worker's leases on `db`. `requests`: spare room for that many more requests like the last
+    one; `ttl_seconds`: how long a lease row outlives a silent worker."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        plans: Mapping[str, int],
+        low_percent: int,
+        requests: int,
+        batch_seconds: float,
+        idle_seconds: float,
+        ttl_seconds: float,
+    ) -> None:
+        self.db = db
+        self.plans = dict(plans)
+        self.low_percent = low_percent
+        self.requests = requests
+        self.batch_seconds = batch_seconds
+        self.idle_seconds = idle_seconds
+        self.ttl_seconds = ttl_seconds
+        self.owner = f"lease {socket.gethostname()} {os.getpid()}"
+        self._leases: dict[int, Lease] = {}
+        self._pending: list[_Pending] = []
+        self._writing = asyncio.Lock()  # one transaction of this worker's leases at a time
+        self._wake = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # ---- the request path ----------------------------------------------------------------------------------
+
+    def spare(self, account_id: int) -> int:
+        lease = self._leases.get(account_id)
+        return max(lease.spare, 0) if lease is not None else 0
+
+    async def take(self, *, account_id: int, amount_milli: int, tier: str, patient: bool = True) -> Lease | None:
+        """Hold `amount_milli` for one request: from the lease's spare room when it covers it (no I/O),
+        else after growing the lease; None when the account's free balance does not cover it.
+
+        When it does not, but other workers hold some of the account's balance, a `patient` take tries
+        once more after they have had the time to give idle room back, rather than refuse a request the
+        balance pays for."""
+        for attempt in range(2 if patient else 1):
+            if attempt:
+                await asyncio.sleep(self.idle_seconds + self.batch_seconds)
+            lease = self._take_spare(account_id, amount_milli)
+            if lease is not None:
+                return lease
+            # Shielded: a grow that commits after its caller is cancelled still lands in memory.
+            growing = asyncio.ensure_future(self._grow_and_take(account_id, amount_milli, tier))
+            lease, others = await asyncio.shield(growing)
+            if lease is not None or not others:
+                return lease
+        return None
+
+    def _take_spare(self, account_id: int, amount: int) -> Lease | None:
+        lease = self._leases.get(account_id)
+        if lease is None or lease.lost or lease.spare < amount:
+            return None
+        lease.in_use += amount
+        lease.last_used = time.monotonic()
+        lease.want = max(lease.want, amount * self.requests)
+        return lease
+
+    async def _grow_and_take(self, account_id: int, amount: int, tier: str) -> tuple[Lease | None, int]:
+        """The lease with `amount` taken, or None and how much of the balance others hold."""
+        async with self._writing:
+            lease = self._take_spare(account_id, amount)  # another request may have grown it meanwhile
+            if lease is not None:
+                return lease, 0
+            lease = self._leases.get(account_id)
+            exists = lease is not None and not lease.lost
+            if lease is None or lease.lost:
+                lease = Lease(os.urandom(12).hex(), account_id)
+            grown = await grow(
+                self.db,
+                lease_id=lease.id,
+                exists=exists,
+                account_id=account_id,
+                need=amount - max(lease.spare, 0),
+                want=amount * self.requests,
+                tier=tier,
+                owner=self.owner,
+                expires_at=self._expiry(),
+            )
+            if grown.lost:
+                lease.lost = True
+                self._leases.pop(account_id, None)
+                log.warning("a lease was released by the sweeper", extra={"fields": {"account": account_id}})
+                return None, grown.reserved_milli
+            lease.free_seen = grown.free_milli
+            if not grown.granted:
+                return None, grown.reserved_milli - (lease.size if exists else 0)
+            lease.size += grown.granted
+            lease.renewed = time.monotonic()
+            self._leases[account_id] = lease
+            self._ensure_running()
+            return self._take_spare(account_id, amount), 0
+
+    async def settle(
+        self, lease: Lease, *, charge_id: str, hold_milli: int, charge_milli: int, usage_row: dict[str, Any]
+    ) -> Change | None:
+        """Turn one request's hold into its charge; returns once its rows are committed. None when the
+        lease was lost (its row released by the sweeper): as for a lost hold, nothing is charged."""
+        lease.in_use -= hold_milli
+        lease.last_used = time.monotonic()
+        if lease.lost:
+            log.warning("lease lost before settlement; not charged", extra={"fields": {"charge": charge_id}})
+            return None
+        # A charge above its hold (a prompt that counted more than its bound) may take the lease's spare.
+        charged = max(min(charge_milli, hold_milli + max(lease.spare, 0)), 0)
+        if charged < charge_milli:
+            log.warning(
+                "charge capped at the lease's room",
+                extra={"fields": {"account": lease.account_id, "charge_milli": charge_milli, "charged_milli": charged}},
+            )
+        lease.pending += charged
+        done: asyncio.Future[Change | None] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(Charge(lease.id, lease.account_id, charge_id, charged, usage_row), done))
+        if self._stopping:
+            await self.flush()  # no writer runs any more: this settlement writes itself
+        else:
+            self._ensure_running()
+            self._wake.set()
+        return await asyncio.shield(done)
+
+    # ---- writing batches -----------------------------------------------------------------------------------
+
+    def _expiry(self) -> datetime:
+        return utcnow() + timedelta(seconds=self.ttl_seconds)
+
+    def _ensure_running(self) -> None:
+        if self._runner is None and not self._stopping:
+            self._runner = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.idle_seconds / 2)
+                await asyncio.sleep(self.batch_seconds)  # let the batch fill
+            except TimeoutError:
+                pass  # a look at idle leases and leases due for renewal
+            self._wake.clear()
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("writing settled charges failed; trying again")
+                await asyncio.sleep(RETRY_SECONDS)
+                self._wake.set()
+            if not self._leases and not self._pending:
+                self._runner = None
+                return
+
+    async def flush(self, *, drop_all: bool = False) -> None:
+        """Write every settled charge, give back idle leases' room (every lease's, with `drop_all`) and
+        renew leases due for it, in one transaction."""
+        async with self._writing:
+            batch, self._pending = self._pending, []
+            now = time.monotonic()
+            charged: dict[str, int] = {}
+            for p in batch:
+                charged[p.charge.lease_id] = charged.get(p.charge.lease_id, 0) + p.charge.charged_milli
+            moves: list[LeaseMove] = []
+            undo: list[Callable[[], None]] = []
+            for lease in list(self._leases.values()):
+                idle = lease.in_use == 0 and lease.pending == charged.get(lease.id, 0)
+                drop = idle and (drop_all or now - lease.last_used >= self.idle_seconds)
+                renew = now - lease.renewed >= self.ttl_seconds / 3
+                if lease.id not in charged and not drop and not renew:
+                    continue
+                keep = min(lease.want, lease.free_seen // LEASE_SHARE)
+                release = lease.spare if drop else max(lease.spare - keep, 0)
+                moves.append(
+                    LeaseMove(
+                        lease.id,
+                        lease.account_id,
+                        release,
+                        drop,
+                        lease.spare - release,
+                        0 if drop else lease.want,
+                        self._expiry(),
+                    )
+                )
+                # Given back at once: requests taking room while the batch is written see it gone already.
+                spent = charged.get(lease.id, 0)
+                lease.size -= spent + release
+                lease.pending -= spent
+                if drop:
+                    del self._leases[lease.account_id]
+                undo.append(self._undoer(lease, spent, release, drop))
+            moving = {m.lease_id for m in moves}
+            for p in batch:
+                if p.charge.lease_id not in moving and not p.done.done():
+                    log.warning("lease lost; charge not written", extra={"fields": {"id": p.charge.charge_id}})
+                    p.done.set_result(None)
+            batch = [p for p in batch if p.charge.lease_id in moving]
+            if not moves:
+                return
+            try:
+                written = await write_batch(
+                    self.db,
+                    charges=[p.charge for p in batch],
+                    moves=moves,
+                    plans=self.plans,
+                    low_percent=self.low_percent,
+                )
+            except BaseException:
+                for step in undo:
+                    step()
+                self._requeue(batch)
+                raise
+            self._apply(written, moves)
+            self._answer(batch, written)
+
+    def _undoer(self, lease: Lease, spent: int, release: int, drop: bool) -> Callable[[], None]:
+        def undo() -> None:
+            lease.size += spent + release
+            lease.pending += spent
+            if drop and not lease.lost:
+                self._leases.setdefault(lease.account_id, lease)
+
+        return undo
+
+    def _requeue(self, batch: list[_Pending]) -> None:
+        keep = []
+        for p in batch:
+            p.attempts += 1
+            if p.attempts < ATTEMPTS:
+                keep.append(p)
+                continue
+            log.error(
+                "a settled charge could not be written; it is lost",
+                extra={"fields": {"charge": p.charge.charge_id, "charged_milli": p.charge.charged_milli}},
+            )
+            lease = next((x for x in self._leases.values() if x.id == p.charge.lease_id), None)
+            if lease is not None:
+                # Its room stays reserved in the database: this worker stops using that lease.
+                lease.lost = True
+                self._leases.pop(lease.account_id, None)
+            if not p.done.done():
+                p.done.set_result(None)
+        self._pending[:0] = keep
+
+    def _apply(self, written: Written, moves: list[LeaseMove]) -> None:
+        now = time.monotonic()
+        by_id = {lease.id: lease for lease in self._leases.values()}
+        for move in moves:
+            lease = by_id.get(move.lease_id)
+            if lease is None:
+                continue
+            if move.lease_id in written.lost:
+                lease.lost = True
+                self._leases.pop(lease.account_id, None)
+                log.warning("a lease was released by the sweeper", extra={"fields": {"account": lease.account_id}})
+                continue
+            lease.size += written.granted.get(move.lease_id, 0)
+            lease.free_seen = written.free.get(move.lease_id, lease.free_seen)
+            lease.renewed = now
+
+    def _answer(self, batch: list[_Pending], written: Written) -> None:
+        last: dict[int, str] = {}
+        for p in batch:
+            if p.charge.charge_id in written.balances_after:
+                last[p.charge.account_id] = p.charge.charge_id
+        for p in batch:
+            c = p.charge
+            if p.done.done():
+                continue
+            if c.charge_id not in written.balances_after:
+                log.warning("lease lost before its charges were written", extra={"fields": {"charge": c.charge_id}})
+                p.done.set_result(None)
+                continue
+            p.done.set_result(
+                Change(
+                    written.balances_after[c.charge_id],
+                    written.tiers.get(c.account_id),
+                    crossed_low=c.account_id in written.crossed_low and last[c.account_id] == c.charge_id,
+                    charged_milli=c.charged_milli,
+                )
+            )
+
+    # ---- lifecycle -----------------------------------------------------------------------------------------
+
+    async def stop(self, *, within: float = 10.0) -> None:
+        """Write what is settled and give every idle lease back (a lease still in use is left to expire)."""
+        self._stopping = True
+        self._wake.set()
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._runner
+            self._runner = None
+        deadline = time.monotonic() + within
+        while (self._pending or self._leases) and time.monotonic() < deadline:
+            try:
+                await self.flush(drop_all=True)
+            except Exception:
+                log.exception("writing settled charges at shutdown failed")
+                await asyncio.sleep(min(RETRY_SECONDS, max(deadline - time.monotonic(), 0)))
+            if not self._pending and all(lease.in_use for lease in self._leases.values()):
+                break
