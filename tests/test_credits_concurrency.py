@@ -67,11 +67,17 @@ def gateway_processes(config_path: Path, logs: Path, count: int = 2) -> Iterator
 
 
 @contextmanager
-def setup(tmp_path: Path, mariadb_database: str, redis_url: str, *fake_args: str) -> Iterator[tuple[Path, Any]]:
+def setup(
+    tmp_path: Path, mariadb_database: str, redis_url: str, *fake_args: str, lease_requests: int = 0
+) -> Iterator[tuple[Path, Any]]:
     truncate_mariadb(mariadb_database)
     with fake_ollama_process(*fake_args) as ollama_url:
         config = credits_config(
-            ollama_url=ollama_url, database_url=mariadb_database, redis_url=redis_url, extra_plugins=[TEST_AUTH]
+            ollama_url=ollama_url,
+            database_url=mariadb_database,
+            redis_url=redis_url,
+            extra_plugins=[TEST_AUTH],
+            lease_requests=lease_requests,
         )
         config["server"]["log_level"] = "warning"
         path = tmp_path / "gateway.yaml"
@@ -159,8 +165,13 @@ def assert_clean_logs(tmp_path: Path) -> None:
         assert "Traceback" not in text and '"level":"error"' not in text, text[-3000:]
 
 
+# Each test runs with a transaction per hold and settlement, and with leases (4 workers, each leasing room).
+LEASES = pytest.mark.parametrize("lease_requests", [0, 32], ids=["holds", "leases"])
+
+
+@LEASES
 async def test_200_concurrent_requests_on_two_hosts_never_spend_more_than_the_balance(
-    tmp_path: Path, mariadb_database: str, redis_url: str
+    tmp_path: Path, mariadb_database: str, redis_url: str, lease_requests: int
 ) -> None:
     async def send(http: aiohttp.ClientSession, url: str, body: bytes, request_id: str) -> tuple[str, int, Any]:
         headers = {"content-type": "application/json", "x-request-id": request_id, **bearer(ACCOUNT, "pro", "ar")}
@@ -169,7 +180,10 @@ async def test_200_concurrent_requests_on_two_hosts_never_spend_more_than_the_ba
             return request_id, r.status, data
 
     with (
-        setup(tmp_path, mariadb_database, redis_url, "--latency", LATENCY) as (path, config),
+        setup(tmp_path, mariadb_database, redis_url, "--latency", LATENCY, lease_requests=lease_requests) as (
+            path,
+            config,
+        ),
         gateway_processes(path, tmp_path) as ports,
     ):
         results, watch, gateway, hold = await run_burst(config, ports, send, stream=False)
@@ -187,8 +201,9 @@ async def test_200_concurrent_requests_on_two_hosts_never_spend_more_than_the_ba
     assert_clean_logs(tmp_path)
 
 
+@LEASES
 async def test_200_concurrent_streams_cut_at_random_points_are_billed_exactly(
-    tmp_path: Path, mariadb_database: str, redis_url: str
+    tmp_path: Path, mariadb_database: str, redis_url: str, lease_requests: int
 ) -> None:
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
@@ -212,7 +227,16 @@ async def test_200_concurrent_streams_cut_at_random_points_are_billed_exactly(
 
     with (
         setup(
-            tmp_path, mariadb_database, redis_url, "--latency", LATENCY, "--chunks", "30", "--chunk-interval", "0.03"
+            tmp_path,
+            mariadb_database,
+            redis_url,
+            "--latency",
+            LATENCY,
+            "--chunks",
+            "30",
+            "--chunk-interval",
+            "0.03",
+            lease_requests=lease_requests,
         ) as (path, config),
         gateway_processes(path, tmp_path) as ports,
     ):

@@ -28,6 +28,14 @@ from plugins.credits.tables import balances, holds, ledger, usage
 # so several workers' leases never park much of a small balance.
 LEASE_SHARE = 8
 
+
+def room(want: int, free: int, unit: int) -> int:
+    """Spare room worth keeping: up to `want`, at most a LEASE_SHARE-th of `free`, in whole `unit`s (the
+    size of the account's last hold), so a lease never parks a remnant too small for a request."""
+    spare = max(min(want, free // LEASE_SHARE), 0)
+    return spare - spare % unit if unit > 0 else spare
+
+
 _TOUCH = (
     balances.update()
     .where(balances.c.account_id.in_(sa.bindparam("b_accounts", expanding=True)))
@@ -88,12 +96,13 @@ async def grow(
     account_id: int,
     need: int,
     want: int,
+    unit: int,
     tier: str,
     owner: str,
     expires_at: datetime,
 ) -> Grown:
-    """Reserve `need` (all or nothing) plus up to `want` more for the lease, never more than a
-    LEASE_SHARE-th of what else is free. Creates the lease row when `exists` is False."""
+    """Reserve `need` (all or nothing) plus `room(want, what else is free, unit)` more for the lease.
+    Creates the lease row when `exists` is False."""
 
     async def work(conn: AsyncConnection) -> Grown:
         now = utcnow()
@@ -104,7 +113,7 @@ async def grow(
         free = int(state.balance_milli) - int(state.reserved_milli)
         if free < need:
             return Grown(0, free, int(state.reserved_milli))
-        granted = need + max(min(want, (free - need) // LEASE_SHARE), 0)
+        granted = need + room(want, free - need, unit)
         if exists:
             moved = await conn.execute(_MOVE_LEASE, {"b_id": lease_id, "b_delta": granted, "b_expires": expires_at})
             if moved.rowcount != 1:
@@ -141,7 +150,7 @@ class Charge:
 @dataclass(frozen=True, slots=True)
 class LeaseMove:
     """What a batch does to one lease besides its charges: give back `release` milli-credits (all that is
-    left when `drop`), then top its spare up towards `want_spare` (spare being what it has free now)."""
+    left when `drop`), then top its spare up to `room(want_spare, free, unit)` (spare: what it has free now)."""
 
     lease_id: str
     account_id: int
@@ -149,6 +158,7 @@ class LeaseMove:
     drop: bool
     spare: int
     want_spare: int
+    unit: int
     expires_at: datetime
 
 
@@ -238,7 +248,7 @@ async def write_batch(
                 dropped.append(m.lease_id)
                 continue
             free = balance[m.account_id] - reserved[m.account_id]
-            top_up = max(min(m.want_spare, free // LEASE_SHARE) - m.spare, 0)
+            top_up = max(room(m.want_spare, free, m.unit) - m.spare, 0)
             reserved[m.account_id] += top_up
             lease_delta[m.lease_id] += top_up
             out.granted[m.lease_id] = top_up

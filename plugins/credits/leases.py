@@ -34,7 +34,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from edge.db import Database
-from plugins.credits.lease_rows import LEASE_SHARE, Charge, LeaseMove, Written, grow, write_batch
+from plugins.credits.lease_rows import Charge, LeaseMove, Written, grow, room, write_batch
 from plugins.credits.ledger import Change
 from plugins.credits.rows import utcnow
 
@@ -56,6 +56,7 @@ class Lease:
     in_use: int = 0
     pending: int = 0
     want: int = 0  # spare room to keep while busy: lease_requests x the last request's hold
+    unit: int = 0  # the last request's hold: room is kept in whole units of it
     free_seen: int = 0  # the account's free balance outside every hold, as of our last transaction
     last_used: float = field(default_factory=time.monotonic)
     renewed: float = field(default_factory=time.monotonic)
@@ -124,10 +125,23 @@ class Leases:
                 return lease
             # Shielded: a grow that commits after its caller is cancelled still lands in memory.
             growing = asyncio.ensure_future(self._grow_and_take(account_id, amount_milli, tier))
-            lease, others = await asyncio.shield(growing)
+            try:
+                lease, others = await asyncio.shield(growing)
+            except asyncio.CancelledError:
+                growing.add_done_callback(lambda done: self._untake(done, amount_milli))
+                raise
             if lease is not None or not others:
                 return lease
         return None
+
+    def _untake(self, growing: asyncio.Future[tuple[Lease | None, int]], amount: int) -> None:
+        """The caller of a take that grew the lease went away: its hold goes back into spare room."""
+        if growing.cancelled() or growing.exception() is not None:
+            return
+        lease, _ = growing.result()
+        if lease is not None:
+            lease.in_use -= amount
+            lease.last_used = time.monotonic()
 
     def _take_spare(self, account_id: int, amount: int) -> Lease | None:
         lease = self._leases.get(account_id)
@@ -135,7 +149,8 @@ class Leases:
             return None
         lease.in_use += amount
         lease.last_used = time.monotonic()
-        lease.want = max(lease.want, amount * self.requests)
+        lease.unit = amount
+        lease.want = amount * self.requests
         return lease
 
     async def _grow_and_take(self, account_id: int, amount: int, tier: str) -> tuple[Lease | None, int]:
@@ -155,6 +170,7 @@ class Leases:
                 account_id=account_id,
                 need=amount - max(lease.spare, 0),
                 want=amount * self.requests,
+                unit=amount,
                 tier=tier,
                 owner=self.owner,
                 expires_at=self._expiry(),
@@ -244,7 +260,7 @@ class Leases:
                 renew = now - lease.renewed >= self.ttl_seconds / 3
                 if lease.id not in charged and not drop and not renew:
                     continue
-                keep = min(lease.want, lease.free_seen // LEASE_SHARE)
+                keep = room(lease.want, lease.free_seen, lease.unit)
                 release = lease.spare if drop else max(lease.spare - keep, 0)
                 moves.append(
                     LeaseMove(
@@ -254,6 +270,7 @@ class Leases:
                         drop,
                         lease.spare - release,
                         0 if drop else lease.want,
+                        lease.unit,
                         self._expiry(),
                     )
                 )
