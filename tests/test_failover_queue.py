@@ -73,7 +73,8 @@ async def test_basic_never_spills_and_is_served_in_arrival_order(
 ) -> None:
     slow_ollama.settings.latency = 0.15
     async with serve(config_for(slow_ollama, cloud, sqlite_url, store), plugins=[TierAuth()]) as served:
-        replies = await staggered([chat(served, "basic", f"b{i}") for i in range(8)])
+        # 50 ms apart: a pause of the test's own loop (it serves the gateway too) must not swap two arrivals.
+        replies = await staggered([chat(served, "basic", f"b{i}") for i in range(8)], gap=0.05)
 
         assert [(r.status, r.route, r.fingerprint) for r in replies] == [(200, "local", "fp_local")] * 8
         assert served_texts(slow_ollama) == [f"b{i}" for i in range(8)]
