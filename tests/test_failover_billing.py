@@ -98,3 +98,24 @@ async def test_refused_and_failed_requests_give_back_their_hold_and_their_slot(
         basic = await served.gateway.plugin("credits").balance(ACCOUNTS["basic"])
         assert (basic["balance_milli"], basic["reserved_milli"]) == (START - charged, 0)
         await assert_released(served)
+
+
+async def test_the_slot_is_free_for_the_next_request_before_the_charge_is_written(
+    serve: Any, ollama: Any, cloud: Any, db_url: str, redis_url: str
+) -> None:
+    # One local slot, and leases that write charges only a second after they are settled.
+    ollama.settings.parallel = 1
+    config = billed_config(ollama, cloud, db_url, redis_url)
+    config["plugins"][0]["settings"] = {"lease_requests": 8, "settle_batch_ms": 1000}
+    async with serve(config, plugins=[TierAuth()]) as served:
+        await seed(served, "basic")
+        first = await chat(served, "basic", "first")
+        second = await chat(served, "basic", "second")
+        assert (first.status, second.status) == (200, 200)
+        # The second request got the slot at once, not after the first one's charge was written.
+        assert second.elapsed < 0.5, second.elapsed
+        assert await table_rows(served.gateway, "usage", account_id=ACCOUNTS["basic"]) == []
+        await until_settled(served.gateway, ACCOUNTS["basic"], within=10)
+        rows = await table_rows(served.gateway, "usage", account_id=ACCOUNTS["basic"])
+        assert len(rows) == 2 and all(r["cost_milli"] > 0 for r in rows)
+        await assert_released(served)

@@ -228,7 +228,9 @@ class Plugin:
             return True
         raise self._unavailable(Entry("down", retry_after_s=self.settings.down_cooldown_s if down else 5))
 
-    @hookimpl
+    # First of the settle hooks: the upstream's slot is free the moment its answer is over, not once slower
+    # settlement work (the credits plugin's write of the charge, batched with others) is done.
+    @hookimpl(tryfirst=True)
     async def resayil_settle(self, ctx: RequestContext) -> None:
         """Give back the slot or place in line exactly once; a cloud request that failed before any
         output gives its count back."""
