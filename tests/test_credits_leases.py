@@ -377,3 +377,29 @@ async def test_served_requests_with_leases_are_each_billed_and_reconcile(
         assert state["balance_milli"] == START - sum(u["cost_milli"] for u in usage)
         code = await run_reconcile(gateway, argparse.Namespace(release_expired=False))
         assert code == 0, capsys.readouterr().out
+
+
+async def test_growing_a_lease_the_sweeper_released_starts_a_new_one(books: Books) -> None:
+    await books.fund(100 * UNIT)
+    leases = worker(books.db, idle=30.0, requests=1)
+    try:
+        first = await leases.take(account_id=ACCOUNT, amount_milli=UNIT, tier="basic")
+        assert first is not None
+        assert await books.ledger.release_expired(now=utcnow() + timedelta(days=1)) == 1
+        # More than the lost lease's spare room: the grow finds its row gone and starts a new lease at once.
+        bigger = await leases.take(account_id=ACCOUNT, amount_milli=5 * UNIT, tier="basic", patient=False)
+        assert bigger is not None and bigger is not first
+        assert [r.id for r in await books.rows(holds)] == [bigger.id]
+        await books.assert_consistent()
+        assert (
+            await leases.settle(first, charge_id="c1", hold_milli=UNIT, charge_milli=UNIT, usage_row=usage_row("r1"))
+            is None
+        )
+        change = await leases.settle(
+            bigger, charge_id="c2", hold_milli=5 * UNIT, charge_milli=2 * UNIT, usage_row=usage_row("r2")
+        )
+        assert change is not None and change.balance_milli == 98 * UNIT
+    finally:
+        await leases.stop()
+    state = await books.assert_consistent()
+    assert state["balance_milli"] == 98 * UNIT and state["reserved_milli"] == 0

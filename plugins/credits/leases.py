@@ -159,27 +159,29 @@ class Leases:
             lease = self._take_spare(account_id, amount)  # another request may have grown it meanwhile
             if lease is not None:
                 return lease, 0
-            lease = self._leases.get(account_id)
-            exists = lease is not None and not lease.lost
-            if lease is None or lease.lost:
-                lease = Lease(os.urandom(12).hex(), account_id)
-            grown = await grow(
-                self.db,
-                lease_id=lease.id,
-                exists=exists,
-                account_id=account_id,
-                need=amount - max(lease.spare, 0),
-                want=amount * self.requests,
-                unit=amount,
-                tier=tier,
-                owner=self.owner,
-                expires_at=self._expiry(),
-            )
-            if grown.lost:
+            while True:
+                lease = self._leases.get(account_id)
+                exists = lease is not None
+                if lease is None:
+                    lease = Lease(os.urandom(12).hex(), account_id)
+                grown = await grow(
+                    self.db,
+                    lease_id=lease.id,
+                    exists=exists,
+                    account_id=account_id,
+                    need=amount - max(lease.spare, 0),
+                    want=amount * self.requests,
+                    unit=amount,
+                    tier=tier,
+                    owner=self.owner,
+                    expires_at=self._expiry(),
+                )
+                if not grown.lost:
+                    break
+                # The sweeper released it (this worker looked dead for a lease's lifetime): start a new one.
                 lease.lost = True
                 self._leases.pop(account_id, None)
                 log.warning("a lease was released by the sweeper", extra={"fields": {"account": account_id}})
-                return None, grown.reserved_milli
             lease.free_seen = grown.free_milli
             if not grown.granted:
                 return None, grown.reserved_milli - (lease.size if exists else 0)
