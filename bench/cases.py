@@ -1,4 +1,8 @@
-"""The load shapes of a run, as data: non-streaming at concurrency 1 and 64, a 20-chunk stream at 16."""
+"""The load shapes of a run, as data: non-streaming at concurrency 1 and 64, a 20-chunk stream at 16 and 1.
+
+At concurrency 16 a gateway is saturated, so a stream's time to first byte there is mostly its wait behind
+the other fifteen (Little's law: concurrency / throughput); one stream at a time shows what the gateway
+itself adds before the first byte."""
 
 from __future__ import annotations
 
@@ -41,4 +45,5 @@ CASES: tuple[Case, ...] = (
     Case("chat-c1", stream=False, concurrency=1),
     Case("chat-c64", stream=False, concurrency=64),
     Case("stream-c16", stream=True, concurrency=16),
+    Case("stream-c1", stream=True, concurrency=1),
 )

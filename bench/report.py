@@ -81,7 +81,20 @@ GOALS: tuple[Goal, ...] = (
     Goal("full chain: >= 8x LiteLLM's requests/s at concurrency 64", "full", "chat-c64", "ratio", at_least=8),
     Goal("full chain: added p50 at concurrency 1 <= 2.5 ms", "full", "chat-c1", "added_p50", at_most=2.5),
     Goal("full chain: >= 10x LiteLLM's stream throughput", "full", "stream-c16", "ratio", at_least=10),
-    Goal("full chain: added time to first byte <= 2 ms", "full", "stream-c16", "added_ttfb_p50", at_most=2.0),
+    Goal(
+        "full chain: added time to first byte <= 2 ms, one stream at a time",
+        "full",
+        "stream-c1",
+        "added_ttfb_p50",
+        at_most=2.0,
+    ),
+    Goal(
+        "full chain: added time to first byte <= 2 ms at concurrency 16 (saturated: mostly queueing)",
+        "full",
+        "stream-c16",
+        "added_ttfb_p50",
+        at_most=2.0,
+    ),
 )
 
 _COLUMNS = (
