@@ -209,9 +209,17 @@ async def test_reconcile_runs_from_the_command_line(tmp_path: Path, sqlite_url: 
     assert "account 1: balance_milli is 11 but its ledger sums to 10 (differs by 1)" in out
 
 
-async def test_credits_low_fires_once_per_crossing(db_url: str, ollama: Any, serve: Any) -> None:
+# With leases (a short idle time, so that until_settled sees them given back) the events are the same.
+LEASES = pytest.mark.parametrize("leases", [{}, {"lease_requests": 32, "lease_idle_ms": 50}], ids=["holds", "leases"])
+
+
+@LEASES
+async def test_credits_low_fires_once_per_crossing(
+    db_url: str, ollama: Any, serve: Any, leases: dict[str, int]
+) -> None:
     events = Events()
-    async with serve(credits_config(ollama_url=ollama.url, database_url=db_url), plugins=[Plugin(), events]) as served:
+    config = credits_config(ollama_url=ollama.url, database_url=db_url, **leases)
+    async with serve(config, plugins=[Plugin(), events]) as served:
         plugin = served.gateway.plugin("credits")
         # Basic: 1000 credits a month, so the warning line is 200 credits. Each request here costs 14 milli.
         await plugin.grant(account_id=1, amount_milli=200_020, kind="subscription", reference="month-1")
@@ -245,9 +253,13 @@ async def test_credits_low_fires_once_per_crossing(db_url: str, ollama: Any, ser
     assert low[1]["balance_milli"] == balance
 
 
-async def test_credits_exhausted_fires_once_until_the_next_top_up(db_url: str, ollama: Any, serve: Any) -> None:
+@LEASES
+async def test_credits_exhausted_fires_once_until_the_next_top_up(
+    db_url: str, ollama: Any, serve: Any, leases: dict[str, int]
+) -> None:
     events = Events()
-    async with serve(credits_config(ollama_url=ollama.url, database_url=db_url), plugins=[Plugin(), events]) as served:
+    config = credits_config(ollama_url=ollama.url, database_url=db_url, **leases)
+    async with serve(config, plugins=[Plugin(), events]) as served:
         plugin = served.gateway.plugin("credits")
         for _ in range(3):
             async with served.request(
