@@ -117,7 +117,8 @@ async def test_holds_come_from_room_reserved_in_the_database(books: Books) -> No
         assert state["reserved_milli"] == 5 * UNIT
         # The next four come from that room without touching the database.
         for _ in range(4):
-            assert await leases.take(account_id=ACCOUNT, amount_milli=UNIT, tier="basic") is first
+            again = await leases.take(account_id=ACCOUNT, amount_milli=UNIT, tier="basic")
+            assert again is not None and again.lease is first.lease
         assert [r.amount_milli for r in await books.rows(holds)] == [5 * UNIT]
         assert leases.spare(ACCOUNT) == 0
     finally:
@@ -141,9 +142,7 @@ async def test_settlements_are_written_together_each_with_its_rows(
         taken = [await leases.take(account_id=ACCOUNT, amount_milli=UNIT, tier="basic") for _ in range(10)]
         changes = await asyncio.gather(
             *(
-                leases.settle(
-                    lease, charge_id=f"c{i:02d}", hold_milli=UNIT, charge_milli=300 + i, usage_row=usage_row(f"r{i}")
-                )
+                leases.settle(lease, charge_id=f"c{i:02d}", charge_milli=300 + i, usage_row=usage_row(f"r{i}"))
                 for i, lease in enumerate(taken)
                 if lease is not None
             )
@@ -180,7 +179,7 @@ async def test_an_idle_lease_gives_its_room_back(books: Books) -> None:
     try:
         lease = await leases.take(account_id=ACCOUNT, amount_milli=UNIT, tier="basic")
         assert lease is not None
-        await leases.settle(lease, charge_id="c1", hold_milli=UNIT, charge_milli=UNIT, usage_row=usage_row("r1"))
+        await leases.settle(lease, charge_id="c1", charge_milli=UNIT, usage_row=usage_row("r1"))
         # Written, and the lease keeps its room a while for the account's next request.
         state = await books.assert_consistent()
         assert state["balance_milli"] == 99 * UNIT and state["reserved_milli"] > 0
@@ -215,7 +214,7 @@ async def test_two_workers_never_hold_more_than_the_balance(books: Books) -> Non
         assert state["reserved_milli"] == 10 * UNIT and state["available_milli"] == 0
         await asyncio.gather(
             *(
-                w.settle(lease, charge_id=f"c{i}", hold_milli=UNIT, charge_milli=UNIT, usage_row=usage_row(f"r{i}"))
+                w.settle(lease, charge_id=f"c{i}", charge_milli=UNIT, usage_row=usage_row(f"r{i}"))
                 for i, (w, lease) in enumerate(taken)
             )
         )
@@ -232,7 +231,7 @@ async def test_room_parked_in_another_worker_is_waited_for_not_refused(books: Bo
     try:
         lease = await a.take(account_id=ACCOUNT, amount_milli=UNIT, tier="basic")
         assert lease is not None
-        await a.settle(lease, charge_id="a1", hold_milli=UNIT, charge_milli=UNIT, usage_row=usage_row("a1"))
+        await a.settle(lease, charge_id="a1", charge_milli=UNIT, usage_row=usage_row("a1"))
         assert a.spare(ACCOUNT) > 0  # worker a keeps room for its next request
         # Worker b needs the whole balance that is left: it waits for a to give its idle room back.
         whole = await b.take(account_id=ACCOUNT, amount_milli=9 * UNIT, tier="basic")
@@ -240,7 +239,7 @@ async def test_room_parked_in_another_worker_is_waited_for_not_refused(books: Bo
         assert (await books.assert_consistent())["available_milli"] == 0
         # Nothing more is left for anyone, patient or not.
         assert await a.take(account_id=ACCOUNT, amount_milli=UNIT, tier="basic", patient=False) is None
-        await b.settle(whole, charge_id="b1", hold_milli=9 * UNIT, charge_milli=9 * UNIT, usage_row=usage_row("b1"))
+        await b.settle(whole, charge_id="b1", charge_milli=9 * UNIT, usage_row=usage_row("b1"))
     finally:
         await a.stop()
         await b.stop()
@@ -253,9 +252,7 @@ async def test_stopping_writes_what_is_settled_and_returns_the_room(books: Books
     leases = worker(books.db, batch=5.0, idle=30.0)  # nothing would be written for a long while
     lease = await leases.take(account_id=ACCOUNT, amount_milli=UNIT, tier="basic")
     assert lease is not None
-    settling = asyncio.ensure_future(
-        leases.settle(lease, charge_id="c1", hold_milli=UNIT, charge_milli=700, usage_row=usage_row("r1"))
-    )
+    settling = asyncio.ensure_future(leases.settle(lease, charge_id="c1", charge_milli=700, usage_row=usage_row("r1")))
     await asyncio.sleep(0.05)
     assert not settling.done()
     await leases.stop()
@@ -273,15 +270,13 @@ async def test_a_lease_the_sweeper_released_charges_nothing_and_is_replaced(book
         assert lease is not None
         # The worker looked dead for longer than the lease lives: the sweeper releases its row.
         assert await books.ledger.release_expired(now=utcnow() + timedelta(days=1)) == 1
-        change = await leases.settle(
-            lease, charge_id="c1", hold_milli=UNIT, charge_milli=UNIT, usage_row=usage_row("r1")
-        )
+        change = await leases.settle(lease, charge_id="c1", charge_milli=UNIT, usage_row=usage_row("r1"))
         assert change is None  # as for a request whose hold was released: not charged
         state = await books.assert_consistent()
         assert state["balance_milli"] == 100 * UNIT and state["reserved_milli"] == 0
         fresh = await leases.take(account_id=ACCOUNT, amount_milli=UNIT, tier="basic")
-        assert fresh is not None and fresh.id != lease.id
-        assert [r.id for r in await books.rows(holds)] == [fresh.id]
+        assert fresh is not None and fresh.lease.id != lease.lease.id
+        assert [r.id for r in await books.rows(holds)] == [fresh.lease.id]
         await books.assert_consistent()
     finally:
         await leases.stop()
@@ -303,9 +298,7 @@ async def test_a_failed_batch_is_written_by_the_next_attempt(books: Books, monke
     try:
         lease = await leases.take(account_id=ACCOUNT, amount_milli=UNIT, tier="basic")
         assert lease is not None
-        change = await leases.settle(
-            lease, charge_id="c1", hold_milli=UNIT, charge_milli=400, usage_row=usage_row("r1")
-        )
+        change = await leases.settle(lease, charge_id="c1", charge_milli=400, usage_row=usage_row("r1"))
         assert change is not None and change.charged_milli == 400 and not failures
     finally:
         await leases.stop()
@@ -388,18 +381,29 @@ async def test_growing_a_lease_the_sweeper_released_starts_a_new_one(books: Book
         assert await books.ledger.release_expired(now=utcnow() + timedelta(days=1)) == 1
         # More than the lost lease's spare room: the grow finds its row gone and starts a new lease at once.
         bigger = await leases.take(account_id=ACCOUNT, amount_milli=5 * UNIT, tier="basic", patient=False)
-        assert bigger is not None and bigger is not first
-        assert [r.id for r in await books.rows(holds)] == [bigger.id]
+        assert bigger is not None and bigger.lease is not first.lease
+        assert [r.id for r in await books.rows(holds)] == [bigger.lease.id]
         await books.assert_consistent()
-        assert (
-            await leases.settle(first, charge_id="c1", hold_milli=UNIT, charge_milli=UNIT, usage_row=usage_row("r1"))
-            is None
-        )
-        change = await leases.settle(
-            bigger, charge_id="c2", hold_milli=5 * UNIT, charge_milli=2 * UNIT, usage_row=usage_row("r2")
-        )
+        assert await leases.settle(first, charge_id="c1", charge_milli=UNIT, usage_row=usage_row("r1")) is None
+        change = await leases.settle(bigger, charge_id="c2", charge_milli=2 * UNIT, usage_row=usage_row("r2"))
         assert change is not None and change.balance_milli == 98 * UNIT
     finally:
         await leases.stop()
     state = await books.assert_consistent()
     assert state["balance_milli"] == 98 * UNIT and state["reserved_milli"] == 0
+
+
+async def test_a_ticket_settled_many_times_at_once_is_charged_once(books: Books) -> None:
+    await books.fund(100 * UNIT)
+    leases = worker(books.db)
+    try:
+        ticket = await leases.take(account_id=ACCOUNT, amount_milli=UNIT, tier="basic")
+        assert ticket is not None
+        changes = await asyncio.gather(
+            *(leases.settle(ticket, charge_id="c1", charge_milli=600, usage_row=usage_row("r1")) for _ in range(5))
+        )
+        assert [c.charged_milli for c in changes if c is not None] == [600]
+    finally:
+        await leases.stop()
+    state = await books.assert_consistent()
+    assert state["balance_milli"] == 100 * UNIT - 600 and state["reserved_milli"] == 0

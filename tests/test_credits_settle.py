@@ -28,13 +28,17 @@ from tests.credits_test_plugins import (
 )
 
 TEXT = "مرحبا، hello"
+# Cases that run both with a transaction per hold and settlement, and with leases (given back after 50 ms).
+LEASES = pytest.mark.parametrize("leases", [{}, {"lease_requests": 32, "lease_idle_ms": 50}], ids=["holds", "leases"])
 START = 1_000_000
 
 
 @asynccontextmanager
-async def funded(serve: Any, db_url: str, ollama: Any, *extra: object, account: int = 1) -> AsyncIterator[Any]:
+async def funded(
+    serve: Any, db_url: str, ollama: Any, *extra: object, account: int = 1, **settings: Any
+) -> AsyncIterator[Any]:
     """A served gateway with the credits plugin and START milli-credits granted to `account`."""
-    config = credits_config(ollama_url=ollama.url, database_url=db_url)
+    config = credits_config(ollama_url=ollama.url, database_url=db_url, **settings)
     async with serve(config, plugins=[Plugin(), *extra]) as served:
         await served.gateway.plugin("credits").grant(
             account_id=account, amount_milli=START, kind="grant", reference=f"seed-{account}"
@@ -212,11 +216,12 @@ async def test_embeddings_are_charged_for_their_input_tokens(db_url: str, ollama
     assert usage["cost_milli"] == tokens
 
 
+@LEASES
 async def test_settle_is_idempotent_however_often_and_concurrently_it_runs(
-    db_url: str, ollama: Any, serve: Any
+    db_url: str, ollama: Any, serve: Any, leases: dict[str, int]
 ) -> None:
     settled = Settled()
-    async with funded(serve, db_url, ollama, settled) as served:
+    async with funded(serve, db_url, ollama, settled, **leases) as served:
         plugin = served.gateway.plugin("credits")
         async with post(served, chat_body()) as r:
             assert r.status == 200
@@ -229,6 +234,7 @@ async def test_settle_is_idempotent_however_often_and_concurrently_it_runs(
         await plugin.resayil_reserve(ctx=fresh)
         assert (await plugin.balance(1))["reserved_milli"] > 0
         await asyncio.gather(*(plugin.resayil_settle(ctx=fresh) for _ in range(5)))
+        await until_settled(served.gateway, 1)  # with leases: until the idle lease gave its room back
         usage = await table_rows(served.gateway, "usage", request_id="req-again")
         ledger = await table_rows(served.gateway, "ledger", kind="usage")
         balance = await plugin.balance(1)
@@ -249,11 +255,12 @@ class CostlyRoute:
         ctx.upstream, ctx.upstream_model, ctx.route, ctx.multiplier = ctx.model.upstream, ctx.model.name, "local", 100
 
 
+@LEASES
 async def test_a_charge_beyond_the_hold_takes_only_what_is_free_and_never_goes_below_zero(
-    db_url: str, ollama: Any, serve: Any
+    db_url: str, ollama: Any, serve: Any, leases: dict[str, int]
 ) -> None:
     body = chat_body()
-    config = credits_config(ollama_url=ollama.url, database_url=db_url)
+    config = credits_config(ollama_url=ollama.url, database_url=db_url, **leases)
     async with serve(config, plugins=[Plugin(), CostlyRoute()]) as served:
         plugin = served.gateway.plugin("credits")
         await plugin.grant(account_id=2, amount_milli=len(body) + 64 + 5, kind="grant", reference="seed")

@@ -20,7 +20,7 @@ from edge.hookspecs import hookimpl
 from edge.settings import ConfigError
 from plugins.credits import messages, pricing, reports
 from plugins.credits.api import routes
-from plugins.credits.leases import Lease, Leases
+from plugins.credits.leases import Leases, Ticket
 from plugins.credits.ledger import DATABASE_ERRORS, Change, Ledger
 from plugins.credits.reconcile import arguments, run_reconcile
 from plugins.credits.rows import utcnow
@@ -43,7 +43,7 @@ class Hold:
     multiplier: int
     completion_budget: int
     # Taken from this worker's lease on the account (its id is then the charge's own), else a hold row.
-    lease: Lease | None = None
+    ticket: Ticket | None = None
 
 
 class Plugin:
@@ -198,17 +198,17 @@ class Plugin:
         budget = ctx.completion_budget
         expires = utcnow() + timedelta(seconds=self.hold_seconds)
         leases = self._leases
-        lease: Lease | None = None
+        ticket: Ticket | None = None
 
         async def take(completion: int, *, first: bool = False) -> str | None:
-            nonlocal lease
+            nonlocal ticket
             amount = pricing.hold_milli(prompt=prompt, completion=completion, multiplier=multiplier)
             try:
                 if leases is not None:
-                    lease = await leases.take(
+                    ticket = await leases.take(
                         account_id=account, amount_milli=amount, tier=principal.tier, patient=first
                     )
-                    return os.urandom(12).hex() if lease is not None else None
+                    return os.urandom(12).hex() if ticket is not None else None
                 return await self.ledger.hold(
                     account_id=account,
                     amount_milli=amount,
@@ -254,7 +254,7 @@ class Plugin:
             pricing.hold_milli(prompt=prompt, completion=completion, multiplier=multiplier),
             multiplier,
             completion,
-            lease,
+            ticket,
         )
 
     def _cap(self, ctx: RequestContext, completion: int, *, lowered: bool) -> None:
@@ -307,12 +307,11 @@ class Plugin:
             return
         charge = pricing.charge_milli(ctx.usage, ctx.multiplier)
         change: Change | None
-        if hold.lease is not None:
+        if hold.ticket is not None:
             assert self._leases is not None
             change = await self._leases.settle(
-                hold.lease,
+                hold.ticket,
                 charge_id=hold.id,
-                hold_milli=hold.amount_milli,
                 charge_milli=charge,
                 usage_row=self._usage_row(ctx),
             )

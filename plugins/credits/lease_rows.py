@@ -138,13 +138,16 @@ async def grow(
 
 @dataclass(frozen=True, slots=True)
 class Charge:
-    """One settled request of a lease: its usage row is written and `charged_milli` taken from the balance."""
+    """One settled request of a lease: its usage row is written and `charged_milli`, taken from the lease,
+    comes off the balance. When the request cost more (`wanted_milli`: a route dearer than its hold
+    assumed), the rest is taken from what is free besides every hold, as far as it goes."""
 
     lease_id: str
     account_id: int
     charge_id: str
     charged_milli: int
     usage_row: Mapping[str, Any]
+    wanted_milli: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +175,7 @@ class Written:
     lost: set[str] = field(default_factory=set)
     free: dict[str, int] = field(default_factory=dict)
     balances_after: dict[str, int] = field(default_factory=dict)  # charge id -> balance after it
+    charged: dict[str, int] = field(default_factory=dict)  # charge id -> what it cost in the end
     tiers: dict[int, str | None] = field(default_factory=dict)
     crossed_low: set[int] = field(default_factory=set)
 
@@ -210,25 +214,31 @@ async def write_batch(
         for c in charges:
             if c.lease_id in out.lost or c.account_id not in balance:
                 continue
-            balance[c.account_id] -= c.charged_milli
-            reserved[c.account_id] -= c.charged_milli
-            lease_delta[c.lease_id] -= c.charged_milli
+            # Never more from the lease than its row holds (the worker's memory agrees; this keeps the
+            # database right even if it did not), and beyond that only what is free besides every hold.
+            from_lease = max(min(c.charged_milli, amounts[c.lease_id] + lease_delta[c.lease_id]), 0)
+            free = balance[c.account_id] - reserved[c.account_id]
+            cost = from_lease + max(min(max(c.wanted_milli, c.charged_milli) - from_lease, free), 0)
+            balance[c.account_id] -= cost
+            reserved[c.account_id] -= from_lease
+            lease_delta[c.lease_id] -= from_lease
             out.balances_after[c.charge_id] = balance[c.account_id]
+            out.charged[c.charge_id] = cost
             usage_rows.append(
                 {
                     **c.usage_row,
                     "charge_id": c.charge_id,
                     "account_id": c.account_id,
-                    "cost_milli": c.charged_milli,
+                    "cost_milli": cost,
                     "created_at": now,
                 }
             )
-            if c.charged_milli:
+            if cost:
                 ledger_rows.append(
                     {
                         "account_id": c.account_id,
                         "kind": "usage",
-                        "amount_milli": -c.charged_milli,
+                        "amount_milli": -cost,
                         "balance_after_milli": balance[c.account_id],
                         "reference": c.charge_id,
                         "actor": None,

@@ -68,6 +68,15 @@ class Lease:
 
 
 @dataclass(eq=False, slots=True)
+class Ticket:
+    """One request's hold, taken from `lease`: settled at most once, however often settle runs."""
+
+    lease: Lease
+    amount_milli: int
+    settled: bool = False
+
+
+@dataclass(eq=False, slots=True)
 class _Pending:
     charge: Charge
     done: asyncio.Future[Change | None]
@@ -110,7 +119,7 @@ class Leases:
         lease = self._leases.get(account_id)
         return max(lease.spare, 0) if lease is not None else 0
 
-    async def take(self, *, account_id: int, amount_milli: int, tier: str, patient: bool = True) -> Lease | None:
+    async def take(self, *, account_id: int, amount_milli: int, tier: str, patient: bool = True) -> Ticket | None:
         """Hold `amount_milli` for one request: from the lease's spare room when it covers it (no I/O),
         else after growing the lease; None when the account's free balance does not cover it.
 
@@ -122,7 +131,7 @@ class Leases:
                 await asyncio.sleep(self.idle_seconds + self.batch_seconds)
             lease = self._take_spare(account_id, amount_milli)
             if lease is not None:
-                return lease
+                return Ticket(lease, amount_milli)
             # Shielded: a grow that commits after its caller is cancelled still lands in memory.
             growing = asyncio.ensure_future(self._grow_and_take(account_id, amount_milli, tier))
             try:
@@ -130,8 +139,10 @@ class Leases:
             except asyncio.CancelledError:
                 growing.add_done_callback(lambda done: self._untake(done, amount_milli))
                 raise
-            if lease is not None or not others:
-                return lease
+            if lease is not None:
+                return Ticket(lease, amount_milli)
+            if not others:
+                return None
         return None
 
     def _untake(self, growing: asyncio.Future[tuple[Lease | None, int]], amount: int) -> None:
@@ -192,25 +203,27 @@ class Leases:
             return self._take_spare(account_id, amount), 0
 
     async def settle(
-        self, lease: Lease, *, charge_id: str, hold_milli: int, charge_milli: int, usage_row: dict[str, Any]
+        self, ticket: Ticket, *, charge_id: str, charge_milli: int, usage_row: dict[str, Any]
     ) -> Change | None:
-        """Turn one request's hold into its charge; returns once its rows are committed. None when the
-        lease was lost (its row released by the sweeper): as for a lost hold, nothing is charged."""
+        """Turn one request's hold into its charge; returns once its rows are committed. None when it was
+        settled already, or its lease was lost (its row released by the sweeper): as for a lost hold,
+        nothing is charged."""
+        if ticket.settled:
+            return None
+        ticket.settled = True
+        lease, hold_milli = ticket.lease, ticket.amount_milli
         lease.in_use -= hold_milli
         lease.last_used = time.monotonic()
         if lease.lost:
             log.warning("lease lost before settlement; not charged", extra={"fields": {"charge": charge_id}})
             return None
-        # A charge above its hold (a prompt that counted more than its bound) may take the lease's spare.
-        charged = max(min(charge_milli, hold_milli + max(lease.spare, 0)), 0)
-        if charged < charge_milli:
-            log.warning(
-                "charge capped at the lease's room",
-                extra={"fields": {"account": lease.account_id, "charge_milli": charge_milli, "charged_milli": charged}},
-            )
+        # A charge above its hold (a route dearer than its hold assumed) takes the lease's spare room first
+        # (which now includes this request's hold), then, when the batch is written, what else is free.
+        charged = max(min(charge_milli, lease.spare), 0)
         lease.pending += charged
         done: asyncio.Future[Change | None] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(Charge(lease.id, lease.account_id, charge_id, charged, usage_row), done))
+        charge = Charge(lease.id, lease.account_id, charge_id, charged, usage_row, wanted_milli=charge_milli)
+        self._pending.append(_Pending(charge, done))
         if self._stopping:
             await self.flush()  # no writer runs any more: this settlement writes itself
         else:
@@ -365,12 +378,18 @@ class Leases:
                 log.warning("lease lost before its charges were written", extra={"fields": {"charge": c.charge_id}})
                 p.done.set_result(None)
                 continue
+            cost = written.charged[c.charge_id]
+            if cost < c.wanted_milli:
+                log.warning(
+                    "charge capped at the available balance",
+                    extra={"fields": {"account": c.account_id, "charge_milli": c.wanted_milli, "charged_milli": cost}},
+                )
             p.done.set_result(
                 Change(
                     written.balances_after[c.charge_id],
                     written.tiers.get(c.account_id),
                     crossed_low=c.account_id in written.crossed_low and last[c.account_id] == c.charge_id,
-                    charged_milli=c.charged_milli,
+                    charged_milli=cost,
                 )
             )
 
