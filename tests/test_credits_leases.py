@@ -407,3 +407,34 @@ async def test_a_ticket_settled_many_times_at_once_is_charged_once(books: Books)
         await leases.stop()
     state = await books.assert_consistent()
     assert state["balance_milli"] == 100 * UNIT - 600 and state["reserved_milli"] == 0
+
+
+async def test_a_database_that_fails_while_a_lease_grows_answers_503_and_nothing_runs_unpaid(
+    db_url: str, ollama: Any, serve: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pymysql
+
+    async def lost(db: Database, **_: Any) -> Any:
+        if db.is_sqlite:
+            raise sa.exc.OperationalError("UPDATE", {}, Exception("disk I/O error"))
+        raise pymysql.err.OperationalError(2013, "Lost connection to MySQL server during query")
+
+    config = credits_config(ollama_url=ollama.url, database_url=db_url, lease_requests=32)
+    async with serve(config, plugins=[Plugin()]) as served:
+        plugin = served.gateway.plugin("credits")
+        await plugin.grant(account_id=3, amount_milli=START, kind="grant", reference="seed-3")
+        monkeypatch.setattr(leases_module, "grow", lost)
+        async with served.request(
+            "POST",
+            "/v1/chat/completions",
+            data=chat_body(),
+            headers={"content-type": "application/json", **bearer(3)},
+        ) as resp:
+            status, headers, data = resp.status, resp.headers, await resp.json()
+        monkeypatch.undo()
+        state = await plugin.balance(3)
+    assert status == 503 and headers["retry-after"] == "5"
+    assert data["error"]["code"] == "billing_unavailable"
+    assert "MySQL" not in data["error"]["message"] and "disk" not in data["error"]["message"]
+    assert ollama.arrivals == 0
+    assert state["balance_milli"] == START and state["reserved_milli"] == 0
