@@ -438,3 +438,37 @@ async def test_a_database_that_fails_while_a_lease_grows_answers_503_and_nothing
     assert "MySQL" not in data["error"]["message"] and "disk" not in data["error"]["message"]
     assert ollama.arrivals == 0
     assert state["balance_milli"] == START and state["reserved_milli"] == 0
+
+
+async def test_a_batch_whose_commit_reported_an_error_after_going_through_is_not_written_twice(
+    books: Books, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = leases_module.write_batch
+    failures = [sa.exc.OperationalError("COMMIT", {}, Exception("Lost connection to server during query"))]
+
+    async def lost_after_commit(db: Database, **kwargs: Any) -> Any:
+        written = await real(db, **kwargs)
+        if failures:
+            raise failures.pop()
+        return written
+
+    monkeypatch.setattr(leases_module, "write_batch", lost_after_commit)
+    monkeypatch.setattr(leases_module, "RETRY_SECONDS", 0.05)
+    await books.fund(100 * UNIT)
+    leases = worker(books.db)
+    try:
+        ticket = await leases.take(account_id=ACCOUNT, amount_milli=UNIT, tier="basic")
+        assert ticket is not None
+        # Written, but the worker cannot tell what it did: no balance to report.
+        assert await leases.settle(ticket, charge_id="c1", charge_milli=400, usage_row=usage_row("r1")) is None
+        again = await leases.take(account_id=ACCOUNT, amount_milli=UNIT, tier="basic")
+        assert again is not None
+        change = await leases.settle(again, charge_id="c2", charge_milli=500, usage_row=usage_row("r2"))
+        assert change is not None and change.balance_milli == 100 * UNIT - 900
+    finally:
+        await leases.stop()
+    from plugins.credits.tables import usage
+
+    assert sorted(r.charge_id for r in await books.rows(usage)) == ["c1", "c2"]
+    state = await books.assert_consistent()
+    assert state["balance_milli"] == 100 * UNIT - 900 and state["reserved_milli"] == 0

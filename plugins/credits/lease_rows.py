@@ -77,6 +77,13 @@ _MOVE_LEASE = (
 _DROP_LEASE = holds.delete().where(holds.c.id == sa.bindparam("b_id", type_=holds.c.id.type))
 
 
+async def charge_written(db: Database, charge_id: str) -> bool:
+    """Whether a charge's usage row exists: after a commit that reported an error, whether it went through."""
+    async with db.connect() as conn:
+        found = await conn.execute(sa.select(usage.c.id).where(usage.c.charge_id == charge_id))
+        return found.first() is not None
+
+
 @dataclass(frozen=True, slots=True)
 class Grown:
     """What a grow did: `granted` milli-credits added to the lease (0: the free balance did not cover the

@@ -34,7 +34,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from edge.db import Database
-from plugins.credits.lease_rows import Charge, LeaseMove, Written, grow, room, write_batch
+from plugins.credits.lease_rows import Charge, LeaseMove, Written, charge_written, grow, room, write_batch
 from plugins.credits.ledger import Change
 from plugins.credits.rows import utcnow
 
@@ -312,13 +312,24 @@ class Leases:
                     plans=self.plans,
                     low_percent=self.low_percent,
                 )
-            except BaseException:
+            except BaseException as exc:
+                if isinstance(exc, Exception) and batch and await self._committed(batch[0].charge.charge_id):
+                    # The connection failed after the commit went through: written, only the answer is lost.
+                    log.warning("a batch of charges was committed though its commit reported an error")
+                    self._answer(batch, None)
+                    return
                 for step in undo:
                     step()
                 self._requeue(batch)
                 raise
             self._apply(written, moves)
             self._answer(batch, written)
+
+    async def _committed(self, charge_id: str) -> bool:
+        try:
+            return await charge_written(self.db, charge_id)
+        except Exception:
+            return False  # the database is still away: the batch will be tried again
 
     def _undoer(self, lease: Lease, spent: int, release: int, drop: bool) -> Callable[[], None]:
         def undo() -> None:
@@ -365,7 +376,12 @@ class Leases:
             lease.free_seen = written.free.get(move.lease_id, lease.free_seen)
             lease.renewed = now
 
-    def _answer(self, batch: list[_Pending], written: Written) -> None:
+    def _answer(self, batch: list[_Pending], written: Written | None) -> None:
+        if written is None:  # written, but what it did is not known: no balance to report, no event
+            for p in batch:
+                if not p.done.done():
+                    p.done.set_result(None)
+            return
         last: dict[int, str] = {}
         for p in batch:
             if p.charge.charge_id in written.balances_after:
