@@ -472,3 +472,41 @@ async def test_a_batch_whose_commit_reported_an_error_after_going_through_is_not
     assert sorted(r.charge_id for r in await books.rows(usage)) == ["c1", "c2"]
     state = await books.assert_consistent()
     assert state["balance_milli"] == 100 * UNIT - 900 and state["reserved_milli"] == 0
+
+
+async def test_an_upstream_failure_is_answered_without_waiting_for_the_batch(
+    db_url: str, ollama: Any, serve: Any
+) -> None:
+    ollama.settings.fail_status = 500
+    ollama.settings.fail_times = 1
+    config = credits_config(
+        ollama_url=ollama.url, database_url=db_url, lease_requests=32, settle_batch_ms=1000, lease_idle_ms=100
+    )
+    async with serve(config, plugins=[Plugin()]) as served:
+        gateway = served.gateway
+        await gateway.plugin("credits").grant(account_id=1, amount_milli=START, kind="grant", reference="seed")
+        started = asyncio.get_running_loop().time()
+        async with served.request(
+            "POST",
+            "/v1/chat/completions",
+            data=chat_body(),
+            headers={"content-type": "application/json", **bearer(1)},
+        ) as r:
+            status, body = r.status, await r.json()
+        elapsed = asyncio.get_running_loop().time() - started
+        assert status >= 500 and "error" in body
+        assert elapsed < 0.5, elapsed  # not held back by the 1 s batch
+
+        async def recorded() -> bool:
+            rows = await table_rows(gateway, "usage", account_id=1)
+            return len(rows) == 1 and not await table_rows(gateway, "holds", account_id=1)
+
+        await until(recorded)
+        [row] = await table_rows(gateway, "usage", account_id=1)
+        assert row["cost_milli"] == 0 and row["usage_source"] == "none"
+        assert (await gateway.plugin("credits").balance(1)) == {
+            "account_id": 1,
+            "balance_milli": START,
+            "reserved_milli": 0,
+            "available_milli": START,
+        }

@@ -309,12 +309,15 @@ class Plugin:
         change: Change | None
         if hold.ticket is not None:
             assert self._leases is not None
-            change = await self._leases.settle(
-                hold.ticket,
-                charge_id=hold.id,
-                charge_milli=charge,
-                usage_row=self._usage_row(ctx),
+            settling = self._leases.settle(
+                hold.ticket, charge_id=hold.id, charge_milli=charge, usage_row=self._usage_row(ctx)
             )
+            if charge == 0:
+                # Nothing comes off the balance, so there is nothing to announce: the usage row goes with the
+                # next batch, and an error answer (sent once settlement returns) does not wait for that.
+                self.gateway.spawn(settling)
+                return
+            change = await settling
         else:
             change = await self.ledger.settle(
                 hold_id=hold.id,
