@@ -84,7 +84,11 @@ class Books:
 
 def worker(db: Database, *, batch: float = 0.02, idle: float = 0.1, requests: int = 4) -> Leases:
     return Leases(
-        db, plans={}, low_percent=20, requests=requests, batch_seconds=batch, idle_seconds=idle, ttl_seconds=150
+        Ledger(db, plans={}, low_percent=20),
+        requests=requests,
+        batch_seconds=batch,
+        idle_seconds=idle,
+        ttl_seconds=150,
     )
 
 

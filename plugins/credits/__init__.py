@@ -130,9 +130,7 @@ class Plugin:
         )
         if self.settings.lease_requests:
             self._leases = Leases(
-                gateway.database,
-                plans=self._ledger.plans,
-                low_percent=self.settings.low_balance_percent,
+                self._ledger,
                 requests=self.settings.lease_requests,
                 batch_seconds=self.settings.settle_batch_ms / 1000,
                 idle_seconds=self.settings.lease_idle_ms / 1000,

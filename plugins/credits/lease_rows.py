@@ -21,7 +21,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edge.db import Database
-from plugins.credits.rows import in_transaction, utcnow
+from plugins.credits.ledger import low_flag
+from plugins.credits.rows import entry_values, in_transaction, read_balance, utcnow
 from plugins.credits.tables import balances, holds, ledger, usage
 
 # A lease keeps at most this share (1/LEASE_SHARE) of the account's free balance beyond what is in use,
@@ -54,7 +55,7 @@ _RESERVE = (
     .where(balances.c.account_id == sa.bindparam("b_account", type_=balances.c.account_id.type))
     .values(
         reserved_milli=balances.c.reserved_milli + sa.bindparam("b_delta", type_=sa.BigInteger()),
-        tier=sa.func.coalesce(sa.bindparam("b_tier", type_=balances.c.tier.type), balances.c.tier),
+        tier=sa.bindparam("b_tier", type_=balances.c.tier.type),
     )
 )
 _SET_BALANCE = (
@@ -116,7 +117,7 @@ async def grow(
         touched = await conn.execute(_TOUCH, {"b_accounts": [account_id], "b_now": now})
         if touched.rowcount != 1:
             return Grown(0, 0, 0)
-        state = (await conn.execute(_STATES, {"b_accounts": [account_id]})).one()
+        state = await read_balance(conn, account_id)  # locked: written just above
         free = int(state.balance_milli) - int(state.reserved_milli)
         if free < need:
             return Grown(0, free, int(state.reserved_milli))
@@ -199,8 +200,6 @@ async def write_batch(
 
     A lease whose row is gone (released by the sweeper after its worker was thought dead) writes none of
     its charges, as a request whose hold is gone is not charged."""
-    from plugins.credits.ledger import low_flag  # ledger imports this module
-
     lease_ids = sorted({m.lease_id for m in moves})
     accounts = sorted({m.account_id for m in moves})
     if any(c.lease_id not in lease_ids for c in charges):
@@ -242,16 +241,14 @@ async def write_batch(
             )
             if cost:
                 ledger_rows.append(
-                    {
-                        "account_id": c.account_id,
-                        "kind": "usage",
-                        "amount_milli": -cost,
-                        "balance_after_milli": balance[c.account_id],
-                        "reference": c.charge_id,
-                        "actor": None,
-                        "reason": None,
-                        "created_at": now,
-                    }
+                    entry_values(
+                        account_id=c.account_id,
+                        kind="usage",
+                        amount=-cost,
+                        balance_after=balance[c.account_id],
+                        reference=c.charge_id,
+                        now=now,
+                    )
                 )
         dropped: list[str] = []
         for m in moves:

@@ -28,14 +28,13 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from edge.db import Database
 from plugins.credits.lease_rows import Charge, LeaseMove, Written, charge_written, grow, room, write_batch
-from plugins.credits.ledger import Change
+from plugins.credits.ledger import Change, Ledger
 from plugins.credits.rows import utcnow
 
 log = logging.getLogger("resayil.credits")
@@ -55,7 +54,6 @@ class Lease:
     size: int = 0
     in_use: int = 0
     pending: int = 0
-    want: int = 0  # spare room to keep while busy: lease_requests x the last request's hold
     unit: int = 0  # the last request's hold: room is kept in whole units of it
     free_seen: int = 0  # the account's free balance outside every hold, as of our last transaction
     last_used: float = field(default_factory=time.monotonic)
@@ -84,23 +82,21 @@ class _Pending:
 
 
 class Leases:
-    """This worker's leases on `db`. `requests`: spare room for that many more requests like the last
-    one; `ttl_seconds`: how long a lease row outlives a silent worker."""
+    """This worker's leases on the ledger's database (its plans and low mark size the low-credit event).
+    `requests`: spare room for that many more requests like the last one; `ttl_seconds`: how long a lease
+    row outlives a silent worker."""
 
     def __init__(
         self,
-        db: Database,
+        ledger: Ledger,
         *,
-        plans: Mapping[str, int],
-        low_percent: int,
         requests: int,
         batch_seconds: float,
         idle_seconds: float,
         ttl_seconds: float,
     ) -> None:
-        self.db = db
-        self.plans = dict(plans)
-        self.low_percent = low_percent
+        self.ledger = ledger
+        self.db = ledger.db
         self.requests = requests
         self.batch_seconds = batch_seconds
         self.idle_seconds = idle_seconds
@@ -161,8 +157,18 @@ class Leases:
         lease.in_use += amount
         lease.last_used = time.monotonic()
         lease.unit = amount
-        lease.want = amount * self.requests
         return lease
+
+    def _want(self, lease: Lease) -> int:
+        """Spare room a busy lease keeps: room for `requests` more like its last one."""
+        return lease.unit * self.requests
+
+    def _lose(self, lease: Lease) -> None:
+        """The sweeper released the lease's row (or its charges could not be written): stop using it."""
+        lease.lost = True
+        if self._leases.get(lease.account_id) is lease:
+            del self._leases[lease.account_id]
+        log.warning("lease lost", extra={"fields": {"account": lease.account_id, "lease": lease.id}})
 
     async def _grow_and_take(self, account_id: int, amount: int, tier: str) -> tuple[Lease | None, int]:
         """The lease with `amount` taken, or None and how much of the balance others hold."""
@@ -190,9 +196,7 @@ class Leases:
                 if not grown.lost:
                     break
                 # The sweeper released it (this worker looked dead for a lease's lifetime): start a new one.
-                lease.lost = True
-                self._leases.pop(account_id, None)
-                log.warning("a lease was released by the sweeper", extra={"fields": {"account": account_id}})
+                self._lose(lease)
             lease.free_seen = grown.free_milli
             if not grown.granted:
                 return None, grown.reserved_milli - (lease.size if exists else 0)
@@ -275,7 +279,7 @@ class Leases:
                 renew = now - lease.renewed >= self.ttl_seconds / 3
                 if lease.id not in charged and not drop and not renew:
                     continue
-                keep = room(lease.want, lease.free_seen, lease.unit)
+                keep = room(self._want(lease), lease.free_seen, lease.unit)
                 release = lease.spare if drop else max(lease.spare - keep, 0)
                 moves.append(
                     LeaseMove(
@@ -284,7 +288,7 @@ class Leases:
                         release,
                         drop,
                         lease.spare - release,
-                        0 if drop else lease.want,
+                        0 if drop else self._want(lease),
                         lease.unit,
                         self._expiry(),
                     )
@@ -309,8 +313,8 @@ class Leases:
                     self.db,
                     charges=[p.charge for p in batch],
                     moves=moves,
-                    plans=self.plans,
-                    low_percent=self.low_percent,
+                    plans=self.ledger.plans,
+                    low_percent=self.ledger.low_percent,
                 )
             except BaseException as exc:
                 if isinstance(exc, Exception) and batch and await self._committed(batch[0].charge.charge_id):
@@ -353,9 +357,7 @@ class Leases:
             )
             lease = next((x for x in self._leases.values() if x.id == p.charge.lease_id), None)
             if lease is not None:
-                # Its room stays reserved in the database: this worker stops using that lease.
-                lease.lost = True
-                self._leases.pop(lease.account_id, None)
+                self._lose(lease)  # its room stays reserved in the database until the sweeper frees it
             if not p.done.done():
                 p.done.set_result(None)
         self._pending[:0] = keep
@@ -368,9 +370,7 @@ class Leases:
             if lease is None:
                 continue
             if move.lease_id in written.lost:
-                lease.lost = True
-                self._leases.pop(lease.account_id, None)
-                log.warning("a lease was released by the sweeper", extra={"fields": {"account": lease.account_id}})
+                self._lose(lease)
                 continue
             lease.size += written.granted.get(move.lease_id, 0)
             lease.free_seen = written.free.get(move.lease_id, lease.free_seen)

@@ -88,6 +88,30 @@ async def read_balance(conn: AsyncConnection, account_id: int, *, for_update: bo
     return (await conn.execute(query, {"b_account": account_id})).one()
 
 
+def entry_values(
+    *,
+    account_id: int,
+    kind: str,
+    amount: int,
+    balance_after: int,
+    reference: str,
+    now: datetime,
+    actor: str | None = None,
+    reason: str | None = None,
+) -> dict[str, Any]:
+    """One ledger row's columns, cut to their widths."""
+    return {
+        "account_id": account_id,
+        "kind": kind,
+        "amount_milli": amount,
+        "balance_after_milli": balance_after,
+        "reference": reference[:160],
+        "actor": actor[:64] if actor else None,
+        "reason": reason[:500] if reason else None,
+        "created_at": now,
+    }
+
+
 async def append_entry(
     conn: AsyncConnection,
     *,
@@ -100,16 +124,16 @@ async def append_entry(
     actor: str | None = None,
     reason: str | None = None,
 ) -> dict[str, Any]:
-    values = {
-        "account_id": account_id,
-        "kind": kind,
-        "amount_milli": amount,
-        "balance_after_milli": balance_after,
-        "reference": reference[:160],
-        "actor": actor[:64] if actor else None,
-        "reason": reason[:500] if reason else None,
-        "created_at": now,
-    }
+    values = entry_values(
+        account_id=account_id,
+        kind=kind,
+        amount=amount,
+        balance_after=balance_after,
+        reference=reference,
+        now=now,
+        actor=actor,
+        reason=reason,
+    )
     result = await conn.execute(_APPEND, values)
     key = result.inserted_primary_key
     assert key is not None
