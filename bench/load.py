@@ -32,6 +32,8 @@ class LoadResult:
     ttfb_p99: float | None = None
     load_cpu_seconds: float = 0.0
     extra: dict[str, float] = field(default_factory=dict)
+    # Streams through a gateway: the median milliseconds of each phase in its `server-timing` header.
+    phases: dict[str, float] = field(default_factory=dict)
 
     @property
     def rps(self) -> float:
@@ -144,6 +146,7 @@ def run_streams(shot: Shot, *, expect_content: int) -> LoadResult:
         ttfb_p50=percentile(ttfb, 50) * 1000,
         ttfb_p99=percentile(ttfb, 99) * 1000,
         load_cpu_seconds=data["cpu_seconds"],
+        phases=data.get("phases", {}),
     )
 
 

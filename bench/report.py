@@ -214,6 +214,16 @@ class Report:
             )
         return lines
 
+    def phase_lines(self) -> list[str]:
+        """Each gateway stream row's time inside the gateway before its first byte, phase by phase."""
+        lines = []
+        for row in self.rows:
+            phases = row.result.phases
+            if phases:
+                each = ", ".join(f"{name} {ms:.2f}" for name, ms in phases.items())
+                lines.append(f"  {row.target} {row.case}: {each} (sum {sum(phases.values()):.2f})")
+        return lines
+
     def after_lines(self) -> list[str]:
         """Soaks and the checks run after each target's load."""
         lines = []
@@ -226,6 +236,9 @@ class Report:
 
     def render(self) -> str:
         parts = [self.table(), "", *NOTES, "", "gateway workers after the run:", *self.memory_lines()]
+        phases = self.phase_lines()
+        if phases:
+            parts += ["", "before the first byte, inside the gateway (its server-timing header, median ms):", *phases]
         after = self.after_lines()
         if after:
             parts += ["", "after the load:", *after]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import sys
 import time
 from collections import Counter
@@ -22,10 +23,26 @@ import orjson
 from bench.cases import content_events
 
 
+def server_timing(header: str) -> dict[str, float]:
+    """`read;dur=0.21, auth;dur=0.05` as {"read": 0.21, "auth": 0.05} (a phase seen twice is added up)."""
+    phases: dict[str, float] = {}
+    for part in header.split(","):
+        name, _, dur = part.strip().partition(";dur=")
+        if name and dur:
+            phases[name] = phases.get(name, 0.0) + float(dur)
+    return phases
+
+
 async def _one(
-    session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str], expect_content: int
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    expect_content: int,
+    phases: dict[str, list[float]],
 ) -> tuple[float, float] | str:
-    """(seconds to first body byte, seconds to last byte), or why the stream was not a good one."""
+    """(seconds to first body byte, seconds to last byte), or why the stream was not a good one. A gateway's
+    `server-timing` phases of a good stream go into `phases`."""
     started = time.perf_counter()
     first = 0.0
     received: list[bytes] = []
@@ -43,6 +60,8 @@ async def _one(
         return "incomplete"
     if expect_content and (found := content_events(whole)) != expect_content:
         return f"{found} content events"
+    for name, ms in server_timing(resp.headers.get("server-timing", "")).items():
+        phases.setdefault(name, []).append(ms)
     return first - started, ended - started
 
 
@@ -54,10 +73,11 @@ async def _client(
     deadline: float,
     times: list[tuple[float, float]],
     errors: Counter[str],
+    phases: dict[str, list[float]],
 ) -> None:
     while time.perf_counter() < deadline:
         try:
-            result = await _one(session, args.url, body, headers, args.expect_content)
+            result = await _one(session, args.url, body, headers, args.expect_content, phases)
         except (aiohttp.ClientError, OSError) as exc:
             result = type(exc).__name__
         if isinstance(result, str):
@@ -73,6 +93,7 @@ async def run(args: argparse.Namespace, body: bytes) -> dict[str, object]:
         headers[name.strip()] = value.strip()
     times: list[tuple[float, float]] = []
     errors: Counter[str] = Counter()
+    phases: dict[str, list[float]] = {}
     connector = aiohttp.TCPConnector(limit=args.concurrency)
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False) as session:
@@ -80,7 +101,7 @@ async def run(args: argparse.Namespace, body: bytes) -> dict[str, object]:
         started = time.perf_counter()
         deadline = started + args.duration
         await asyncio.gather(
-            *(_client(session, args, body, headers, deadline, times, errors) for _ in range(args.concurrency))
+            *(_client(session, args, body, headers, deadline, times, errors, phases) for _ in range(args.concurrency))
         )
         elapsed = time.perf_counter() - started
         cpu = time.process_time() - cpu0
@@ -91,6 +112,8 @@ async def run(args: argparse.Namespace, body: bytes) -> dict[str, object]:
         "ttfb": [round(t[0], 7) for t in times],
         "ttlb": [round(t[1], 7) for t in times],
         "cpu_seconds": cpu,
+        # Median milliseconds of each phase the gateway reported before the first byte (none for an upstream).
+        "phases": {name: statistics.median(values) for name, values in phases.items()},
     }
 
 

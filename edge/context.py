@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,6 +105,12 @@ class RequestContext:
     first_byte_at: float | None = None
     finished_at: float | None = None
     body_changed: bool = False
+    # (phase, perf_counter when it ended), in order: what the `server-timing` header and the log report.
+    marks: list[tuple[str, float]] = field(default_factory=list)
+
+    def mark(self, phase: str) -> None:
+        """Note that `phase` of the request (`read`, `auth`, `authorize`, `upstream`...) ended now."""
+        self.marks.append((phase, time.perf_counter()))
 
     def set_payload(self, key: str, value: Any) -> None:
         """Change the body sent upstream (re-serialised once before forwarding)."""

@@ -12,7 +12,7 @@ import os
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +60,29 @@ _ids = random.Random(os.urandom(16))
 
 def new_request_id() -> str:
     return f"req_{_ids.getrandbits(96):024x}"
+
+
+def phase_durations(ctx: RequestContext) -> Iterator[tuple[str, float]]:
+    """Each marked phase of the request and its milliseconds, from the request's start."""
+    last = ctx.started
+    for phase, at in ctx.marks:
+        yield phase, (at - last) * 1000
+        last = at
+
+
+def server_timing(ctx: RequestContext) -> str:
+    """The `server-timing` header, e.g. `read;dur=0.21, auth;dur=0.05, authorize;dur=0.45, reserve;dur=0.07,
+    route;dur=0.29, upstream;dur=0.83`: `route` includes any wait in the local queue, `upstream` is the
+    upstream's time to its response headers."""
+    return ", ".join([f"{phase};dur={ms:.2f}" for phase, ms in phase_durations(ctx)])
+
+
+def timing_fields(ctx: RequestContext) -> dict[str, float]:
+    """The same phases for the request log; a phase that ran twice (a retried upstream) is added up."""
+    fields: dict[str, float] = {}
+    for phase, ms in phase_durations(ctx):
+        fields[phase] = round(fields.get(phase, 0.0) + ms, 2)
+    return fields
 
 
 class V1:
@@ -120,6 +143,7 @@ class V1:
             ctx.endpoint = endpoint.name
             if method in ("POST", "PUT", "PATCH"):
                 ctx.body = await read_body(receive, limit=self.limit, content_length=headers.get("content-length"))
+                ctx.mark("read")
             principal = await self.chain.first("resayil_authenticate", ctx=ctx)
             if principal is None:
                 raise Unauthorized("You did not provide a valid API key. Send it as `Authorization: Bearer rsk_...`.")
@@ -130,7 +154,9 @@ class V1:
                 if model is None or model.kind != endpoint.name.replace("embeddings", "embedding"):
                     raise model_not_found(ctx.model_name or "")
                 ctx.model = model
+            ctx.mark("auth")
             await self.chain.each("resayil_authorize", ctx=ctx)
+            ctx.mark("authorize")
             if endpoint.handler is not None:
                 status, data = await endpoint.handler(ctx)
                 ctx.status = status
@@ -160,6 +186,8 @@ class V1:
         out = [(b"x-request-id", ctx.request_id.encode())]
         if ctx.response_headers:
             out.extend(header_list(ctx.response_headers))
+        if ctx.marks:
+            out.append((b"server-timing", server_timing(ctx).encode()))
         return out
 
     async def list_models(self, ctx: RequestContext) -> tuple[int, Any]:
@@ -183,7 +211,9 @@ class V1:
         watcher = DisconnectWatch(receive, task, ctx)
         try:
             await self.chain.each("resayil_reserve", ctx=ctx)
+            ctx.mark("reserve")
             await self.chain.each("resayil_route", ctx=ctx)
+            ctx.mark("route")
             guarded = client_send(send)
             while True:
                 if ctx.upstream is None:
@@ -196,6 +226,7 @@ class V1:
                         raise
                     if not await self.chain.first("resayil_retry", ctx=ctx, error=exc):
                         raise
+                    ctx.mark("retry")
                     ctx.outcome = "pending"
         except asyncio.CancelledError:
             if ctx.outcome != "client_gone":
@@ -252,6 +283,7 @@ class V1:
                     "stream": ctx.stream,
                     "latency_ms": round((time.perf_counter() - ctx.started) * 1000, 2),
                     "ttfb_ms": round((ctx.first_byte_at - ctx.started) * 1000, 2) if ctx.first_byte_at else None,
+                    "timing_ms": timing_fields(ctx) if ctx.marks else None,
                 }
             },
         )

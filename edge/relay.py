@@ -57,13 +57,16 @@ class Forwarder:
         resp: aiohttp.ClientResponse | None = None
         try:
             async with asyncio.timeout_at(min(total_deadline, loop.time() + t.first_byte)) as deadline:
-                resp = await proxy.post(
-                    self.gateway.session,
-                    upstream=upstream,
-                    path=upstream_path,
-                    body=body,
-                    request_id=ctx.request_id,
-                )
+                try:
+                    resp = await proxy.post(
+                        self.gateway.session,
+                        upstream=upstream,
+                        path=upstream_path,
+                        body=body,
+                        request_id=ctx.request_id,
+                    )
+                finally:
+                    ctx.mark("upstream")  # the upstream's time to its headers, or to failing
                 if ctx.stream and resp.content_type == "text/event-stream":
                     await self._relay_stream(ctx, resp, send, keep_usage, deadline, total_deadline, loop)
                 else:

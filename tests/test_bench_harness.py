@@ -11,9 +11,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from bench.cases import CASES, content_events
+from bench.cases import CASES, PATH, content_events
 from bench.lineup import TARGETS
-from bench.load import LoadResult
+from bench.load import LoadResult, Shot, run_streams
 from bench.machine import Layout
 from bench.measure import check_answers
 from bench.report import Report, Row
@@ -84,8 +84,19 @@ def test_the_full_chain_target_sets_up_a_paying_customer_and_reconciles(
         assert running.headers["Authorization"].startswith("Bearer rsk_")
         assert len(running.worker_pids()) == 2
         check_answers(target, running, list(CASES), chunks=20)
+        stream = next(c for c in CASES if c.name == "stream-c1")
+        body_file = tmp_path / "stream.json"
+        body_file.write_bytes(stream.body(running.model))
+        shot = Shot(running.base_url + PATH, body_file, running.headers, concurrency=1, seconds=1.0, cpus=None)
+        streamed = run_streams(shot, expect_content=20)
         results = [check() for check in running.checks]
     assert [(what, ok) for what, ok, _ in results] == [("`python -m edge reconcile` exits 0", True)]
+    # The gateway's own account of each stream's time before its first byte reaches the report.
+    assert streamed.requests > 0 and not streamed.errors
+    assert list(streamed.phases) == ["read", "auth", "authorize", "reserve", "route", "upstream"]
+    assert streamed.ttfb_p50 is not None and 0 < sum(streamed.phases.values()) < streamed.ttfb_p50 * 1.5
+    report = Report(rows=[Row("stream-c1", "full", streamed)], targets=[], machine={}, settings={})
+    assert "  full stream-c1: read " in report.render()
 
 
 def _python() -> str:

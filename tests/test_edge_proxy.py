@@ -223,6 +223,9 @@ async def test_first_byte_timeout_is_504(serve: Any, cfg: dict[str, Any], ollama
         async with gw.request("POST", "/v1/chat/completions", json=CHAT, headers=auth_headers()) as r:
             assert r.status == 504
             assert (await r.json())["error"]["code"] == "upstream_timeout"
+            # The wait shows where it was: in the upstream's phase of `server-timing`, cut at the limit.
+            last = r.headers["server-timing"].split(", ")[-1]
+            assert last.startswith("upstream;dur=") and 300 <= float(last.split("=")[1]) < 1000
         assert time.perf_counter() - started < 1.5
 
 
