@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from edge.db import Database
 from plugins.credits.rows import (
     append_entry,
+    entry_values,
     in_transaction,
     ledger_row,
     lock_balance,
@@ -281,12 +282,14 @@ class Ledger:
             if charged:
                 row = await append_entry(
                     conn,
-                    account_id=account_id,
-                    kind="usage",
-                    amount=-charged,
-                    balance_after=balance,
-                    reference=hold_id,
-                    now=now,
+                    entry_values(
+                        account_id=account_id,
+                        kind="usage",
+                        amount=-charged,
+                        balance_after=balance,
+                        reference=hold_id,
+                        now=now,
+                    ),
                 )
             return Change(balance, state.tier, row, crossed_low=crossed, charged_milli=charged)
 
@@ -429,14 +432,16 @@ class Ledger:
             await conn.execute(balances.update().where(balances.c.account_id == account_id).values(**values))
             row = await append_entry(
                 conn,
-                account_id=account_id,
-                kind=kind,
-                amount=amount_milli,
-                balance_after=balance,
-                reference=reference,
-                now=now,
-                actor=actor,
-                reason=reason,
+                entry_values(
+                    account_id=account_id,
+                    kind=kind,
+                    amount=amount_milli,
+                    balance_after=balance,
+                    reference=reference,
+                    now=now,
+                    actor=actor,
+                    reason=reason,
+                ),
             )
             return Change(balance, state.tier, row, crossed_low=crossed)
 

@@ -112,28 +112,8 @@ def entry_values(
     }
 
 
-async def append_entry(
-    conn: AsyncConnection,
-    *,
-    account_id: int,
-    kind: str,
-    amount: int,
-    balance_after: int,
-    reference: str,
-    now: datetime,
-    actor: str | None = None,
-    reason: str | None = None,
-) -> dict[str, Any]:
-    values = entry_values(
-        account_id=account_id,
-        kind=kind,
-        amount=amount,
-        balance_after=balance_after,
-        reference=reference,
-        now=now,
-        actor=actor,
-        reason=reason,
-    )
+async def append_entry(conn: AsyncConnection, values: dict[str, Any]) -> dict[str, Any]:
+    """Insert one ledger row (its columns from `entry_values`) and return it as the API shows it."""
     result = await conn.execute(_APPEND, values)
     key = result.inserted_primary_key
     assert key is not None
