@@ -1,8 +1,10 @@
 """The load shapes of a run, as data: non-streaming at concurrency 1 and 64, a 20-chunk stream at 16 and 1.
 
-At concurrency 16 a gateway is saturated, so a stream's time to first byte there is mostly its wait behind
-the other fifteen (Little's law: concurrency / throughput); one stream at a time shows what the gateway
-itself adds before the first byte."""
+With the zero-latency fake, a gateway at concurrency 16 is saturated, so a stream's time to first byte there
+is mostly its wait behind the other fifteen (Little's law: concurrency / throughput); one stream at a time
+shows what the gateway itself adds before the first byte. With a paced fake (`--chunk-interval`) nothing is
+saturated, and the stream clients start spread over one stream's length (`--stagger`), as independent
+users would: started together, they would stay in step and every first byte would meet fifteen others."""
 
 from __future__ import annotations
 

@@ -112,7 +112,7 @@ def run_wrk(shot: Shot) -> LoadResult:
     )
 
 
-def run_streams(shot: Shot, *, expect_content: int) -> LoadResult:
+def run_streams(shot: Shot, *, expect_content: int, stagger: float = 0.0) -> LoadResult:
     argv = [
         sys.executable,
         "-m",
@@ -127,6 +127,8 @@ def run_streams(shot: Shot, *, expect_content: int) -> LoadResult:
         str(shot.seconds),
         "--expect-content",
         str(expect_content),
+        "--stagger",
+        str(stagger),
     ]
     for name, value in shot.headers.items():
         argv += ["--header", f"{name}: {value}"]

@@ -33,6 +33,8 @@ class Plan:
     repeat: int = 1
     quiet_wait: float = 0.0
     profile_dir: Path | None = None
+    # Seconds over which the stream clients start (see `--stagger`).
+    stagger: float = 0.0
 
 
 def say(line: str) -> None:
@@ -89,7 +91,7 @@ def measure(env: BenchEnv, target: Target, running: Running, case: Case, plan: P
 
 def _load(case: Case, shot: Shot, plan: Plan) -> LoadResult:
     if case.stream:
-        return run_streams(shot, expect_content=plan.chunks)
+        return run_streams(shot, expect_content=plan.chunks, stagger=plan.stagger)
     return run_wrk(shot)
 
 

@@ -44,6 +44,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--chunks", type=int, default=20, help="tokens (stream chunks) in each answer of the fake")
     p.add_argument("--chunk-interval", type=float, default=0.0, help="seconds between the fake's stream chunks")
     p.add_argument(
+        "--stagger",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="spread the stream clients' first requests over this long (default: one paced stream's length, "
+        "--chunks x --chunk-interval, so the clients do not start and stay in step; 0: all at once)",
+    )
+    p.add_argument(
         "--plain-fake",
         action="store_true",
         help="serve the upstream with `python -m tests.fakes.ollama` as is (asyncio, unbounded history)",
@@ -69,6 +77,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not (args.gateway_src / "edge" / "__main__.py").is_file():
         p.error(f"--gateway-src: {args.gateway_src} is not a checkout of the gateway (no edge/__main__.py)")
+    if args.stagger is None:
+        args.stagger = args.chunks * args.chunk_interval
     if args.quick:
         args.duration, args.warmup, args.quiet_wait = 3.0, 1.0, 0.0
     return args
@@ -116,6 +126,7 @@ def run(args: argparse.Namespace) -> Report:
         repeat=max(1, args.repeat),
         quiet_wait=args.quiet_wait,
         profile_dir=args.json.parent / "profiles" if args.profile else None,
+        stagger=args.stagger,
     )
     rows: list[Row] = []
     infos: list[TargetInfo] = []
@@ -159,6 +170,7 @@ def run(args: argparse.Namespace) -> Report:
         "repeat": plan.repeat,
         "chunks": args.chunks,
         "chunk_interval": args.chunk_interval,
+        "stagger": args.stagger,
         "fake": "tests.fakes.ollama" if args.plain_fake else "bench.fake",
         "cpus": {"server": layout.server, "aux": layout.aux},
         "targets": {t.name: {"label": t.label, "serve_on": t.serve_on, "load_on": t.load_on} for t in targets},

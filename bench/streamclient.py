@@ -74,7 +74,9 @@ async def _client(
     times: list[tuple[float, float]],
     errors: Counter[str],
     phases: dict[str, list[float]],
+    delay: float,
 ) -> None:
+    await asyncio.sleep(delay)
     while time.perf_counter() < deadline:
         try:
             result = await _one(session, args.url, body, headers, args.expect_content, phases)
@@ -100,8 +102,10 @@ async def run(args: argparse.Namespace, body: bytes) -> dict[str, object]:
         cpu0 = time.process_time()
         started = time.perf_counter()
         deadline = started + args.duration
+        # Client i starts i/n of the stagger late, so paced streams do not start (and then stay) in step.
+        delays = [i * args.stagger / args.concurrency for i in range(args.concurrency)]
         await asyncio.gather(
-            *(_client(session, args, body, headers, deadline, times, errors, phases) for _ in range(args.concurrency))
+            *(_client(session, args, body, headers, deadline, times, errors, phases, d) for d in delays)
         )
         elapsed = time.perf_counter() - started
         cpu = time.process_time() - cpu0
@@ -126,6 +130,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--duration", type=float, default=15.0)
     p.add_argument(
         "--expect-content", type=int, default=0, help="events with content in a whole stream (0 = any number)"
+    )
+    p.add_argument(
+        "--stagger", type=float, default=0.0, help="spread the clients' first requests over this many seconds"
     )
     args = p.parse_args(argv)
     body = Path(args.body_file).read_bytes()

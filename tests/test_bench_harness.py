@@ -4,6 +4,9 @@ how streams are judged, how soaks and ratios are computed, and the full chain's 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import itertools
+import time
 from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
@@ -114,3 +117,55 @@ def _drop_database(name: str) -> None:
     with conn.cursor() as cur:
         cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
     conn.close()
+
+
+async def _arrivals_of_first_requests(stagger: float) -> list[float]:
+    """Seconds after the first at which each of four stream clients' first requests arrive at an upstream
+    whose streams last 0.3 s."""
+    from aiohttp import web
+
+    from bench import streamclient
+
+    arrivals: list[float] = []
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        arrivals.append(time.perf_counter())
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(_event({"content": "hi"}))
+        await asyncio.sleep(0.3)
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    app = web.Application()
+    app.router.add_post(PATH, stream)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        args = argparse.Namespace(
+            url=f"http://127.0.0.1:{port}{PATH}",
+            header=[],
+            concurrency=4,
+            duration=0.35,
+            expect_content=1,
+            stagger=stagger,
+        )
+        result = await streamclient.run(args, b"{}")
+    finally:
+        await runner.cleanup()
+    assert result["errors"] == {}
+    first = arrivals[0]
+    return [t - first for t in arrivals[:4]]
+
+
+async def test_stream_clients_start_spread_over_the_stagger_or_together_without_one() -> None:
+    """Paced streams started together stay in step, and each first byte then meets fifteen others; the
+    stagger spreads the clients' first requests evenly over it, as independent users would arrive."""
+    together = await _arrivals_of_first_requests(0.0)
+    assert max(together) < 0.1
+    spread = await _arrivals_of_first_requests(0.3)
+    assert spread[3] == pytest.approx(0.225, abs=0.06)
+    assert all(b - a == pytest.approx(0.075, abs=0.04) for a, b in itertools.pairwise(spread))
