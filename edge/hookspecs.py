@@ -14,6 +14,7 @@ import pluggy
 if TYPE_CHECKING:
     from starlette.routing import BaseRoute
 
+    from edge.claims import RedisClaim
     from edge.cli import Command
     from edge.context import Model, Principal, RequestContext
     from edge.errors import UpstreamFailure
@@ -84,6 +85,15 @@ async def resayil_authenticate(ctx: RequestContext) -> Principal | None:
 @hookspec
 async def resayil_authorize(ctx: RequestContext) -> None:
     """Allow the request by returning, refuse it by raising (403, 404, 429...). May add response headers."""
+
+
+@hookspec(firstresult=True)
+def resayil_redis_claim(ctx: RequestContext) -> RedisClaim | None:
+    """Offer a Redis step this request will need, to run inside the rate limiter's script on the gateway's
+    Redis (one round trip for both; `edge/claims.py`). The rate limiter asks from its `authorize`, which runs
+    last, and runs the claim only when it admits the request; a claim that ran is the offering plugin's to
+    give back in `settle`, which then runs whatever happens next. First result wins.
+    """
 
 
 @hookspec

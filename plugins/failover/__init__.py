@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
+from edge.claims import RedisClaim
 from edge.context import Model, RequestContext, Upstream
 from edge.errors import ServiceUnavailable, UpstreamFailure
 from edge.hookspecs import hookimpl
@@ -20,7 +21,7 @@ from edge.settings import ConfigError
 from plugins.failover.api import admin_routes
 from plugins.failover.backoff import Backoff
 from plugins.failover.budget import CloudBudget, CountStore, MemoryCounts, RedisCounts
-from plugins.failover.redis_slots import RedisSlots
+from plugins.failover.redis_slots import CLAIM_LUA, RedisSlots
 from plugins.failover.slots import Entry, MemorySlots, SlotStore, make_ticket
 
 if TYPE_CHECKING:
@@ -58,6 +59,8 @@ class Attempt:
     # Failed attempts on the current upstream (tenacity decides from it), and every upstream tried.
     failures: int = 0
     tried: list[str] = field(default_factory=list)
+    # The answer to a slot claim the rate limiter ran in `authorize` (`resayil_redis_claim`), for `route`.
+    claimed: Entry | None = None
 
 
 def usable_fallback(gateway: Gateway, model: Model) -> Model | None:
@@ -142,13 +145,44 @@ class Plugin:
     # ---- the request path -----------------------------------------------------------------------------
 
     @hookimpl
+    def resayil_redis_claim(self, ctx: RequestContext) -> RedisClaim | None:
+        """A local model's slot or place in line, taken in the rate limiter's script when it admits the
+        request (one Redis round trip for both). The credits hold comes after it, and any wait in line only
+        after the hold, in `route`: a 429 still never touches the queue, and a 402 comes before any wait.
+        A request refused by its hold holds its slot only while the hold is tried; settle gives it back."""
+        model, principal = ctx.model, ctx.principal
+        if not isinstance(self.slots, RedisSlots) or model is None or principal is None:
+            return None
+        if model.upstream.kind != "local" or ctx.upstream is not None:
+            return None
+        attempt = self._attempt(ctx)
+        upstream, priority = model.upstream.name, self._priority(ctx)
+        spill_depth = self.settings.spill_depth if self._fallback(ctx) else None
+        keys, args = self.slots.enter_call(
+            upstream=upstream, ticket=attempt.ticket, priority=priority, spill_depth=spill_depth
+        )
+        slots = self.slots
+
+        def accept(reply: list[Any]) -> None:
+            entry = slots.entered(upstream=upstream, ticket=attempt.ticket, priority=priority, reply=reply)
+            attempt.claimed = entry
+            # Held or in line from now on: settle gives it back, even when the credits hold refuses.
+            attempt.upstream = upstream if entry.state in ("acquired", "queued") else None
+
+        def abandon() -> None:
+            # Whether the claim ran is unknown: give its ticket back, and let `route` ask again with a new one.
+            self.gateway.spawn(slots.release(upstream=upstream, ticket=attempt.ticket, healthy=False))
+            attempt.ticket = make_ticket(tier=principal.tier, token=os.urandom(8).hex())
+
+        return RedisClaim(CLAIM_LUA, keys, args, accept, abandon)
+
+    @hookimpl
     async def resayil_route(self, ctx: RequestContext) -> None:
         """Choose local (after a slot in priority order) or cloud (spill-over or a cloud model, within the
         daily cap). Raises 503 after the longest wait, when the upstream is down, or past the cap."""
         if ctx.upstream is not None or ctx.model is None or ctx.principal is None:
             return
-        attempt = Attempt(ticket=make_ticket(tier=ctx.principal.tier, token=os.urandom(8).hex()))
-        ctx.extras["failover"] = attempt
+        attempt = self._attempt(ctx)
         with shared_state():
             if ctx.model.upstream.kind != "cloud":
                 await self._local(ctx, attempt, ctx.model)
@@ -157,17 +191,27 @@ class Plugin:
             else:
                 raise self._budget_exhausted()
 
+    def _attempt(self, ctx: RequestContext) -> Attempt:
+        attempt = ctx.extras.get("failover")
+        if not isinstance(attempt, Attempt):
+            assert ctx.principal is not None
+            attempt = Attempt(ticket=make_ticket(tier=ctx.principal.tier, token=os.urandom(8).hex()))
+            ctx.extras["failover"] = attempt
+        return attempt
+
     async def _local(self, ctx: RequestContext, attempt: Attempt, model: Model) -> None:
         upstream = model.upstream.name
         fallback = self._fallback(ctx)
         # Set before asking: if the request is cancelled mid-call, settle still gives back what it got.
         attempt.upstream = upstream
-        entry = await self.slots.enter(
-            upstream=upstream,
-            ticket=attempt.ticket,
-            priority=self._priority(ctx),
-            spill_depth=self.settings.spill_depth if fallback else None,
-        )
+        entry, attempt.claimed = attempt.claimed, None
+        if entry is None:
+            entry = await self.slots.enter(
+                upstream=upstream,
+                ticket=attempt.ticket,
+                priority=self._priority(ctx),
+                spill_depth=self.settings.spill_depth if fallback else None,
+            )
         if entry.state == "spill":
             attempt.upstream = None
             if fallback is not None and await self._spill(ctx, attempt, fallback):

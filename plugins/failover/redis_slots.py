@@ -72,6 +72,9 @@ return {'queued', depth + 1, 0}
 """
 )
 
+# `_ENTER` as a function, for another plugin's script to run as a claim (edge/claims.py).
+CLAIM_LUA = "local function claim(KEYS, ARGV)\n" + _ENTER + "\nend\n"
+
 # KEYS: slots queue alive down; ARGV: member now lease parallel
 _POLL = (
     _PURGE
@@ -184,20 +187,17 @@ class RedisSlots:
                 log.warning("failover tasks did not stop in time", extra={"fields": {"tasks": len(stuck)}})
         self._tasks = []
 
-    async def enter(self, *, upstream: str, ticket: str, priority: int, spill_depth: int | None) -> Entry:
+    def enter_call(
+        self, *, upstream: str, ticket: str, priority: int, spill_depth: int | None
+    ) -> tuple[list[str], list[Any]]:
+        """The KEYS and ARGV of `_ENTER` (or of `CLAIM_LUA`'s `claim`) for this request."""
         k = self.keys[upstream]
-        reply = await self._enter(
-            keys=[k["slots"], k["queue"], k["alive"], k["seq"], k["down"]],
-            args=[
-                ticket,
-                _now_ms(),
-                self.lease_ms,
-                self.parallel[upstream],
-                -1 if spill_depth is None else spill_depth,
-                priority,
-                _PRIORITY_STEP,
-            ],
-        )
+        spill = -1 if spill_depth is None else spill_depth
+        keys = [k["slots"], k["queue"], k["alive"], k["seq"], k["down"]]
+        return keys, [ticket, _now_ms(), self.lease_ms, self.parallel[upstream], spill, priority, _PRIORITY_STEP]
+
+    def entered(self, *, upstream: str, ticket: str, priority: int, reply: list[Any]) -> Entry:
+        """`_ENTER`'s reply as an Entry, with what this process now holds or waits for (the heartbeat's)."""
         entry = _entry(reply)
         assert entry is not None
         if entry.state == "acquired":
@@ -205,6 +205,11 @@ class RedisSlots:
         elif entry.state == "queued":
             self.waiting[upstream][ticket] = priority
         return entry
+
+    async def enter(self, *, upstream: str, ticket: str, priority: int, spill_depth: int | None) -> Entry:
+        keys, args = self.enter_call(upstream=upstream, ticket=ticket, priority=priority, spill_depth=spill_depth)
+        reply = await self._enter(keys=keys, args=args)
+        return self.entered(upstream=upstream, ticket=ticket, priority=priority, reply=reply)
 
     async def wait(self, *, upstream: str, ticket: str, max_wait_s: float) -> Entry:
         loop = asyncio.get_running_loop()

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import redis.exceptions
 
+from edge.claims import RedisClaim
 from edge.context import RequestContext
 from edge.errors import ServiceUnavailable
 from edge.hookspecs import hookimpl
@@ -63,6 +64,7 @@ class Plugin:
         self.redis: RedisWindows | None = None
         self.memory: MemoryWindows | None = None
         self.outage: Outage | None = None
+        self.claim: Any = None
 
     @hookimpl
     async def resayil_startup(self, gateway: Gateway) -> None:
@@ -82,6 +84,11 @@ class Plugin:
             )
         if self.redis is None or s.on_redis_error == "fail_open":
             self.memory = MemoryWindows(window_seconds=s.window_seconds)
+        # On the gateway's own Redis, other plugins' claims (`resayil_redis_claim`) ride in the window's script.
+        claims = gateway.chain.pm.hook.resayil_redis_claim
+        self.claim = (
+            claims if self.redis is not None and url == gateway.config.redis_url and claims.get_hookimpls() else None
+        )
 
     @hookimpl
     async def resayil_shutdown(self, gateway: Gateway) -> None:
@@ -91,7 +98,9 @@ class Plugin:
         if self.memory is not None:
             await self.memory.close()
 
-    @hookimpl
+    # Last of the authorize hooks: it counts only requests nothing else refused, and a claim it runs for
+    # another plugin is followed by reserve, and so by settle, which gives the claim back.
+    @hookimpl(trylast=True)
     async def resayil_authorize(self, ctx: RequestContext) -> None:
         """Count the request against its account's window; add the `x-ratelimit-*` headers; 429 when full.
 
@@ -104,21 +113,22 @@ class Plugin:
         if tier is None:
             return
         cost = token_bound(ctx) if tier.tokens_per_minute is not None and ctx.model is not None else 0
-        decision = await self._admit(
-            Limits(str(principal.account_id), tier.requests_per_minute, tier.tokens_per_minute, cost)
-        )
+        limits = Limits(str(principal.account_id), tier.requests_per_minute, tier.tokens_per_minute, cost)
+        decision = await self._admit(limits, self.claim(ctx=ctx) if self.claim is not None else None)
         ctx.response_headers.update(answers.headers(decision))
         if not decision.admitted:
             raise answers.refusal(
                 decision, tier=tier, locale=principal.locale, cost=cost, window_seconds=self.settings.window_seconds
             )
 
-    async def _admit(self, limits: Limits) -> Decision:
+    async def _admit(self, limits: Limits, claim: RedisClaim | None) -> Decision:
+        """The window's decision, from Redis (with the claim, if any) or from memory (without it: the claim
+        was not run, and its plugin takes its step itself)."""
         if self.redis is not None:
             assert self.outage is not None
             if not self.outage.skipping():
                 try:
-                    decision = await self.redis.admit(limits)
+                    decision = await self.redis.admit(limits, claim)
                 except STORAGE_ERRORS as exc:
                     self.outage.failed(exc)
                 else:

@@ -6,15 +6,33 @@ import asyncio
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.aio.storage import MemoryStorage, RedisStorage
 from limits.aio.storage.redis.redispy import RedispyBridge
 from limits.aio.strategies import MovingWindowRateLimiter
+from redis.commands.core import AsyncScript
 
-ADMIT_LUA = (Path(__file__).parent / "admit.lua").read_text(encoding="utf-8")
+from edge.claims import RedisClaim
+
+# admit.lua as a function of its KEYS and ARGV, so one script can also run another plugin's claim.
+ADMIT_FUNCTION = (
+    "local function admit(KEYS, ARGV)\n" + (Path(__file__).parent / "admit.lua").read_text(encoding="utf-8") + "\nend\n"
+)
+ADMIT_LUA = ADMIT_FUNCTION + "return admit(KEYS, ARGV)\n"
+# After the window's 2 keys and 4 arguments come a claim's own; it runs only when the window admits the
+# request, and its reply follows the window's four values.
+WITH_CLAIM = """
+local window = admit({KEYS[1], KEYS[2]}, {ARGV[1], ARGV[2], ARGV[3], ARGV[4]})
+if window[1] == 0 then return window end
+local claim_keys, claim_args = {}, {}
+for i = 3, #KEYS do claim_keys[i - 2] = KEYS[i] end
+for i = 5, #ARGV do claim_args[i - 4] = ARGV[i] end
+for _, value in ipairs(claim(claim_keys, claim_args)) do window[#window + 1] = value end
+return window
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,16 +137,33 @@ class RedisWindows:
         assert isinstance(bridge, RedispyBridge)
         self.connection = cast(aioredis.Redis, bridge.get_connection())
         self.script = self.connection.register_script(ADMIT_LUA)
+        # One script per kind of claim (its Lua), with the window's check in front.
+        self.with_claim: dict[str, AsyncScript] = {}
 
     def key(self, account: str) -> str:
         return f"{self.key_prefix}:account:{account}"
 
-    async def admit(self, limits: Limits) -> Decision:
+    async def admit(self, limits: Limits, claim: RedisClaim | None = None) -> Decision:
+        """Check the window; with a claim, run it in the same script when the window admits the request."""
         key = self.key(limits.account)
-        admitted, count, used, reset_ms = await self.script(
-            keys=[key, key + ":totals"],
-            args=[limits.requests, self.window_seconds, limits.tokens or 0, limits.cost],
-        )
+        keys = [key, key + ":totals"]
+        args: list[Any] = [limits.requests, self.window_seconds, limits.tokens or 0, limits.cost]
+        if claim is None:
+            reply = await self.script(keys=keys, args=args)
+        else:
+            script = self.with_claim.get(claim.lua)
+            if script is None:
+                script = self.with_claim[claim.lua] = self.connection.register_script(
+                    ADMIT_FUNCTION + claim.lua + WITH_CLAIM
+                )
+            try:
+                reply = await script(keys=keys + claim.keys, args=args + claim.args)
+            except BaseException:
+                claim.abandon()
+                raise
+            if reply[0]:
+                claim.accept(reply[4:])
+        admitted, count, used, reset_ms = reply[:4]
         reset = int(reset_ms) / 1000
         tokens = None
         if limits.tokens is not None:
