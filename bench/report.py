@@ -234,17 +234,20 @@ class Report:
                 lines.append(f"  {info.name}: {'ok' if ok else 'FAILED'}  {what}: {output}")
         return lines
 
-    def load_line(self) -> str:
+    def load_lines(self) -> list[str]:
         """How the fake paces its streams and how the stream clients start, which decide what the stream
-        rows mean: a zero-latency fake saturates every target; a paced one leaves the machine mostly idle."""
+        rows mean: a zero-latency fake saturates every target; a paced one leaves the machine mostly idle.
+        Nothing when no stream case ran."""
+        if all(row.result.ttfb_p50 is None for row in self.rows):
+            return []
         s = self.settings
         chunks, interval, stagger = s.get("chunks", 0), s.get("chunk_interval", 0.0), s.get("stagger", 0.0)
         pace = f"{interval * 1000:g} ms apart" if interval else "all at once (saturating)"
         start = f"spread over {stagger:g} s" if stagger else "all at once (then in step)"
-        return f"streams: {chunks} chunks from the fake, {pace}; stream clients' first requests {start}"
+        return [f"streams: {chunks} chunks from the fake, {pace}; stream clients' first requests {start}"]
 
     def render(self) -> str:
-        parts = [self.table(), "", *NOTES, self.load_line(), "", "gateway workers after the run:"]
+        parts = [self.table(), "", *NOTES, *self.load_lines(), "", "gateway workers after the run:"]
         parts += self.memory_lines()
         phases = self.phase_lines()
         if phases:
@@ -260,7 +263,7 @@ class Report:
 
     def markdown(self) -> str:
         """The table and the memory lines as Markdown, for docs/performance.md."""
-        memory = [line.strip() for line in [self.load_line(), *self.memory_lines(), *self.after_lines()]]
+        memory = [line.strip() for line in [*self.load_lines(), *self.memory_lines(), *self.after_lines()]]
         return "\n".join([self.table(markdown=True), "", *(f"- {line}" for line in memory)]) + "\n"
 
     def write_json(self, path: Path) -> None:

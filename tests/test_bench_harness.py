@@ -64,6 +64,18 @@ def test_ratios_and_goals_come_from_the_same_run() -> None:
     assert goals["auth-only chain: >= 20x LiteLLM's requests/s at concurrency 64"] == (pytest.approx(25.0), True)
     assert goals["full chain: >= 8x LiteLLM's requests/s at concurrency 64"] == (pytest.approx(7.0), False)
     assert "x litellm" in report.table()
+    assert "streams:" not in report.render()
+
+
+def test_the_report_says_how_streams_were_paced_and_started() -> None:
+    stream = replace(_load(40, p50=385.0), ttfb_p50=1.2, ttfb_p99=3.0)
+    settings = {"chunks": 20, "chunk_interval": 0.02, "stagger": 0.4}
+    report = Report(rows=[Row("stream-c16", "full", stream)], targets=[], machine={}, settings=settings)
+    assert "streams: 20 chunks from the fake, 20 ms apart; stream clients' first requests spread over 0.4 s" in (
+        report.render()
+    )
+    report.settings = {"chunks": 20, "chunk_interval": 0.0, "stagger": 0.0}
+    assert "all at once (saturating); stream clients' first requests all at once (then in step)" in report.render()
 
 
 def test_the_full_chain_target_sets_up_a_paying_customer_and_reconciles(
