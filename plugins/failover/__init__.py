@@ -47,6 +47,11 @@ def shared_state() -> Iterator[None]:
         ) from None
 
 
+def new_ticket(tier: str) -> str:
+    """A queue member no other request has."""
+    return make_ticket(tier=tier, token=os.urandom(8).hex())
+
+
 @dataclass(slots=True)
 class Attempt:
     """Per-request state in `ctx.extras["failover"]`: what the request holds and what it tried."""
@@ -157,9 +162,11 @@ class Plugin:
             return None
         attempt = self._attempt(ctx)
         upstream, priority = model.upstream.name, self._priority(ctx)
-        spill_depth = self.settings.spill_depth if self._fallback(ctx) else None
         keys, args = self.slots.enter_call(
-            upstream=upstream, ticket=attempt.ticket, priority=priority, spill_depth=spill_depth
+            upstream=upstream,
+            ticket=attempt.ticket,
+            priority=priority,
+            spill_depth=self._spill_depth(self._fallback(ctx)),
         )
         slots = self.slots
 
@@ -172,7 +179,7 @@ class Plugin:
         def abandon() -> None:
             # Whether the claim ran is unknown: give its ticket back, and let `route` ask again with a new one.
             self.gateway.spawn(slots.release(upstream=upstream, ticket=attempt.ticket, healthy=False))
-            attempt.ticket = make_ticket(tier=principal.tier, token=os.urandom(8).hex())
+            attempt.ticket = new_ticket(principal.tier)
 
         return RedisClaim(CLAIM_LUA, keys, args, accept, abandon)
 
@@ -195,7 +202,7 @@ class Plugin:
         attempt = ctx.extras.get("failover")
         if not isinstance(attempt, Attempt):
             assert ctx.principal is not None
-            attempt = Attempt(ticket=make_ticket(tier=ctx.principal.tier, token=os.urandom(8).hex()))
+            attempt = Attempt(ticket=new_ticket(ctx.principal.tier))
             ctx.extras["failover"] = attempt
         return attempt
 
@@ -210,7 +217,7 @@ class Plugin:
                 upstream=upstream,
                 ticket=attempt.ticket,
                 priority=self._priority(ctx),
-                spill_depth=self.settings.spill_depth if fallback else None,
+                spill_depth=self._spill_depth(fallback),
             )
         if entry.state == "spill":
             attempt.upstream = None
@@ -322,6 +329,10 @@ class Plugin:
         if tier is None or not tier.cloud:
             return None
         return self.fallbacks.get(ctx.model.name)
+
+    def _spill_depth(self, fallback: Model | None) -> int | None:
+        """How many may wait before a request with this fallback spills to it; None: it never spills."""
+        return self.settings.spill_depth if fallback is not None else None
 
     def _priority(self, ctx: RequestContext) -> int:
         assert ctx.principal is not None

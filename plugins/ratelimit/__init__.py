@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import redis.exceptions
+from pluggy import HookCaller
 
 from edge.claims import RedisClaim
 from edge.context import RequestContext
@@ -64,7 +65,8 @@ class Plugin:
         self.redis: RedisWindows | None = None
         self.memory: MemoryWindows | None = None
         self.outage: Outage | None = None
-        self.claim: Any = None
+        # `resayil_redis_claim`'s caller, when there are claims this limiter can run; else None.
+        self.claim: HookCaller | None = None
 
     @hookimpl
     async def resayil_startup(self, gateway: Gateway) -> None:
