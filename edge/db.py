@@ -18,12 +18,9 @@ from sqlalchemy import event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from edge.procedures import Procedures
+from edge.procedures import PING_IDLE_SECONDS, Procedures
 
 _SAFE_URL = re.compile(r"//([^:/@]*):([^@]+)@")
-# A connection returned to the pool this recently was working a moment ago: pinging it again on every
-# checkout (pool_pre_ping) cost one round trip per transaction. One idle longer is pinged first, as before.
-PING_IDLE_SECONDS = 1.0
 _IDLE_SINCE = "resayil_idle_since"
 # Set on a connection whose transaction has just committed: it has nothing to roll back on return.
 _CLEAN = "resayil_clean"

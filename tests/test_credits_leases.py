@@ -81,6 +81,11 @@ class Books:
         assert state["available_milli"] >= 0 and state["balance_milli"] >= 0, state
         return state
 
+    async def assert_settled(self, balance: int, account: int = ACCOUNT) -> None:
+        """Consistent, with `balance` left and no room held by anyone."""
+        state = await self.assert_consistent(account)
+        assert (state["balance_milli"], state["reserved_milli"]) == (balance, 0), state
+
 
 def worker(db: Database, *, batch: float = 0.02, idle: float = 0.1, requests: int = 4) -> Leases:
     return Leases(
@@ -225,8 +230,7 @@ async def test_two_workers_never_hold_more_than_the_balance(books: Books) -> Non
     finally:
         await a.stop()
         await b.stop()
-    state = await books.assert_consistent()
-    assert state["balance_milli"] == 0 and state["reserved_milli"] == 0
+    await books.assert_settled(0)
 
 
 async def test_room_parked_in_another_worker_is_waited_for_not_refused(books: Books) -> None:
@@ -247,8 +251,7 @@ async def test_room_parked_in_another_worker_is_waited_for_not_refused(books: Bo
     finally:
         await a.stop()
         await b.stop()
-    state = await books.assert_consistent()
-    assert state["balance_milli"] == 0 and state["reserved_milli"] == 0
+    await books.assert_settled(0)
 
 
 async def test_stopping_writes_what_is_settled_and_returns_the_room(books: Books) -> None:
@@ -262,8 +265,7 @@ async def test_stopping_writes_what_is_settled_and_returns_the_room(books: Books
     await leases.stop()
     change = await settling
     assert change is not None and change.charged_milli == 700
-    state = await books.assert_consistent()
-    assert state["balance_milli"] == 100 * UNIT - 700 and state["reserved_milli"] == 0
+    await books.assert_settled(100 * UNIT - 700)
 
 
 async def test_a_lease_the_sweeper_released_charges_nothing_and_is_replaced(books: Books) -> None:
@@ -276,8 +278,7 @@ async def test_a_lease_the_sweeper_released_charges_nothing_and_is_replaced(book
         assert await books.ledger.release_expired(now=utcnow() + timedelta(days=1)) == 1
         change = await leases.settle(lease, charge_id="c1", charge_milli=UNIT, usage_row=usage_row("r1"))
         assert change is None  # as for a request whose hold was released: not charged
-        state = await books.assert_consistent()
-        assert state["balance_milli"] == 100 * UNIT and state["reserved_milli"] == 0
+        await books.assert_settled(100 * UNIT)
         fresh = await leases.take(account_id=ACCOUNT, amount_milli=UNIT, tier="basic")
         assert fresh is not None and fresh.lease.id != lease.lease.id
         assert [r.id for r in await books.rows(holds)] == [fresh.lease.id]
@@ -309,8 +310,7 @@ async def test_a_failed_batch_is_written_by_the_next_attempt(books: Books, monke
     from plugins.credits.tables import usage
 
     assert [r.charge_id for r in await books.rows(usage)] == ["c1"]
-    state = await books.assert_consistent()
-    assert state["balance_milli"] == 100 * UNIT - 400 and state["reserved_milli"] == 0
+    await books.assert_settled(100 * UNIT - 400)
 
 
 async def test_a_take_cancelled_while_growing_leaves_no_room_in_use(books: Books) -> None:
@@ -332,8 +332,7 @@ async def test_a_take_cancelled_while_growing_leaves_no_room_in_use(books: Books
         # The grow commits all the same; its hold goes back to the lease, which then goes idle.
         await until(leased)
         await until(released)
-        state = await books.assert_consistent()
-        assert state["reserved_milli"] == 0 and state["balance_milli"] == 100 * UNIT
+        await books.assert_settled(100 * UNIT)
     finally:
         await leases.stop()
 
@@ -393,8 +392,7 @@ async def test_growing_a_lease_the_sweeper_released_starts_a_new_one(books: Book
         assert change is not None and change.balance_milli == 98 * UNIT
     finally:
         await leases.stop()
-    state = await books.assert_consistent()
-    assert state["balance_milli"] == 98 * UNIT and state["reserved_milli"] == 0
+    await books.assert_settled(98 * UNIT)
 
 
 async def test_a_ticket_settled_many_times_at_once_is_charged_once(books: Books) -> None:
@@ -409,8 +407,7 @@ async def test_a_ticket_settled_many_times_at_once_is_charged_once(books: Books)
         assert [c.charged_milli for c in changes if c is not None] == [600]
     finally:
         await leases.stop()
-    state = await books.assert_consistent()
-    assert state["balance_milli"] == 100 * UNIT - 600 and state["reserved_milli"] == 0
+    await books.assert_settled(100 * UNIT - 600)
 
 
 async def test_a_database_that_fails_while_a_lease_grows_answers_503_and_nothing_runs_unpaid(
@@ -474,8 +471,7 @@ async def test_a_batch_whose_commit_reported_an_error_after_going_through_is_not
     from plugins.credits.tables import usage
 
     assert sorted(r.charge_id for r in await books.rows(usage)) == ["c1", "c2"]
-    state = await books.assert_consistent()
-    assert state["balance_milli"] == 100 * UNIT - 900 and state["reserved_milli"] == 0
+    await books.assert_settled(100 * UNIT - 900)
 
 
 async def test_an_upstream_failure_is_answered_without_waiting_for_the_batch(
