@@ -74,6 +74,15 @@ class FakeSettings:
     name: str = "ollama"
     # Seconds between a stream's last event and the end of its chunked body (Go's server writes them apart).
     end_delay: float = 0.0
+    # A request whose message text contains this answers 500 every time, as a runner that crashes on one
+    # input does; other requests are served as usual.
+    poison: str | None = None
+    # Replaces the usage object the answer reports (whole answers, and a stream's usage chunk), e.g.
+    # {"prompt_tokens": 1e30} for an upstream that miscounts.
+    usage: JsonObject | None = None
+    # A 200 answer with this body and content type instead of a completion (an upstream that answers garbage).
+    answer_body: bytes | None = None
+    answer_type: str = "text/html; charset=utf-8"
 
 
 class ServedRequest(TypedDict):
@@ -196,7 +205,9 @@ class _Generation:
     def text(self) -> str:
         return b"".join(_token(i) for i in range(self.count)).decode()
 
-    def usage(self) -> JsonObject:
+    def usage(self, override: JsonObject | None = None) -> JsonObject:
+        if override is not None:
+            return override
         total = self.prompt_tokens + self.count
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.count, "total_tokens": total}
 
@@ -370,6 +381,9 @@ class FakeOllama:
                 )
             )
             self.loaded.add(model)
+            poison = self.settings.poison
+            if poison is not None and poison in orjson.dumps(body.get("messages") or body.get("input")).decode():
+                raise _HttpError(500, "llama runner process has terminated: exit status 2")
             yield
         finally:
             self._release()
@@ -456,6 +470,8 @@ class FakeOllama:
             raise _HttpError(400, "[] is too short - 'messages'")
         stream = body.get("stream") is True
         async with self._serving(request, body, model, stream):
+            if self.settings.answer_body is not None:
+                return web.Response(body=self.settings.answer_body, headers={"Content-Type": self.settings.answer_type})
             gen = await self._start_generation(body, model, native=False)
             if not stream:
                 await self._generate_all(gen)
@@ -478,7 +494,7 @@ class FakeOllama:
             ],
         }
         if not self.settings.missing_usage:
-            out["usage"] = gen.usage()
+            out["usage"] = gen.usage(self.settings.usage)
         return out
 
     async def _v1_stream(self, request: web.Request, gen: _Generation, body: JsonObject) -> web.StreamResponse:
@@ -499,7 +515,7 @@ class FakeOllama:
 
         options = body.get("stream_options")
         want_usage = isinstance(options, dict) and options.get("include_usage") is True
-        usage = b',"choices":[],"usage":' + orjson.dumps(gen.usage()) + b"}\n\n"
+        usage = b',"choices":[],"usage":' + orjson.dumps(gen.usage(self.settings.usage)) + b"}\n\n"
 
         def tail() -> bytes:
             if want_usage and not self.settings.missing_usage:
@@ -641,6 +657,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--name", default="ollama", help="system_fingerprint becomes fp_<name>")
     p.add_argument("--model", action="append", default=[], help="accepted model (repeatable; none = any)")
     p.add_argument("--require-key", default=None, help="bearer key required on every request")
+    p.add_argument("--poison", default=None, help="message text that makes a request answer 500")
+    p.add_argument("--usage", default=None, help="JSON object reported as every answer's usage")
     return p.parse_args(argv)
 
 
@@ -671,6 +689,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         name=args.name,
         models=list(args.model),
         require_key=args.require_key,
+        poison=args.poison,
+        usage=orjson.loads(args.usage) if args.usage else None,
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(settings, args.host, args.port))
