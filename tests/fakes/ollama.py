@@ -38,6 +38,9 @@ from typing import TypedDict
 import orjson
 from aiohttp import web
 
+from tests.fakes import godecode
+from tests.fakes.godecode import GoType
+
 __all__ = ["FakeOllama", "FakeSettings", "ServedRequest", "main", "run_fake"]
 
 JsonObject = dict[str, object]
@@ -92,7 +95,9 @@ class ServedRequest(TypedDict):
     path: str
     model: str
     stream: bool
+    # The body as sent, and as Ollama's Go decoding reads it (what the fake acted on).
     body: JsonObject
+    decoded: JsonObject
     headers: dict[str, str]
     # The client's "address:port": the same for requests that came over one kept-alive connection.
     peer: str
@@ -160,13 +165,16 @@ def _json_response(payload: object, status: int = 200) -> web.Response:
 
 
 def _limit(body: JsonObject, native: bool) -> int | None:
+    """The generation cap Ollama applies: `max_tokens` (its OpenAI request has no `max_completion_tokens`),
+    or the native `options.num_predict`; zero or negative means no cap, as for Ollama's num_predict."""
     if native:
         options = body.get("options")
-        keys: tuple[object, ...] = (options.get("num_predict"),) if isinstance(options, dict) else ()
+        value = options.get("num_predict") if isinstance(options, dict) else None
     else:
-        keys = (body.get("max_tokens"), body.get("max_completion_tokens"))
-    limits = [k for k in keys if isinstance(k, int) and not isinstance(k, bool) and k >= 0]
-    return min(limits) if limits else None
+        value = body.get("max_tokens")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return int(value)
+    return None
 
 
 def _model_entry(name: str) -> JsonObject:
@@ -298,23 +306,29 @@ class FakeOllama:
 
     # ------------------------------------------------------------------ request intake
 
-    async def _read(self, request: web.Request, native: bool) -> tuple[JsonObject, str]:
+    async def _read(self, request: web.Request, spec: GoType) -> tuple[JsonObject, JsonObject, str]:
+        """The body as sent (for tests to inspect) and as Ollama's Go server decodes it (what the fake acts on)."""
         raw = await request.read()
         if not raw:
             raise _HttpError(400, "missing request body")
         try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
+            wire = orjson.loads(raw)
+            parsed = godecode.loads(raw)
+        except (orjson.JSONDecodeError, ValueError) as exc:
             raise _HttpError(400, f"invalid JSON: {exc}") from None
-        if not isinstance(body, dict):
+        if not isinstance(wire, dict):
             raise _HttpError(400, "request body must be a JSON object")
+        try:
+            body: JsonObject = godecode.decode(parsed, spec)
+        except godecode.GoTypeError as exc:
+            raise _HttpError(400, str(exc)) from None
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise _HttpError(400, "model is required")
         models = self.settings.models
         if models and model not in models and f"{model}:latest" not in models:
             raise _HttpError(404, f'model "{model}" not found, try pulling it first')
-        return body, model
+        return wire, body, model
 
     def _maybe_fail(self) -> None:
         s = self.settings
@@ -361,7 +375,9 @@ class FakeOllama:
         self._wake()
 
     @contextlib.asynccontextmanager
-    async def _serving(self, request: web.Request, body: JsonObject, model: str, stream: bool) -> AsyncIterator[None]:
+    async def _serving(
+        self, request: web.Request, wire: JsonObject, body: JsonObject, model: str, stream: bool
+    ) -> AsyncIterator[None]:
         self.arrivals += 1
         arrival = self.arrivals
         self._maybe_fail()
@@ -375,7 +391,8 @@ class FakeOllama:
                     path=request.path,
                     model=model,
                     stream=stream,
-                    body=body,
+                    body=wire,
+                    decoded=body,
                     headers=headers,
                     peer=f"{peername[0]}:{peername[1]}" if peername else "",
                 )
@@ -464,12 +481,12 @@ class FakeOllama:
     # ------------------------------------------------------------------ /v1
 
     async def _v1_chat(self, request: web.Request) -> web.StreamResponse:
-        body, model = await self._read(request, native=False)
+        wire, body, model = await self._read(request, godecode.CHAT_COMPLETION_REQUEST)
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise _HttpError(400, "[] is too short - 'messages'")
         stream = body.get("stream") is True
-        async with self._serving(request, body, model, stream):
+        async with self._serving(request, wire, body, model, stream):
             if self.settings.answer_body is not None:
                 return web.Response(body=self.settings.answer_body, headers={"Content-Type": self.settings.answer_type})
             gen = await self._start_generation(body, model, native=False)
@@ -529,13 +546,13 @@ class FakeOllama:
         )
 
     async def _v1_embeddings(self, request: web.Request) -> web.StreamResponse:
-        body, model = await self._read(request, native=False)
+        wire, body, model = await self._read(request, godecode.EMBED_REQUEST)
         raw = body.get("input")
         inputs = [raw] if isinstance(raw, str) else raw
         if not isinstance(inputs, list) or not inputs or not all(isinstance(x, str) for x in inputs):
             raise _HttpError(400, "invalid input")
         texts = [x for x in inputs if isinstance(x, str)]
-        async with self._serving(request, body, model, False):
+        async with self._serving(request, wire, body, model, False):
             if self.settings.latency > 0:
                 await asyncio.sleep(self.settings.latency)
             tokens = sum(_count_tokens(t) for t in texts)
@@ -554,12 +571,12 @@ class FakeOllama:
     # ------------------------------------------------------------------ native
 
     async def _api_chat(self, request: web.Request) -> web.StreamResponse:
-        body, model = await self._read(request, native=True)
-        messages = body.get("messages", [])
+        wire, body, model = await self._read(request, godecode.NATIVE_CHAT_REQUEST)
+        messages = body.get("messages") or []
         if not isinstance(messages, list):
             raise _HttpError(400, "messages must be a list")
-        stream = body.get("stream", True) is not False
-        async with self._serving(request, body, model, stream):
+        stream = body.get("stream") is not False
+        async with self._serving(request, wire, body, model, stream):
             gen = await self._start_generation(body, model, native=True)
             created_at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
             if not stream:
