@@ -85,6 +85,8 @@ class RequestContext:
     payload: dict[str, Any] = field(default_factory=dict)
     model_name: str | None = None
     stream: bool = False
+    # Whether the client asked for a stream's usage chunk (`stream_options.include_usage`).
+    include_usage: bool = False
     # The completion budget the client asked for (None: the model's default cap applies).
     max_tokens: int | None = None
     principal: Principal | None = None
@@ -104,7 +106,6 @@ class RequestContext:
     delivered_chunks: int = 0
     first_byte_at: float | None = None
     finished_at: float | None = None
-    body_changed: bool = False
     # (phase, perf_counter when it ended), in order: what the `server-timing` header and the log report.
     marks: list[tuple[str, float]] = field(default_factory=list)
 
@@ -113,9 +114,8 @@ class RequestContext:
         self.marks.append((phase, time.perf_counter()))
 
     def set_payload(self, key: str, value: Any) -> None:
-        """Change the body sent upstream (re-serialised once before forwarding)."""
+        """Change the body sent upstream (always re-serialised from `payload` before forwarding)."""
         self.payload[key] = value
-        self.body_changed = True
 
     @property
     def completion_budget(self) -> int:

@@ -15,7 +15,7 @@ from edge.asgi import Send, send_bytes
 from edge.context import RequestContext, Usage
 from edge.errors import GatewayError
 from edge.gateway import Gateway
-from edge.request import prompt_bytes
+from edge.request import prompt_bytes, upstream_body
 from edge.sse import StreamRelay, event
 
 SSE_HEADERS = [
@@ -34,23 +34,10 @@ class Forwarder:
         self.timeouts = gateway.config.timeouts
         self._headers = headers
 
-    def _body(self, ctx: RequestContext) -> tuple[bytes, bool]:
-        """The bytes to send upstream, and whether the client asked for the usage chunk."""
-        payload = ctx.payload
-        keep_usage = True
-        if ctx.upstream_model and ctx.upstream_model != ctx.model_name:
-            ctx.set_payload("model", ctx.upstream_model)
-        if ctx.stream:
-            options = payload.get("stream_options") or {}
-            keep_usage = bool(options.get("include_usage"))
-            if not keep_usage:
-                ctx.set_payload("stream_options", {**options, "include_usage": True})
-        return (orjson.dumps(payload) if ctx.body_changed else ctx.body), keep_usage
-
     async def forward(self, ctx: RequestContext, upstream_path: str, send: Send) -> None:
         upstream = ctx.upstream
         assert upstream is not None
-        body, keep_usage = self._body(ctx)
+        body, keep_usage = upstream_body(ctx)
         loop = asyncio.get_running_loop()
         t = self.timeouts
         total_deadline = loop.time() + t.total

@@ -1,4 +1,5 @@
-"""Parse just enough of an OpenAI request body to route and bill it; the raw bytes are forwarded."""
+"""Parse and check what of an OpenAI request body the gateway routes and bills by, and build the body the
+upstream gets from what was checked (edge/fieldnames.py says why the raw bytes are never forwarded)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Any
 
 import orjson
 
+from edge import fieldnames
 from edge.context import RequestContext
 from edge.errors import BadRequest
 
@@ -40,8 +42,17 @@ def _positive_int(payload: dict[str, Any], key: str) -> int | None:
     return value
 
 
+def _flag(obj: dict[str, Any], key: str, param: str) -> bool:
+    """A strict boolean: true, false or absent/null (false); `"no"`, 0 or 1 are refused."""
+    value = obj.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise BadRequest(f"`{param}` must be true or false.", code="invalid_type", param=param)
+    return bool(value)
+
+
 def parse_chat(ctx: RequestContext) -> None:
     payload = parse_json_object(ctx.body)
+    fieldnames.check_spelling(payload, fieldnames.CHAT)
     ctx.model_name = _model(payload)
     messages = payload.get("messages")
     if messages is None:
@@ -55,21 +66,32 @@ def parse_chat(ctx: RequestContext) -> None:
                 code="invalid_type",
                 param=f"messages[{i}]",
             )
-    stream = payload.get("stream", False)
-    if stream is not None and not isinstance(stream, bool):
-        raise BadRequest("`stream` must be true or false.", code="invalid_type", param="stream")
+        fieldnames.check_spelling(message, fieldnames.MESSAGE, f"messages[{i}].")
+    stream = _flag(payload, "stream", "stream")
     options = payload.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise BadRequest("`stream_options` must be an object.", code="invalid_type", param="stream_options")
+    if options is not None:
+        if not isinstance(options, dict):
+            raise BadRequest("`stream_options` must be an object.", code="invalid_type", param="stream_options")
+        fieldnames.check_spelling(options, fieldnames.STREAM_OPTIONS, "stream_options.")
+        ctx.include_usage = _flag(options, "include_usage", "stream_options.include_usage")
+    n = payload.get("n")
+    if n is not None and (isinstance(n, bool) or n != 1):
+        # Every choice would be generated and billed against a hold for one.
+        raise BadRequest(
+            "Only one choice per request is supported: leave `n` out or set it to 1.",
+            code="unsupported_parameter",
+            param="n",
+        )
     a = _positive_int(payload, "max_completion_tokens")
     b = _positive_int(payload, "max_tokens")
     ctx.payload = payload
-    ctx.stream = bool(stream)
+    ctx.stream = stream
     ctx.max_tokens = a if a is not None else b
 
 
 def parse_embeddings(ctx: RequestContext) -> None:
     payload = parse_json_object(ctx.body)
+    fieldnames.check_spelling(payload, fieldnames.EMBEDDINGS)
     ctx.model_name = _model(payload)
     given = payload.get("input")
     if given is None:
@@ -84,6 +106,28 @@ def parse_embeddings(ctx: RequestContext) -> None:
     ctx.payload = payload
     ctx.stream = False
     ctx.max_tokens = 0
+
+
+def upstream_body(ctx: RequestContext) -> tuple[bytes, bool]:
+    """The bytes the upstream gets, and whether the client asked for the usage chunk.
+
+    Always re-serialised from the checked payload: the model is the routed one, the completion budget the
+    hold paid for travels as `max_tokens` (the only cap Ollama reads) and as `max_completion_tokens` too when
+    the client used it, and a stream always asks for usage (stripped again for a client that did not).
+    """
+    payload = ctx.payload
+    payload["model"] = ctx.upstream_model or ctx.model_name
+    if ctx.endpoint == "chat":
+        budget = ctx.completion_budget
+        payload["max_tokens"] = budget
+        if "max_completion_tokens" in payload:
+            payload["max_completion_tokens"] = budget
+        payload["stream"] = ctx.stream
+        if ctx.stream:
+            payload["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
+        else:
+            payload.pop("stream_options", None)
+    return orjson.dumps(payload), ctx.include_usage or not ctx.stream
 
 
 def text_of(content: Any) -> str:
