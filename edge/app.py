@@ -23,10 +23,14 @@ from edge.forwarded import parse_networks, real_client
 from edge.gateway import Gateway
 from edge.handler import V1, new_request_id
 from edge.health import healthz, readyz
+from edge.security import SecurityHeaders, client_request_id
 
 log = logging.getLogger("resayil.app")
 PORTAL_DIR = Path(__file__).resolve().parent.parent / "portal_static"
 _CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large", 400: "invalid_request"}
+# No portal or /api path comes near this; past it, routing itself can fail (a 4,301-digit `{id:int}` is a
+# ValueError in int()), so a longer path is refused before it reaches a route.
+MAX_PATH = 2048
 
 
 def error_response(status: int, message: str, code: str | None, headers: dict[str, str] | None = None) -> Response:
@@ -61,7 +65,8 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 
 
 class RequestId:
-    """Pure ASGI: every non-/v1 response carries `x-request-id` too."""
+    """Pure ASGI: every non-/v1 response carries `x-request-id` too: the client's when it is sane (the same
+    rule as /v1), else a new one, so a hostile value never reaches a log line or a response header."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -70,10 +75,11 @@ class RequestId:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = new_request_id()
+        given = None
         for name, value in scope["headers"]:
-            if name == b"x-request-id" and 0 < len(value) <= 128:
-                request_id = value.decode("latin-1")
+            if name == b"x-request-id":
+                given = value.decode("latin-1")
+        request_id = client_request_id(given) or new_request_id()
         tag = (b"x-request-id", request_id.encode("latin-1"))
 
         async def tagged(message: Any) -> None:
@@ -82,6 +88,20 @@ class RequestId:
             await send(message)
 
         await self.app(scope, receive, tagged)
+
+
+class PathLimit:
+    """Pure ASGI: 414 `uri_too_long` for a path longer than `MAX_PATH` characters."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and len(scope["path"]) > MAX_PATH:
+            message = f"The path is longer than {MAX_PATH} characters."
+            await error_response(414, message, "uri_too_long")(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 class EdgeApp:
@@ -130,7 +150,7 @@ def build_web(gateway: Gateway) -> Any:
         },
     )
     web.state.gateway = gateway
-    return RequestId(web)
+    return RequestId(SecurityHeaders(PathLimit(web), public_url=gateway.config.server.public_url))
 
 
 def create_app(config: GatewayConfig, *, plugins: Iterable[object] = ()) -> EdgeApp:

@@ -20,6 +20,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("resayil.tiers")
 FIELDS = ("tier", "plan_expires_at")
+# What both databases' DATETIME and a cached key's Unix time can hold and every client can print as four digits.
+EARLIEST = datetime(1970, 1, 1)
+LATEST = datetime(9999, 12, 31, 23, 59, 59)
+# accounts.id is a signed 64-bit integer; SQLite refuses to even compare with a larger one.
+MAX_ID = 2**63 - 1
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -27,11 +32,18 @@ def iso(moment: datetime | None) -> str | None:
 
 
 def parse_moment(value: str) -> datetime:
-    """ISO 8601 to the UTC-naive datetime the database keeps; without an offset it is taken as UTC."""
+    """ISO 8601 to the UTC-naive datetime the database keeps; without an offset it is taken as UTC.
+    Raises ValueError outside `EARLIEST`..`LATEST`, including an offset that carries it past either end."""
     moment = datetime.fromisoformat(value)
     if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
-    return moment.replace(microsecond=0)
+        try:
+            moment = moment.astimezone(UTC).replace(tzinfo=None)
+        except OverflowError:
+            raise ValueError(f"{value!r} is outside the years 1-9999 in UTC") from None
+    moment = moment.replace(microsecond=0)
+    if not EARLIEST <= moment <= LATEST:
+        raise ValueError(f"{value!r} is outside {EARLIEST.isoformat()}..{LATEST.isoformat()}")
+    return moment
 
 
 def tier_field(tiers: dict[str, Any]) -> Any:
@@ -75,8 +87,10 @@ def account_route(gateway: Gateway) -> Any:
         account_id = int(request.path_params["account_id"])
         values = changes(await read_json(request, limit=16 * 1024), tiers=gateway.config.tiers)
         async with gateway.database.begin() as conn:
-            found = await conn.execute(sa.select(accounts.c.id).where(accounts.c.id == account_id))
-            if found.first() is None:
+            found = None
+            if account_id <= MAX_ID:
+                found = (await conn.execute(sa.select(accounts.c.id).where(accounts.c.id == account_id))).first()
+            if found is None:
                 raise NotFound(f"No account with id {account_id}.", code="account_not_found")
             await conn.execute(sa.update(accounts).where(accounts.c.id == account_id).values(**values))
             row = (
