@@ -3,6 +3,7 @@ which client request ids are echoed, and that an absurdly long path is a 414 rat
 
 from __future__ import annotations
 
+from html.parser import HTMLParser
 from typing import Any
 
 import pytest
@@ -196,3 +197,45 @@ async def test_a_path_too_long_to_route_is_414_not_500(ollama: Any, db_url: str,
             just_under = r.status
     assert set(results.values()) == {(414, "uri_too_long", "DENY")}
     assert just_under == 404
+
+
+_URL_ATTRIBUTES = ("src", "href", "action", "formaction", "srcset", "poster", "data")
+
+
+class _Blocked(HTMLParser):
+    """What in a page the CSP above would block: inline script or style, handlers, javascript: URLs and
+    resources from another origin."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[str] = []
+        self._inline: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if tag == "style" or (tag == "script" and not values.get("src")):
+            self._inline = tag
+        for name, value in attrs:
+            text = (value or "").strip().lower()
+            if name.startswith("on") or name == "style":
+                self.found.append(f"<{tag} {name}=...>")
+            elif name in _URL_ATTRIBUTES and text.startswith(("javascript:", "http:", "https:", "//")):
+                self.found.append(f"<{tag} {name}={value}>")
+
+    def handle_data(self, data: str) -> None:
+        if self._inline and data.strip():
+            self.found.append(f"inline <{self._inline}>")
+
+    def handle_endtag(self, tag: str) -> None:
+        self._inline = None
+
+
+@pytest.mark.xfail(strict=True, reason="portal_static/index.html still has an inline <style> (the lead moves it)")
+async def test_the_portal_page_uses_nothing_the_csp_blocks(ollama: Any, sqlite_url: str, serve: Any) -> None:
+    async with serve(config(ollama, sqlite_url, "http://127.0.0.1")) as gw:
+        async with gw.request("GET", "/") as r:
+            page = await r.text()
+            assert r.headers["content-security-policy"] == CSP
+    parser = _Blocked()
+    parser.feed(page)
+    assert parser.found == []
