@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
 import zoneinfo
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,12 +17,13 @@ from edge.context import RequestContext
 from edge.errors import PaymentRequired, ServiceUnavailable
 from edge.hookspecs import hookimpl
 from edge.settings import ConfigError
-from plugins.credits import messages, pricing, reports
+from plugins.credits import messages, pricing, reports, settlement
 from plugins.credits.api import routes
 from plugins.credits.leases import Leases, Ticket
 from plugins.credits.ledger import DATABASE_ERRORS, Change, Ledger
 from plugins.credits.reconcile import arguments, run_reconcile
 from plugins.credits.rows import utcnow
+from plugins.credits.settlement import Hold
 
 if TYPE_CHECKING:
     from starlette.routing import BaseRoute
@@ -31,19 +31,6 @@ if TYPE_CHECKING:
     from edge.gateway import Gateway
 
 log = logging.getLogger("resayil.credits")
-
-
-@dataclass(frozen=True, slots=True)
-class Hold:
-    """What `reserve` took for one request (kept in ctx.extras["credits"] until `settle`)."""
-
-    id: str
-    account_id: int
-    amount_milli: int
-    multiplier: int
-    completion_budget: int
-    # Taken from this worker's lease on the account (its id is then the charge's own), else a hold row.
-    ticket: Ticket | None = None
 
 
 class Plugin:
@@ -252,6 +239,7 @@ class Plugin:
             pricing.hold_milli(prompt=prompt, completion=completion, multiplier=multiplier),
             multiplier,
             completion,
+            prompt,
             ticket,
         )
 
@@ -303,13 +291,11 @@ class Plugin:
         hold = ctx.extras.get("credits")
         if not isinstance(hold, Hold):
             return
-        charge = pricing.charge_milli(ctx.usage, ctx.multiplier)
+        charge, usage_row = settlement.bill(ctx, hold, day=datetime.now(self.tz).date())
         change: Change | None
         if hold.ticket is not None:
             assert self._leases is not None
-            settling = self._leases.settle(
-                hold.ticket, charge_id=hold.id, charge_milli=charge, usage_row=self._usage_row(ctx)
-            )
+            settling = self._leases.settle(hold.ticket, charge_id=hold.id, charge_milli=charge, usage_row=usage_row)
             if charge == 0:
                 # Nothing comes off the balance, so there is nothing to announce: the usage row goes with the
                 # next batch, and an error answer (sent once settlement returns) does not wait for that.
@@ -322,7 +308,7 @@ class Plugin:
                 account_id=hold.account_id,
                 hold_milli=hold.amount_milli,
                 charge_milli=charge,
-                usage_row=self._usage_row(ctx),
+                usage_row=usage_row,
             )
         if change is None:
             log.info("hold already settled or released", extra={"fields": {"request_id": ctx.request_id}})
@@ -334,30 +320,6 @@ class Plugin:
             locale=principal.locale if principal else None,
             user_id=principal.user_id if principal else None,
         )
-
-    def _usage_row(self, ctx: RequestContext) -> dict[str, Any]:
-        principal = ctx.principal
-        counted = ctx.usage.source != "none"
-        finished = ctx.finished_at or time.perf_counter()
-        return {
-            "request_id": ctx.request_id[:128],
-            "user_id": principal.user_id if principal else None,
-            "key_id": principal.key_id if principal else None,
-            "model": (ctx.model_name or "")[:200],
-            "endpoint": ctx.endpoint[:32],
-            "route": ctx.route[:16] if ctx.upstream is not None else "none",
-            "upstream": ctx.upstream.name[:64] if ctx.upstream is not None else None,
-            "stream": ctx.stream,
-            "prompt_tokens": ctx.usage.prompt_tokens if counted else 0,
-            "completion_tokens": ctx.usage.completion_tokens if counted else 0,
-            "usage_source": ctx.usage.source,
-            "multiplier": ctx.multiplier,
-            "status": ctx.status,
-            "outcome": ctx.outcome[:32],
-            "latency_ms": int((finished - ctx.started) * 1000),
-            "ttft_ms": int((ctx.first_byte_at - ctx.started) * 1000) if ctx.first_byte_at else None,
-            "day": datetime.now(self.tz).date(),
-        }
 
     # ---- events --------------------------------------------------------------------------------------------
 

@@ -10,7 +10,8 @@ the first of them. The money stays exact:
   spare room, which is part of the account's reserved_milli, so no number of workers or hosts can
   overspend a balance;
 - every request still gets its own usage row and ledger row, and `settle` returns only once they are
-  committed, as before;
+  committed, as before; one request's data never fails another's: each charge is checked before it
+  joins a batch, and the entries of a batch that fails are each written again on their own (batches.py);
 - a lease only keeps spare room while its account is busy, and at most a LEASE_SHARE-th of what else
   is free, so little of a small balance is ever parked in another worker; an idle lease is given back
   after `idle_seconds`.
@@ -33,13 +34,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from plugins.credits.batches import Pending, answer
+from plugins.credits.entries import checked
 from plugins.credits.lease_rows import Charge, LeaseMove, Written, charge_written, grow, room, write_batch
 from plugins.credits.ledger import Change, Ledger
 from plugins.credits.rows import utcnow
 
 log = logging.getLogger("resayil.credits")
 
-# After a failed batch, the next attempt waits this long; after this many failures its charges are lost.
+# After a failed batch, the next attempt waits this long; an entry that failed this many times on its own
+# is given up (its charge is lost, its room goes back to its lease).
 RETRY_SECONDS = 1.0
 ATTEMPTS = 5
 
@@ -74,13 +78,6 @@ class Ticket:
     settled: bool = False
 
 
-@dataclass(eq=False, slots=True)
-class _Pending:
-    charge: Charge
-    done: asyncio.Future[Change | None]
-    attempts: int = 0
-
-
 class Leases:
     """This worker's leases on the ledger's database (its plans and low mark size the low-credit event).
     `requests`: spare room for that many more requests like the last one; `ttl_seconds`: how long a lease
@@ -103,7 +100,7 @@ class Leases:
         self.ttl_seconds = ttl_seconds
         self.owner = f"lease {socket.gethostname()} {os.getpid()}"
         self._leases: dict[int, Lease] = {}
-        self._pending: list[_Pending] = []
+        self._pending: list[Pending] = []
         self._writing = asyncio.Lock()  # one transaction of this worker's leases at a time
         self._wake = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
@@ -216,6 +213,7 @@ class Leases:
             return None
         ticket.settled = True
         lease, hold_milli = ticket.lease, ticket.amount_milli
+        charge_milli, usage_row = checked(charge_id, charge_milli, usage_row, hold_milli=hold_milli)
         lease.in_use -= hold_milli
         lease.last_used = time.monotonic()
         if lease.lost:
@@ -227,7 +225,7 @@ class Leases:
         lease.pending += charged
         done: asyncio.Future[Change | None] = asyncio.get_running_loop().create_future()
         charge = Charge(lease.id, lease.account_id, charge_id, charged, usage_row, wanted_milli=charge_milli)
-        self._pending.append(_Pending(charge, done))
+        self._pending.append(Pending(charge, done))
         if self._stopping:
             await self.flush()  # no writer runs any more: this settlement writes itself
         else:
@@ -268,6 +266,12 @@ class Leases:
         async with self._writing:
             batch, self._pending = self._pending, []
             now = time.monotonic()
+            for p in [p for p in batch if p.alone]:
+                if self._stopping or p.not_before <= now:
+                    await self._write_alone(p)
+                else:
+                    self._pending.append(p)
+            batch = [p for p in batch if not p.alone]
             charged: dict[str, int] = {}
             for p in batch:
                 charged[p.charge.lease_id] = charged.get(p.charge.lease_id, 0) + p.charge.charged_milli
@@ -320,14 +324,52 @@ class Leases:
                 if isinstance(exc, Exception) and batch and await self._committed(batch[0].charge.charge_id):
                     # The connection failed after the commit went through: written, only the answer is lost.
                     log.warning("a batch of charges was committed though its commit reported an error")
-                    self._answer(batch, None)
+                    answer(batch, None)
                     return
                 for step in undo:
                     step()
-                self._requeue(batch)
+                for p in batch:
+                    p.alone = True  # the failure may be one entry's: each is written on its own next time
+                self._pending[:0] = batch
                 raise
             self._apply(written, moves)
-            self._answer(batch, written)
+            answer(batch, written)
+
+    async def _write_alone(self, p: Pending) -> None:
+        """One entry of a batch that failed, in a transaction of its own that moves only its lease's row."""
+        c = p.charge
+        lease = self._leases.get(c.account_id)
+        if lease is None or lease.id != c.lease_id:
+            log.warning("lease lost; charge not written", extra={"fields": {"id": c.charge_id}})
+            answer([p], None)
+            return
+        move = LeaseMove(lease.id, lease.account_id, 0, False, lease.spare, 0, lease.unit, self._expiry())
+        lease.size -= c.charged_milli
+        lease.pending -= c.charged_milli
+        try:
+            written = await write_batch(
+                self.db, charges=[c], moves=[move], plans=self.ledger.plans, low_percent=self.ledger.low_percent
+            )
+        except Exception:
+            if await self._committed(c.charge_id):
+                answer([p], None)
+                return
+            lease.size += c.charged_milli
+            p.attempts += 1
+            if p.attempts < ATTEMPTS:
+                log.warning("a settled charge could not be written; trying again", exc_info=True)
+                lease.pending += c.charged_milli
+                p.not_before = time.monotonic() + RETRY_SECONDS
+                self._pending.append(p)
+                return
+            # Its room was never spent in the database: it stays the lease's, spare again.
+            log.exception(
+                "a settled charge could not be written; it is lost", extra={"fields": {"charge": c.charge_id}}
+            )
+            answer([p], None)
+            return
+        self._apply(written, [move])
+        answer([p], written)
 
     async def _committed(self, charge_id: str) -> bool:
         try:
@@ -344,24 +386,6 @@ class Leases:
 
         return undo
 
-    def _requeue(self, batch: list[_Pending]) -> None:
-        keep = []
-        for p in batch:
-            p.attempts += 1
-            if p.attempts < ATTEMPTS:
-                keep.append(p)
-                continue
-            log.error(
-                "a settled charge could not be written; it is lost",
-                extra={"fields": {"charge": p.charge.charge_id, "charged_milli": p.charge.charged_milli}},
-            )
-            lease = next((x for x in self._leases.values() if x.id == p.charge.lease_id), None)
-            if lease is not None:
-                self._lose(lease)  # its room stays reserved in the database until the sweeper frees it
-            if not p.done.done():
-                p.done.set_result(None)
-        self._pending[:0] = keep
-
     def _apply(self, written: Written, moves: list[LeaseMove]) -> None:
         now = time.monotonic()
         by_id = {lease.id: lease for lease in self._leases.values()}
@@ -375,39 +399,6 @@ class Leases:
             lease.size += written.granted.get(move.lease_id, 0)
             lease.free_seen = written.free.get(move.lease_id, lease.free_seen)
             lease.renewed = now
-
-    def _answer(self, batch: list[_Pending], written: Written | None) -> None:
-        if written is None:  # written, but what it did is not known: no balance to report, no event
-            for p in batch:
-                if not p.done.done():
-                    p.done.set_result(None)
-            return
-        last: dict[int, str] = {}
-        for p in batch:
-            if p.charge.charge_id in written.balances_after:
-                last[p.charge.account_id] = p.charge.charge_id
-        for p in batch:
-            c = p.charge
-            if p.done.done():
-                continue
-            if c.charge_id not in written.balances_after:
-                log.warning("lease lost before its charges were written", extra={"fields": {"charge": c.charge_id}})
-                p.done.set_result(None)
-                continue
-            cost = written.charged[c.charge_id]
-            if cost < c.wanted_milli:
-                log.warning(
-                    "charge capped at the available balance",
-                    extra={"fields": {"account": c.account_id, "charge_milli": c.wanted_milli, "charged_milli": cost}},
-                )
-            p.done.set_result(
-                Change(
-                    written.balances_after[c.charge_id],
-                    written.tiers.get(c.account_id),
-                    crossed_low=c.account_id in written.crossed_low and last[c.account_id] == c.charge_id,
-                    charged_milli=cost,
-                )
-            )
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
 

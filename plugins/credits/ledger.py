@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edge.db import Database
+from plugins.credits.entries import checked, log_capped
 from plugins.credits.rows import (
     append_entry,
     entry_values,
@@ -224,6 +225,7 @@ class Ledger:
     ) -> Change | None:
         """Replace the hold with the charge and write the usage row, once: None when the hold is gone
         (settled already, or released by the sweeper)."""
+        charge_milli, usage_row = checked(hold_id, charge_milli, usage_row, hold_milli=hold_milli)
         if self.db.procedures is not None:
             return await self._settle_in_server(
                 hold_id=hold_id,
@@ -257,10 +259,7 @@ class Ledger:
             charged = max(min(charge_milli, state.balance_milli - reserved), 0)
             if charged < charge_milli:
                 await conn.execute(_COST_USAGE, {"b_charge": hold_id, "cost_milli": charged})
-                log.warning(
-                    "charge capped at the available balance",
-                    extra={"fields": {"account": account_id, "charge_milli": charge_milli, "charged_milli": charged}},
-                )
+                log_capped(account_id, charge_milli, charged)
             balance = state.balance_milli - charged
             flag, crossed = low_flag(
                 balance=balance,
@@ -314,11 +313,7 @@ class Ledger:
         if result is None or result[0] != 1:
             return None
         _, balance, tier, charged, row_id, crossed = result
-        if charged < charge_milli:
-            log.warning(
-                "charge capped at the available balance",
-                extra={"fields": {"account": account_id, "charge_milli": charge_milli, "charged_milli": charged}},
-            )
+        log_capped(account_id, charge_milli, charged)
         row = None
         if row_id is not None:
             row = ledger_row(

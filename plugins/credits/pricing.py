@@ -6,6 +6,8 @@ Nothing here touches a float.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from edge.context import RequestContext, Usage
 from edge.gateway import Gateway
 
@@ -43,11 +45,35 @@ def affordable_completion(*, available_milli: int, prompt: int, multiplier: int)
     return available_milli // multiplier - prompt
 
 
-def charge_milli(usage: Usage, multiplier: int) -> int:
-    """What a settled request costs: every counted token at the route's multiplier; nothing when uncounted."""
+@dataclass(frozen=True, slots=True)
+class Bill:
+    """What a settled request is charged for: its token counts, their cost, and whether the counts the
+    upstream reported were out of bounds (then these are what is left of them)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    milli: int
+    out_of_bounds: bool = False
+
+
+def bill(usage: Usage, *, prompt_bound: int, completion_budget: int, multiplier: int) -> Bill:
+    """Every counted token at the route's multiplier, never more than the request could use: at most
+    `prompt_bound` prompt and `completion_budget` completion tokens (what its hold was taken for). A count
+    that is not a non-negative integer charges the whole bound; nothing is charged when nothing was counted.
+    """
     if usage.source == "none":
-        return 0
-    return max(usage.total_tokens, 0) * multiplier
+        return Bill(0, 0, 0)
+    raw = (usage.prompt_tokens, usage.completion_tokens)
+    counted = all(_count(n) for n in raw)
+    prompt, completion = prompt_bound, completion_budget
+    if counted:
+        prompt, completion = min(raw[0], prompt_bound), min(raw[1], completion_budget)
+    out = not counted or (prompt, completion) != raw
+    return Bill(prompt, completion, (prompt + completion) * max(multiplier, 0), out)
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def plan_milli(gateway: Gateway, tier: str | None) -> int:
