@@ -1,0 +1,98 @@
+"""Issue 15, finding 5, as deployed: a gateway with two granian workers on MariaDB + Redis, leases batching
+many accounts' settlements in one transaction. One account's requests report 1e30 tokens; every other
+account's requests, sent at the same moment, are each charged exactly once, and nothing is left reserved."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from edge import config as config_module
+from edge.gateway import Gateway
+from tests.conftest import truncate_mariadb
+from tests.credits_test_plugins import bearer, chat_body, credits_config, run_cli, table_rows, until_settled
+from tests.servers import clean_env, fake_ollama_process
+from tests.test_credits_concurrency import gateway_processes
+
+pytestmark = pytest.mark.slow
+
+START = 1_000_000
+GOOD = (21, 22, 23, 24)
+BAD = 25
+PER_ACCOUNT = 30
+PLUGINS = [
+    {"name": "credits_test_auth", "module": "tests.credits_test_plugins"},
+    {"name": "credits_absurd_usage", "module": "tests.credits_absurd_usage", "settings": {"accounts": [BAD]}},
+]
+
+
+@pytest.mark.parametrize("lease_requests", [0, 32], ids=["holds", "leases"])
+async def test_an_absurd_usage_on_two_workers_never_costs_other_accounts_their_charges(
+    tmp_path: Path, mariadb_database: str, redis_url: str, lease_requests: int
+) -> None:
+    truncate_mariadb(mariadb_database)
+    body = chat_body()
+    hold = len(body) + 64  # basic: local only, 1x, the model's default cap of 64
+    with fake_ollama_process("--latency", "0.3") as ollama_url:
+        config = credits_config(
+            ollama_url=ollama_url,
+            database_url=mariadb_database,
+            redis_url=redis_url,
+            extra_plugins=PLUGINS,
+            lease_requests=lease_requests,
+            lease_idle_ms=200,
+        )
+        config["server"]["log_level"] = "warning"
+        path = tmp_path / "gateway.yaml"
+        path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+        with gateway_processes(path, tmp_path, count=1) as [port]:
+            gateway = Gateway(config_module.parse(config, env={}))
+            await gateway.start()
+            try:
+                for account in (*GOOD, BAD):
+                    await gateway.plugin("credits").grant(
+                        account_id=account, amount_milli=START, kind="grant", reference=f"seed-{account}"
+                    )
+                order = [account for _ in range(PER_ACCOUNT) for account in (*GOOD, BAD)]
+                url = f"http://127.0.0.1:{port}/v1/chat/completions"
+                async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+
+                    async def send(account: int) -> tuple[int, int, Any]:
+                        headers = {"content-type": "application/json", **bearer(account)}
+                        async with http.post(url, data=body, headers=headers) as r:
+                            return account, r.status, await r.json()
+
+                    answers = await asyncio.gather(*(send(a) for a in order))
+                await until_settled(gateway, within=30)
+                await check(gateway, answers, hold)
+            finally:
+                await gateway.stop()
+        code, out, err = await run_cli("reconcile", env=clean_env(RESAYIL_CONFIG=str(path)))
+    assert code == 0 and "0 difference(s)" in out, out + err
+    text = (tmp_path / "gateway-0.log").read_text(errors="replace")
+    assert "Traceback" not in text and '"level":"error"' not in text, text[-3000:]
+    assert "usage out of bounds" in text  # the anomaly is logged
+
+
+async def check(gateway: Gateway, answers: list[tuple[int, int, Any]], hold: int) -> None:
+    assert {status for _, status, _ in answers} == {200}
+    for account in GOOD:
+        expected = sorted(data["usage"]["total_tokens"] for a, _, data in answers if a == account)
+        usage = await table_rows(gateway, "usage", account_id=account)
+        ledger = await table_rows(gateway, "ledger", account_id=account)
+        state = await gateway.plugin("credits").balance(account)
+        assert sorted(u["cost_milli"] for u in usage) == expected, account  # each charged once
+        assert [r["kind"] for r in ledger].count("usage") == PER_ACCOUNT
+        assert state["balance_milli"] == START - sum(expected) == sum(r["amount_milli"] for r in ledger)
+        assert state["reserved_milli"] == 0
+    usage = await table_rows(gateway, "usage", account_id=BAD)
+    ledger = await table_rows(gateway, "ledger", account_id=BAD)
+    state = await gateway.plugin("credits").balance(BAD)
+    assert len(usage) == PER_ACCOUNT and {u["cost_milli"] for u in usage} == {hold}
+    assert state["balance_milli"] == START - PER_ACCOUNT * hold == sum(r["amount_milli"] for r in ledger)
+    assert state["reserved_milli"] == 0
