@@ -118,6 +118,16 @@ class RequestContext:
         self.payload[key] = value
 
     @property
+    def prompt_bound(self) -> int:
+        """An upper bound of the prompt's tokens: the UTF-8 bytes of the raw request body.
+
+        Byte-level BPE tokenizers (Llama 3, Qwen, DeepSeek) never make a text token shorter than one byte,
+        and the JSON around each message (`{"role":"user","content":""}`, 28 bytes) outweighs the few
+        template tokens a chat template adds per message, so the body's length bounds the prompt.
+        """
+        return len(self.body)
+
+    @property
     def completion_budget(self) -> int:
         """The completion tokens this request may produce: the client's cap or the model's default."""
         if self.max_tokens is not None:

@@ -10,12 +10,12 @@ import asyncio
 import logging
 import os
 import random
-import re
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from edge import usage as usage_rules
 from edge.asgi import (
     ClientGone,
     Receive,
@@ -38,9 +38,11 @@ from edge.errors import (
 from edge.gateway import Gateway
 from edge.relay import Forwarder
 from edge.request import parse_chat, parse_embeddings
+from edge.security import NOSNIFF, client_request_id
 
 log = logging.getLogger("resayil.access")
-_SANE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+# The status recorded for a request whose client went away before any answer (nginx's convention).
+CLIENT_CLOSED = 499
 
 Handler = Callable[[RequestContext], Awaitable[tuple[int, Any]]]
 
@@ -117,8 +119,7 @@ class V1:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        given = headers.get("x-request-id")
-        request_id = given if given and _SANE_ID.match(given) else new_request_id()
+        request_id = client_request_id(headers.get("x-request-id")) or new_request_id()
         method = scope["method"]
         path = scope["path"]
         client = scope.get("client")
@@ -159,7 +160,7 @@ class V1:
             ctx.mark("authorize")
             if endpoint.handler is not None:
                 status, data = await endpoint.handler(ctx)
-                ctx.status = status
+                ctx.status, ctx.first_byte_at = status, time.perf_counter()
                 await send_json(send, status, data, self._headers(ctx))
             else:
                 await self._billed(ctx, endpoint, receive, send)
@@ -169,13 +170,13 @@ class V1:
             ctx.error_code = exc.code
             if ctx.outcome == "pending":
                 ctx.outcome = "refused"
-            if not ctx.status:
+            if ctx.first_byte_at is None:  # nothing was sent yet: the error is the answer
                 ctx.status = exc.status
                 await send_error(send, exc, self._headers(ctx))
         except Exception:
             log.exception("unexpected error", extra={"fields": {"request_id": ctx.request_id}})
             ctx.outcome, ctx.error_code = "error", "server_error"
-            if not ctx.status:
+            if ctx.first_byte_at is None:
                 ctx.status = 500
                 error = GatewayError("The gateway failed to handle this request; it has been logged.")
                 await send_error(send, error, self._headers(ctx))
@@ -183,7 +184,7 @@ class V1:
             self._log(ctx)
 
     def _headers(self, ctx: RequestContext) -> list[tuple[bytes, bytes]]:
-        out = [(b"x-request-id", ctx.request_id.encode())]
+        out = [(b"x-request-id", ctx.request_id.encode()), NOSNIFF]
         if ctx.response_headers:
             out.extend(header_list(ctx.response_headers))
         if ctx.marks:
@@ -234,13 +235,22 @@ class V1:
             task.uncancel()
         except ClientGone:
             ctx.outcome = "client_gone"
-        except GatewayError:
+        except GatewayError as exc:
             if ctx.outcome == "pending":
                 ctx.outcome = "refused"
+            if ctx.first_byte_at is None:
+                ctx.status = exc.status  # what the client is about to get, for settle to record
+            raise
+        except Exception:
+            if ctx.first_byte_at is None:
+                ctx.status = 500
             raise
         finally:
             watcher.cancel()
             ctx.finished_at = time.perf_counter()
+            if ctx.outcome == "client_gone" and not ctx.status:
+                ctx.status = CLIENT_CLOSED
+            ctx.usage = usage_rules.bounded(ctx)
             await self._settle(ctx)
 
     async def _settle(self, ctx: RequestContext) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import aiohttp
@@ -10,6 +11,7 @@ import orjson
 from edge.context import Upstream
 from edge.errors import GatewayError, NotFound, UpstreamFailure
 
+log = logging.getLogger("resayil.upstream")
 _RETYPE = {400: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error"}
 
 
@@ -33,6 +35,7 @@ def upstream_headers(upstream: Upstream, request_id: str) -> dict[str, str]:
 
 
 def _upstream_message(body: bytes) -> str:
+    """The upstream's own words, for the log only: they may name paths, hosts and model files."""
     try:
         data: Any = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -43,42 +46,44 @@ def _upstream_message(body: bytes) -> str:
     return str(error or "no detail")[:300]
 
 
-def map_status(upstream: Upstream, status: int, body: bytes, retry_after: str | None) -> GatewayError:
-    """Turn an upstream's error answer into the gateway's, typed by status (Ollama types them all api_error)."""
-    message = _upstream_message(body)
+def map_status(upstream: Upstream, status: int, retry_after: str | None) -> GatewayError:
+    """Turn an upstream's error answer into the gateway's, typed by status (Ollama types them all api_error).
+
+    What the client reads says what kind of failure it was and never repeats the upstream's text or name.
+    """
     name = upstream.name
     if status in (401, 403):
         return UpstreamFailure(
-            f"The upstream {name} refused the gateway's credentials.",
+            "The model server refused the gateway's credentials; the operator has been told.",
             upstream=name,
             code="upstream_auth_failed",
         )
     if status == 404:
-        return NotFound(f"The model is not available on the upstream: {message}", code="model_not_found", param="model")
+        return NotFound(
+            "The model is not available on the model server right now.", code="model_not_found", param="model"
+        )
     if status in (429, 503):
         return UpstreamFailure(
-            f"The upstream {name} is busy; try again shortly.",
+            "The model server is busy; try again shortly.",
             status=503,
             code="upstream_busy",
             upstream=name,
             retryable=status == 503,
             headers={"retry-after": retry_after if retry_after and retry_after.isdigit() else "1"},
         )
-    if status in _RETYPE:
-        return GatewayError(
-            f"The upstream rejected the request: {message}",
-            status=status,
-            code="upstream_rejected",
-            type=_RETYPE[status],
-        )
     if 400 <= status < 500:
-        return GatewayError(f"The upstream rejected the request: {message}", status=400, code="upstream_rejected")
-    return UpstreamFailure(f"The upstream {name} failed: {message}", upstream=name, retryable=True)
+        return GatewayError(
+            f"The model server rejected the request (status {status}); check its parameters and content.",
+            status=status if status in _RETYPE else 400,
+            code="upstream_rejected",
+            type=_RETYPE.get(status, "invalid_request_error"),
+        )
+    return UpstreamFailure("The model server failed to answer this request.", upstream=name, retryable=True)
 
 
 def unreachable(upstream: Upstream) -> UpstreamFailure:
     return UpstreamFailure(
-        f"The upstream {upstream.name} cannot be reached.",
+        "The model server cannot be reached right now; try again shortly.",
         upstream=upstream.name,
         code="upstream_unreachable",
         retryable=True,
@@ -87,7 +92,7 @@ def unreachable(upstream: Upstream) -> UpstreamFailure:
 
 def timed_out(upstream: Upstream) -> UpstreamFailure:
     return UpstreamFailure(
-        f"The upstream {upstream.name} did not answer in time.",
+        "The model server did not answer in time.",
         status=504,
         upstream=upstream.name,
         code="upstream_timeout",
@@ -113,5 +118,16 @@ async def post(
             detail = b""
         finally:
             resp.release()
-        raise map_status(upstream, resp.status, detail, resp.headers.get("retry-after"))
+        log.warning(
+            "upstream answered an error",
+            extra={
+                "fields": {
+                    "request_id": request_id,
+                    "upstream": upstream.name,
+                    "status": resp.status,
+                    "detail": _upstream_message(detail),
+                }
+            },
+        )
+        raise map_status(upstream, resp.status, resp.headers.get("retry-after"))
     return resp

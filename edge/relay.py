@@ -1,29 +1,38 @@
-"""Forwarding one request to its upstream and relaying the answer: whole, or as a stream event by event."""
+"""Forwarding one request to its upstream and relaying the answer: whole, or as a stream event by event.
+
+A client never gets a success that was not one: an answer that is not the JSON object its endpoint
+promises is a 502 `upstream_error`, and a stream always ends with `[DONE]` or an error event. What went
+wrong upstream goes to the log under the request id, never to the client.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 import aiohttp
 import orjson
 
 from edge import proxy
-from edge.asgi import Send, send_bytes
-from edge.context import RequestContext, Usage
-from edge.errors import GatewayError
+from edge import usage as usage_rules
+from edge.asgi import ClientGone, Send, send_bytes
+from edge.context import RequestContext
+from edge.errors import GatewayError, GatewayTimeout
 from edge.gateway import Gateway
-from edge.request import prompt_bytes, upstream_body
-from edge.sse import StreamRelay, event
+from edge.request import upstream_body
+from edge.sse import StreamRelay, error_event, malformed
 
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
+# What a whole answer must hold, by endpoint: a list under this key.
+_ANSWER_LIST = {"chat": "choices", "embeddings": "data"}
 Headers = Callable[[RequestContext], list[tuple[bytes, bytes]]]
+log = logging.getLogger("resayil.upstream")
 
 
 class Forwarder:
@@ -62,17 +71,25 @@ class Forwarder:
             if ctx.first_byte_at is None:
                 ctx.outcome = "upstream_timeout"
                 raise proxy.timed_out(upstream) from None
-            await self._end_stream_with_error(
-                ctx, send, "upstream_timeout", "The upstream stopped sending within the time limit."
-            )
+            stopped = GatewayTimeout("The model server stopped sending within the time limit.", code="upstream_timeout")
+            await self._end_stream_with_error(ctx, send, stopped)
         except (aiohttp.ClientError, OSError):
             if ctx.first_byte_at is None:
                 ctx.outcome = "upstream_error"
                 raise proxy.unreachable(upstream) from None
-            await self._end_stream_with_error(ctx, send, "upstream_error", "The upstream connection was lost.")
+            lost = "The connection to the model server was lost during the answer; please try again."
+            await self._end_stream_with_error(ctx, send, malformed(lost))
         except GatewayError:
             ctx.outcome = "upstream_error"
             raise
+        except ClientGone:
+            raise
+        except Exception:
+            if ctx.first_byte_at is None:
+                raise
+            # Whatever broke, a stream the client is reading still ends with an error event.
+            log.exception("relay failed during a stream", extra={"fields": {"request_id": ctx.request_id}})
+            await self._end_stream_with_error(ctx, send, malformed())
         finally:
             if resp is not None:
                 resp.release()
@@ -83,13 +100,22 @@ class Forwarder:
             parsed = orjson.loads(data)
         except orjson.JSONDecodeError:
             parsed = None
-        usage = parsed.get("usage") if isinstance(parsed, dict) else None
-        if isinstance(usage, dict):
-            ctx.usage = Usage(
-                int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0), "upstream"
+        listed = _ANSWER_LIST.get(ctx.endpoint, "choices")
+        if not isinstance(parsed, dict) or not isinstance(parsed.get(listed), list):
+            log.warning(
+                "upstream answered 200 with something that is not an answer",
+                extra={
+                    "fields": {
+                        "request_id": ctx.request_id,
+                        "upstream": ctx.upstream.name if ctx.upstream else None,
+                        "content_type": resp.content_type,
+                        "detail": data[:300].decode("utf-8", "replace"),
+                    }
+                },
             )
-        elif parsed is not None:
-            ctx.usage = estimate(ctx, _completion_text_chunks(parsed))
+            raise malformed()
+        usage = usage_rules.from_upstream(parsed.get("usage"))
+        ctx.usage = usage or usage_rules.estimate(ctx, usage_rules.completion_chunks_of(parsed))
         ctx.first_byte_at = time.perf_counter()
         ctx.status = 200
         await send_bytes(send, 200, data, self._headers(ctx))
@@ -106,7 +132,7 @@ class Forwarder:
         total_deadline: float,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
-        relay = StreamRelay(keep_usage=keep_usage)
+        relay = StreamRelay(keep_usage=keep_usage, request_id=ctx.request_id)
         idle = self.timeouts.idle
         started = False
         try:
@@ -130,23 +156,23 @@ class Forwarder:
                 if relay.error is not None or relay.done:
                     break
         finally:
-            ctx.usage = relay.usage or estimate(ctx, ctx.delivered_chunks)
-        if relay.error is not None:
-            ctx.outcome = "upstream_error"
+            ctx.usage = relay.usage or usage_rules.estimate(ctx, ctx.delivered_chunks)
+        if relay.error is not None or not relay.done:
+            error = relay.error or malformed()
+            if relay.error is None:
+                log.warning("upstream stream ended without [DONE]", extra={"fields": {"request_id": ctx.request_id}})
             if not started:
-                raise GatewayError(relay.error["message"], status=502, code="upstream_error")
-            await send({"type": "http.response.body", "body": event({"error": relay.error}), "more_body": False})
+                raise error
+            await self._end_stream_with_error(ctx, send, error)
             return
-        if not relay.done:
-            raise aiohttp.ClientPayloadError("stream ended without [DONE]")
         ctx.outcome = "ok"
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         await _drain(resp)
 
-    async def _end_stream_with_error(self, ctx: RequestContext, send: Send, code: str, message: str) -> None:
-        ctx.outcome = code
-        error = {"message": message, "type": "server_error", "param": None, "code": code}
-        await send({"type": "http.response.body", "body": event({"error": error}), "more_body": False})
+    async def _end_stream_with_error(self, ctx: RequestContext, send: Send, error: GatewayError) -> None:
+        ctx.outcome = error.code or "upstream_error"
+        ctx.error_code = error.code
+        await send({"type": "http.response.body", "body": error_event(error), "more_body": False})
 
 
 # After `[DONE]` only the end of the upstream's body is due (the last empty chunk of a chunked answer). It is
@@ -165,25 +191,3 @@ async def _drain(resp: aiohttp.ClientResponse) -> None:
                 left -= len(data)
     except (TimeoutError, aiohttp.ClientError, OSError):
         pass
-
-
-def estimate(ctx: RequestContext, completion_chunks: int) -> Usage:
-    """Usage for an answer the upstream did not count: the README's rule for cut streams.
-
-    Prompt: ceil(UTF-8 bytes of the prompt text / 4) + 4 per message. Completion: one token per content
-    chunk relayed to the client. Nothing relayed means nothing charged.
-    """
-    if completion_chunks <= 0:
-        return Usage()
-    messages = ctx.payload.get("messages")
-    count = len(messages) if isinstance(messages, list) else 0
-    return Usage(-(-prompt_bytes(ctx.payload) // 4) + 4 * count, completion_chunks, "estimated")
-
-
-def _completion_text_chunks(parsed: dict[str, Any]) -> int:
-    choices = parsed.get("choices")
-    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
-        message = choices[0].get("message") or {}
-        text = message.get("content") if isinstance(message, dict) else None
-        return -(-len(str(text or "").encode()) // 4)
-    return 0

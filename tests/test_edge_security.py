@@ -230,7 +230,6 @@ class _Blocked(HTMLParser):
         self._inline = None
 
 
-@pytest.mark.xfail(strict=True, reason="portal_static/index.html still has an inline <style> (the lead moves it)")
 async def test_the_portal_page_uses_nothing_the_csp_blocks(ollama: Any, sqlite_url: str, serve: Any) -> None:
     async with serve(config(ollama, sqlite_url, "http://127.0.0.1")) as gw:
         async with gw.request("GET", "/") as r:
