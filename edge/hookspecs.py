@@ -98,7 +98,7 @@ def resayil_redis_claim(ctx: RequestContext) -> RedisClaim | None:
 
 @hookspec
 async def resayil_reserve(ctx: RequestContext) -> None:
-    """Hold what the request may cost, or raise (402). May lower the completion budget with ctx.set_payload."""
+    """Hold what the request may cost, or raise (402). May lower the completion budget (`ctx.max_tokens`)."""
 
 
 @hookspec
