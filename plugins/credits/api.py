@@ -6,6 +6,7 @@ import csv
 import io
 import logging
 import os
+import re
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("resayil.credits")
 MAX_PAGE = 200
 MAX_DELTA_MILLI = 10**15
+BIGINT_MAX = 2**63 - 1
+# ASCII digits only: str.isdigit() also says yes to "²" (which int() refuses) and to other scripts' digits.
+_DIGITS = re.compile(r"[0-9]{1,19}")
 CSV_FIELDS = (
     "created_at",
     "request_id",
@@ -70,20 +74,32 @@ def page_args(request: Request, *, default: int = 50) -> tuple[int, int | None]:
     raw_limit = request.query_params.get("limit")
     limit = default
     if raw_limit is not None:
-        if raw_limit.isdigit() and 1 <= int(raw_limit) <= MAX_PAGE:
-            limit = int(raw_limit)
-        else:
+        limit = _number(raw_limit, top=MAX_PAGE) or 0
+        if limit < 1:
             fields["limit"] = f"Must be a whole number from 1 to {MAX_PAGE}."
     raw_cursor = request.query_params.get("cursor")
     cursor = None
     if raw_cursor:
-        if raw_cursor.isdigit() and len(raw_cursor) <= 19:
-            cursor = int(raw_cursor)
-        else:
+        cursor = _number(raw_cursor, top=BIGINT_MAX)
+        if cursor is None:
             fields["cursor"] = "Must be the next_cursor of a previous page."
     if fields:
         raise Unprocessable("Some query parameters are not valid.", extra={"fields": fields})
     return limit, cursor
+
+
+def _number(raw: str, *, top: int) -> int | None:
+    """A whole number from 0 to `top` written in ASCII digits, else None."""
+    value = int(raw) if _DIGITS.fullmatch(raw) else None
+    return value if value is not None and value <= top else None
+
+
+def account_arg(request: Request) -> int:
+    """The path's account id; 404 for one no account can have (past BIGINT)."""
+    account_id = int(request.path_params["account_id"])
+    if account_id > BIGINT_MAX:
+        raise NotFound(f"No account with id {account_id}.", code="account_not_found")
+    return account_id
 
 
 def adjustment(body: Any) -> tuple[int, str]:
@@ -141,7 +157,7 @@ def routes(plugin: Plugin) -> list[BaseRoute]:
 
     async def post_credits(request: Request) -> Response:
         admin = await require_admin(request)
-        account_id = int(request.path_params["account_id"])
+        account_id = account_arg(request)
         try:
             body = orjson.loads(await request.body())
         except orjson.JSONDecodeError:
@@ -169,6 +185,15 @@ def routes(plugin: Plugin) -> list[BaseRoute]:
                 extra={"available_milli": exc.available_milli},
             ) from None
         created = row.pop("created")
+        if not created and (row["amount_milli"], row["reason"]) != (delta, reason):
+            raise GatewayError(
+                "This Idempotency-Key was used for another adjustment of this account; send a new key for a new "
+                "adjustment, or the same body to get the first one's result.",
+                status=409,
+                code="idempotency_key_reused",
+                param="Idempotency-Key",
+                extra={"ledger_id": row["id"]},
+            )
         if created:
             log.info(
                 "credits adjusted by admin",
@@ -185,8 +210,9 @@ def routes(plugin: Plugin) -> list[BaseRoute]:
 
     async def get_ledger(request: Request) -> Response:
         await require_admin(request)
-        account_id = int(request.path_params["account_id"])
+        account_id = account_arg(request)
         limit, cursor = page_args(request)
+        await _existing_account(plugin, account_id)
         items, next_cursor = await reports.ledger_page(
             plugin.gateway.database, account_id=account_id, limit=limit, before=cursor
         )
