@@ -2,12 +2,14 @@
 
 `TierAuth` makes `Authorization: Bearer <tier>` a caller on that tier; `Watch` keeps settled contexts and
 published events. `Plugin` is both for gateway processes started by the tests (config
-`module: tests.failover_test_plugins`), with events pushed to a Redis list the test reads.
+`module: tests.failover_test_plugins`), with events pushed to a Redis list the test reads and the answering
+worker's pid in `x-test-pid`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -27,14 +29,17 @@ CLOUD_MODEL = "deepseek-v3.1:671b-cloud"
 
 
 def principal_for(ctx: RequestContext) -> Principal | None:
-    tier = ctx.headers.get("authorization", "").removeprefix("Bearer ").strip()
-    if tier not in ACCOUNTS:
+    """`Bearer pro` is account 12 on Pro; `Bearer basic:3` is another account on Basic (11003)."""
+    token = ctx.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    tier, _, n = token.partition(":")
+    if tier not in ACCOUNTS or (n and not n.isdigit()):
         return None
-    return Principal(account_id=ACCOUNTS[tier], user_id=ACCOUNTS[tier], tier=tier, key_id=ACCOUNTS[tier])
+    account = ACCOUNTS[tier] * 1000 + int(n) if n else ACCOUNTS[tier]
+    return Principal(account_id=account, user_id=account, tier=tier, key_id=account)
 
 
 class TierAuth:
-    """`Authorization: Bearer pro` is account 12 on Pro, and so on for each tier."""
+    """`Authorization: Bearer pro` is account 12 on Pro, and so on for each tier (`pro:2` another one)."""
 
     name = "tier_auth"
 
@@ -79,7 +84,7 @@ class Watch:
 
 
 class Plugin:
-    """For `python -m edge serve` in tests: tier authentication, and events to a Redis list."""
+    """For `python -m edge serve` in tests: tier authentication, the worker's pid, events to a Redis list."""
 
     @hookimpl
     async def resayil_startup(self, gateway: Gateway) -> None:
@@ -87,6 +92,7 @@ class Plugin:
 
     @hookimpl
     async def resayil_authenticate(self, ctx: RequestContext) -> Principal | None:
+        ctx.response_headers["x-test-pid"] = str(os.getpid())  # which worker answered
         return principal_for(ctx)
 
     @hookimpl

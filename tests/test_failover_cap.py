@@ -85,9 +85,9 @@ async def test_a_cloud_request_that_fails_before_any_output_gives_its_count_back
         plugin = served.gateway.plugin("failover")
         failed = await chat(served, "pro", model=CLOUD_MODEL)
         assert failed.status == 502 and failed.code == "upstream_error"
-        assert cloud.failures == 3  # tenacity's bounded attempts
+        assert cloud.failures == 2  # a 500 may be the request's own doing: one retry
         (ctx,) = await watch.until_settled(1)
-        assert ctx.extras["failover"].tried == ["cloud"] * 3
+        assert ctx.extras["failover"].tried == ["cloud"] * 2
         assert (await plugin.budget_status())["used"] == 0
 
         cloud.settings.fail_status = None

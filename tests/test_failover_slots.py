@@ -152,6 +152,35 @@ async def test_down_marking_counts_failures_and_clears_on_success(store: SlotSto
     assert (await store.snapshot(upstream="ollama")).down_for_s > 4
 
 
+async def failed_request(store: SlotStore, account: str, *, window_s: float = 5) -> bool:
+    return await store.failed_request(upstream="ollama", account=account, threshold=3, window_s=window_s, cooldown_s=5)
+
+
+async def test_failed_requests_mark_down_only_across_accounts_and_clear_on_success(store: SlotStore) -> None:
+    # One account, however many of its requests fail, at once or one after another, never marks it down.
+    assert not any(await asyncio.gather(*(failed_request(store, "11") for _ in range(50))))
+    assert await failed_request(store, "12") is False
+    t = make_ticket(tier="basic", token="ok")
+    await store.enter(upstream="ollama", ticket=t, priority=0, spill_depth=None)
+    await store.release(upstream="ollama", ticket=t, healthy=True)  # a success starts the count again
+    assert await failed_request(store, "13") is False
+    assert await failed_request(store, "11") is False
+    assert (await store.snapshot(upstream="ollama")).down_for_s == 0
+    assert await failed_request(store, "12") is True  # three accounts with no success between
+    entry = await store.enter(upstream="ollama", ticket=t, priority=0, spill_depth=3)
+    assert entry.state == "down" and 4 < entry.retry_after_s <= 5
+    assert await failed_request(store, "14") is False  # not counted while down
+
+
+async def test_failed_requests_count_within_their_window_only(store: SlotStore) -> None:
+    assert await failed_request(store, "11", window_s=0.3) is False
+    assert await failed_request(store, "12", window_s=0.3) is False
+    await asyncio.sleep(0.4)
+    assert await failed_request(store, "13", window_s=0.3) is False  # the first two are out of the window
+    assert await failed_request(store, "14", window_s=0.3) is False
+    assert await failed_request(store, "15", window_s=0.3) is True
+
+
 async def test_stop_ends_the_listener_even_when_the_redis_client_swallows_the_cancellation(
     client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:

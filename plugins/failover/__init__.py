@@ -6,9 +6,8 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
@@ -19,10 +18,11 @@ from edge.errors import ServiceUnavailable, UpstreamFailure
 from edge.hookspecs import hookimpl
 from edge.settings import ConfigError
 from plugins.failover.api import admin_routes
-from plugins.failover.backoff import Backoff
+from plugins.failover.attempt import Attempt, new_ticket
 from plugins.failover.budget import CloudBudget, CountStore, MemoryCounts, RedisCounts
+from plugins.failover.health import Health, Kind, failure_kind
 from plugins.failover.redis_slots import CLAIM_LUA, RedisSlots
-from plugins.failover.slots import Entry, MemorySlots, SlotStore, make_ticket
+from plugins.failover.slots import Entry, MemorySlots, SlotStore
 
 if TYPE_CHECKING:
     from starlette.routing import BaseRoute
@@ -47,27 +47,6 @@ def shared_state() -> Iterator[None]:
         ) from None
 
 
-def new_ticket(tier: str) -> str:
-    """A queue member no other request has."""
-    return make_ticket(tier=tier, token=os.urandom(8).hex())
-
-
-@dataclass(slots=True)
-class Attempt:
-    """Per-request state in `ctx.extras["failover"]`: what the request holds and what it tried."""
-
-    ticket: str
-    # The local upstream whose slot or place in line this request may hold; None once given back.
-    upstream: str | None = None
-    # The Kuwait day whose cloud count this request took; None when it took none or gave it back.
-    cloud_day: str | None = None
-    # Failed attempts on the current upstream (tenacity decides from it), and every upstream tried.
-    failures: int = 0
-    tried: list[str] = field(default_factory=list)
-    # The answer to a slot claim the rate limiter ran in `authorize` (`resayil_redis_claim`), for `route`.
-    claimed: Entry | None = None
-
-
 def usable_fallback(gateway: Gateway, model: Model) -> Model | None:
     """The model's YAML fallback when it runs on a cloud upstream that has a key (one without a key is not
     in use, as /readyz says)."""
@@ -80,7 +59,7 @@ def usable_fallback(gateway: Gateway, model: Model) -> Model | None:
 class Plugin:
     """Admits requests to each local upstream up to its parallel slots, queued by tier priority; spills
     Pro and Enterprise traffic to the cloud fallback when the line is long or the upstream is down, and
-    holds cloud traffic to a daily cap."""
+    holds cloud traffic to a daily cap. Which failures mark an upstream down: `health.py`."""
 
     @dataclass
     class Settings:
@@ -90,9 +69,12 @@ class Plugin:
         slot_lease_s: float = 30.0
         poll_interval_s: float = 1.0
         retry_attempts: int = 3
+        answer_retries: int = 1
         retry_backoff_s: float = 0.25
         retry_backoff_max_s: float = 2.0
         down_after_failures: int = 3
+        down_after_accounts: int = 3
+        down_window_s: float = 30.0
         down_cooldown_s: float = 30.0
         timezone: str = "Asia/Kuwait"
 
@@ -101,15 +83,19 @@ class Plugin:
         for name in ("spill_depth", "cloud_daily_cap"):
             if getattr(s, name) < 0:
                 raise ConfigError(f"plugins.failover.settings.{name}: must be 0 or more")
-        for name in ("queue_max_wait_s", "slot_lease_s", "poll_interval_s", "down_cooldown_s"):
+        for name in ("queue_max_wait_s", "slot_lease_s", "poll_interval_s", "down_window_s", "down_cooldown_s"):
             if getattr(s, name) <= 0:
                 raise ConfigError(f"plugins.failover.settings.{name}: must be more than 0")
         if s.retry_attempts < 1 or s.down_after_failures < 1:
             raise ConfigError("plugins.failover.settings: retry_attempts and down_after_failures must be 1 or more")
+        if s.answer_retries < 0:
+            raise ConfigError("plugins.failover.settings.answer_retries: must be 0 or more")
+        if s.down_after_accounts < 2:
+            # One account's requests must never mark an upstream down for everyone else.
+            raise ConfigError("plugins.failover.settings.down_after_accounts: must be 2 or more")
         if s.retry_backoff_s < 0 or s.retry_backoff_max_s < s.retry_backoff_s:
             raise ConfigError("plugins.failover.settings.retry_backoff_max_s: must be at least retry_backoff_s")
         self.settings = settings
-        self.backoff = Backoff(attempts=s.retry_attempts, base_s=s.retry_backoff_s, max_s=s.retry_backoff_max_s)
 
     @hookimpl
     async def resayil_startup(self, gateway: Gateway) -> None:
@@ -136,6 +122,7 @@ class Plugin:
                     name,
                     model.settings.fallback,
                 )
+        self.health = Health(settings=s, slots=self.slots)
         await self.slots.start()
 
     @hookimpl
@@ -247,25 +234,20 @@ class Plugin:
 
     @hookimpl
     async def resayil_retry(self, ctx: RequestContext, error: UpstreamFailure) -> bool | None:
-        """Retry the same upstream after tenacity's jittered backoff while attempts remain; then leave a
-        local upstream for the cloud fallback (same rules as spill-over), else answer 503."""
+        """Retry the same upstream after tenacity's jittered backoff while the failure policy allows
+        (`health.py`); then leave a local upstream for the cloud fallback (same rules as spill-over), else
+        answer the request's own failure as it is, and an unreachable or busy upstream with 503."""
         attempt = ctx.extras.get("failover")
         upstream = ctx.upstream
         if not isinstance(attempt, Attempt) or upstream is None:
             return None
         with shared_state():
-            return await self._retry(ctx, attempt, upstream)
+            return await self._retry(ctx, attempt, upstream, failure_kind(error))
 
-    async def _retry(self, ctx: RequestContext, attempt: Attempt, upstream: Upstream) -> bool | None:
+    async def _retry(self, ctx: RequestContext, attempt: Attempt, upstream: Upstream, kind: Kind) -> bool | None:
         attempt.failures += 1
-        down = False
-        if upstream.kind == "local":
-            down = await self.slots.failed(
-                upstream=upstream.name,
-                threshold=self.settings.down_after_failures,
-                cooldown_s=self.settings.down_cooldown_s,
-            )
-        delay = None if down else self.backoff.delay(failures=attempt.failures)
+        down = await self.health.attempt_failed(attempt=attempt, upstream=upstream, kind=kind)
+        delay = None if down else self.health.delay(failures=attempt.failures, kind=kind)
         if delay is not None:
             await asyncio.sleep(delay)
             attempt.tried.append(upstream.name)
@@ -277,19 +259,22 @@ class Plugin:
         if fallback is not None and await self._spill(ctx, attempt, fallback):
             attempt.failures = 0
             return True
+        if kind == "answer":
+            return None  # this request's own failure, as far as anyone can tell: not an outage for all
         raise self._unavailable(Entry("down", retry_after_s=self.settings.down_cooldown_s if down else 5))
 
     # First of the settle hooks: the upstream's slot is free the moment its answer is over, not once slower
     # settlement work (the credits plugin's write of the charge, batched with others) is done.
     @hookimpl(tryfirst=True)
     async def resayil_settle(self, ctx: RequestContext) -> None:
-        """Give back the slot or place in line exactly once; a cloud request that failed before any
-        output gives its count back."""
+        """Give back the slot or place in line exactly once; count a request a local upstream failed for
+        its account (`health.py`); a cloud request that failed before any output gives its count back."""
         attempt = ctx.extras.get("failover")
         if not isinstance(attempt, Attempt):
             return
         try:
             await self._leave_local(attempt, healthy=ctx.outcome == "ok")
+            await self.health.settled(ctx, attempt)
         finally:
             if attempt.cloud_day is not None and ctx.usage.source == "none" and ctx.outcome != "ok":
                 day, attempt.cloud_day = attempt.cloud_day, None

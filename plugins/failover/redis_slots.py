@@ -1,7 +1,8 @@
 """The local queue in Redis, shared by every worker and host.
 
 Per upstream: `slots` (sorted set, ticket -> lease expiry in ms), `queue` (sorted set, ticket -> -priority
-then arrival sequence), `alive` (sorted set, waiting ticket -> lease expiry), `seq`, `fails` and `down`.
+then arrival sequence), `alive` (sorted set, waiting ticket -> lease expiry), `seq`, `fails` (attempts that
+could not connect), `failed` (sorted set, account -> when a request of it last failed) and `down`.
 Every change is one Lua script, so no two workers ever see a half-made move. A worker's heartbeat
 extends the leases of what it holds and waits for; a crashed worker stops extending them and its slots
 and places free themselves once the lease runs out. A release publishes a wake-up on one channel;
@@ -95,24 +96,38 @@ return {'queued', redis.call('ZRANK', queue, member) + 1, 0}
 """
 )
 
-# KEYS: slots queue alive fails; ARGV: member healthy(0/1) channel upstream
+# KEYS: slots queue alive fails failed; ARGV: member healthy(0/1) channel upstream
 _RELEASE = """
 local held = redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
-if held == 1 and ARGV[2] == '1' then redis.call('DEL', KEYS[4]) end
+if held == 1 and ARGV[2] == '1' then redis.call('DEL', KEYS[4], KEYS[5]) end
 if held == 1 and redis.call('ZCARD', KEYS[2]) > 0 then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
 return held
 """
 
-# KEYS: fails down; ARGV: threshold cooldown_ms channel upstream
+# KEYS: fails down failed; ARGV: threshold cooldown_ms channel upstream
 _FAILED = """
 local n = redis.call('INCR', KEYS[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 if n < tonumber(ARGV[1]) then return 0 end
-redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[3])
 redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
 redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1
+"""
+
+# KEYS: failed down fails; ARGV: account now window_ms threshold cooldown_ms channel upstream
+_FAILED_REQUEST = """
+if redis.call('PTTL', KEYS[2]) > 0 then return 0 end
+local now, window = tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], window)
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[4]) then return 0 end
+redis.call('DEL', KEYS[1], KEYS[3])
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[5])
+redis.call('PUBLISH', ARGV[6], ARGV[7])
 return 1
 """
 
@@ -128,7 +143,7 @@ return {redis.call('ZCARD', KEYS[1]), redis.call('ZRANGE', KEYS[2], 0, -1), redi
 
 def keys(upstream: str) -> dict[str, str]:
     base = f"{PREFIX}{upstream}:"
-    return {part: base + part for part in ("slots", "queue", "alive", "seq", "fails", "down")}
+    return {part: base + part for part in ("slots", "queue", "alive", "seq", "fails", "failed", "down")}
 
 
 def _now_ms() -> int:
@@ -162,6 +177,7 @@ class RedisSlots:
         self._poll = redis.register_script(_POLL)
         self._release = redis.register_script(_RELEASE)
         self._failed = redis.register_script(_FAILED)
+        self._failed_request = redis.register_script(_FAILED_REQUEST)
         self._peek = redis.register_script(_PEEK)
         # What this process holds and waits for: the heartbeat extends exactly these leases.
         self.held: dict[str, set[str]] = {name: set() for name in parallel}
@@ -250,7 +266,7 @@ class RedisSlots:
         self.waiting[upstream].pop(ticket, None)
         try:
             held = await self._release(
-                keys=[k["slots"], k["queue"], k["alive"], k["fails"]],
+                keys=[k["slots"], k["queue"], k["alive"], k["fails"], k["failed"]],
                 args=[ticket, 1 if healthy else 0, CHANNEL, upstream],
             )
         finally:
@@ -260,7 +276,17 @@ class RedisSlots:
     async def failed(self, *, upstream: str, threshold: int, cooldown_s: float) -> bool:
         k = self.keys[upstream]
         down = await self._failed(
-            keys=[k["fails"], k["down"]], args=[threshold, int(cooldown_s * 1000), CHANNEL, upstream]
+            keys=[k["fails"], k["down"], k["failed"]], args=[threshold, int(cooldown_s * 1000), CHANNEL, upstream]
+        )
+        return bool(down)
+
+    async def failed_request(
+        self, *, upstream: str, account: str, threshold: int, window_s: float, cooldown_s: float
+    ) -> bool:
+        k = self.keys[upstream]
+        down = await self._failed_request(
+            keys=[k["failed"], k["down"], k["fails"]],
+            args=[account, _now_ms(), int(window_s * 1000), threshold, int(cooldown_s * 1000), CHANNEL, upstream],
         )
         return bool(down)
 

@@ -76,7 +76,16 @@ class SlotStore(Protocol):
         ...
 
     async def failed(self, *, upstream: str, threshold: int, cooldown_s: float) -> bool:
-        """Count a failed attempt; True when the upstream is now marked down for the cool-down."""
+        """Count an attempt that could not connect; True when the upstream is now marked down for the
+        cool-down (after `threshold` with no success in between)."""
+        ...
+
+    async def failed_request(
+        self, *, upstream: str, account: str, threshold: int, window_s: float, cooldown_s: float
+    ) -> bool:
+        """Count a request the upstream failed for `account`; True when the upstream is now marked down:
+        `threshold` different accounts within `window_s`, with no success in between. While the upstream
+        is down nothing is counted."""
         ...
 
     async def snapshot(self, *, upstream: str) -> Snapshot: ...
@@ -92,10 +101,26 @@ class _Line:
     waiters: dict[str, asyncio.Future[Entry]] = field(default_factory=dict)
     fails: int = 0
     fails_until: float = 0.0
+    # Account -> when a request of it last failed here (the window's start is purged on each count).
+    failed_accounts: dict[str, float] = field(default_factory=dict)
     down_until: float = 0.0
 
     def down_left(self) -> float:
         return max(0.0, self.down_until - time.monotonic())
+
+    def healthy(self) -> None:
+        self.fails = 0
+        self.failed_accounts.clear()
+
+    def mark_down(self, *, now: float, cooldown_s: float) -> None:
+        self.healthy()
+        self.down_until = now + cooldown_s
+        # Waiters stop waiting on a down upstream: each leaves the line with `down`.
+        for waiter in self.waiters.values():
+            if not waiter.done():
+                waiter.set_result(Entry("down", retry_after_s=cooldown_s))
+        self.waiters.clear()
+        self.heap.clear()
 
     def grant(self) -> None:
         while self.heap and len(self.held) < self.parallel:
@@ -161,7 +186,7 @@ class MemorySlots:
             return False
         line.held.discard(ticket)
         if healthy:
-            line.fails = 0
+            line.healthy()
         line.grant()
         return True
 
@@ -174,14 +199,23 @@ class MemorySlots:
         line.fails_until = now + cooldown_s
         if line.fails < threshold:
             return False
-        line.fails = 0
-        line.down_until = now + cooldown_s
-        # Waiters stop waiting on a down upstream: each leaves the line with `down`.
-        for waiter in line.waiters.values():
-            if not waiter.done():
-                waiter.set_result(Entry("down", retry_after_s=cooldown_s))
-        line.waiters.clear()
-        line.heap.clear()
+        line.mark_down(now=now, cooldown_s=cooldown_s)
+        return True
+
+    async def failed_request(
+        self, *, upstream: str, account: str, threshold: int, window_s: float, cooldown_s: float
+    ) -> bool:
+        line = self.lines[upstream]
+        if line.down_left() > 0:
+            return False
+        now = time.monotonic()
+        accounts = line.failed_accounts
+        for stale in [name for name, at in accounts.items() if at <= now - window_s]:
+            del accounts[stale]
+        accounts[account] = now
+        if len(accounts) < threshold:
+            return False
+        line.mark_down(now=now, cooldown_s=cooldown_s)
         return True
 
     async def snapshot(self, *, upstream: str) -> Snapshot:

@@ -1,0 +1,147 @@
+"""One customer's input that makes the local model fail costs that customer their own request, never the
+others' access to the model.
+
+The fake's `poison` stands for an input that crashes Ollama's runner: any request whose message contains
+it is answered 500 every time, whoever sends it; every other request is served. What a hostile customer
+sends: the poison once, the poison as fast as the Basic plan allows (all ten of a minute at once), and the
+poison one request after another. Meanwhile other customers' ordinary requests must all be served by the
+local model, and /readyz must keep saying the local queue is up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tests.failover_test_plugins import (
+    LOCAL_MODEL,
+    TierAuth,
+    Watch,
+    assert_released,
+    chat,
+    failover_config,
+    served_texts,
+)
+
+POISON = "CRASH"
+
+
+@pytest.fixture(params=["redis", "memory"])
+def store(request: pytest.FixtureRequest) -> str | None:
+    return request.getfixturevalue("redis_url") if request.param == "redis" else None
+
+
+def poisoned_attempts(fake: Any) -> int:
+    return sum(POISON in text for text in served_texts(fake))
+
+
+async def queue_readiness(served: Any) -> tuple[int, dict[str, Any]]:
+    async with served.request("GET", "/readyz") as resp:
+        return resp.status, (await resp.json())["parts"]["queue:ollama"]
+
+
+async def test_a_poisoned_request_is_tried_twice_and_answered_as_the_upstreams_error(
+    serve: Any, ollama: Any, cloud: Any, sqlite_url: str, store: str | None
+) -> None:
+    ollama.settings.poison = POISON
+    config = failover_config(ollama_url=ollama.url, cloud_url=cloud.url, database_url=sqlite_url, redis_url=store)
+    watch = Watch()
+    async with serve(config, plugins=[TierAuth(), watch]) as served:
+        reply = await chat(served, "basic", f"please {POISON} now")
+        assert (reply.status, reply.code, reply.body["error"]["type"]) == (502, "upstream_error", "server_error")
+        assert reply.headers["content-type"] == "application/json"
+        # One retry (a runner that crashed once for another reason is served the second time), no more.
+        assert poisoned_attempts(ollama) == 2
+        (ctx,) = await watch.until_settled(1)
+        assert ctx.extras["failover"].tried == ["ollama", "ollama"]
+        # Streamed, the same: the upstream failed before anything was sent, so the answer is a JSON error.
+        body = {"model": LOCAL_MODEL, "stream": True, "messages": [{"role": "user", "content": POISON}]}
+        async with served.request(
+            "POST", "/v1/chat/completions", json=body, headers={"Authorization": "Bearer basic"}
+        ) as resp:
+            assert (resp.status, resp.headers["content-type"]) == (502, "application/json")
+            assert (await resp.json())["error"]["code"] == "upstream_error"
+        assert poisoned_attempts(ollama) == 4
+        status, queue = await queue_readiness(served)
+        assert (status, queue["state"]) == (200, "up")
+        await assert_released(served)
+
+
+async def test_one_customers_poisoned_requests_never_fail_another_customer(
+    serve: Any, ollama: Any, cloud: Any, sqlite_url: str, store: str | None
+) -> None:
+    ollama.settings.poison = POISON
+    ollama.settings.latency = 0.05  # ordinary requests take a moment, so the attack overlaps them
+    config = failover_config(
+        ollama_url=ollama.url, cloud_url=cloud.url, database_url=sqlite_url, redis_url=store, parallel=32
+    )
+    async with serve(config, plugins=[TierAuth()]) as served:
+        # The Basic plan's whole minute (10 requests): six at once, beside other customers' requests...
+        attack = [asyncio.ensure_future(chat(served, "basic", f"{POISON} #{i}")) for i in range(6)]
+        others = [chat(served, tier, f"ordinary #{i}") for i in range(2) for tier in ("basic:2", "pro", "enterprise")]
+        during = asyncio.gather(*others)
+        await asyncio.sleep(0.1)  # and after the first of them failed
+        later = [chat(served, tier, f"later #{i}") for i in range(2) for tier in ("basic:2", "pro", "enterprise")]
+        replies = [*await asyncio.gather(*attack), *await during, *await asyncio.gather(*later)]
+        assert [(r.status, r.route) for r in replies[6:]] == [(200, "local")] * 12
+        assert [(r.status, r.code) for r in replies[:6]] == [(502, "upstream_error")] * 6
+        status, queue = await queue_readiness(served)
+        assert (status, queue["state"]) == (200, "up")
+
+        # ...then four more, one after another, each followed by someone else's request.
+        for i in range(4):
+            bad = await chat(served, "basic", f"{POISON} paced #{i}")
+            status, queue = await queue_readiness(served)
+            assert (status, queue["ok"], queue["state"]) == (200, True, "up")
+            good = await chat(served, "basic:2", f"after #{i}")
+            assert (good.status, good.route, good.fingerprint) == (200, "local", "fp_local")
+            assert (bad.status, bad.code) == (502, "upstream_error")
+
+        assert poisoned_attempts(ollama) == 2 * 10
+        state = await served.gateway.plugin("failover").upstream_states()
+        assert state["data"][0]["state"] == "up"
+        await assert_released(served)
+
+
+async def test_a_pro_customers_poisoned_request_spills_to_the_cloud_and_leaves_the_local_model_up(
+    serve: Any, ollama: Any, cloud: Any, sqlite_url: str, store: str | None
+) -> None:
+    ollama.settings.poison = POISON
+    config = failover_config(ollama_url=ollama.url, cloud_url=cloud.url, database_url=sqlite_url, redis_url=store)
+    async with serve(config, plugins=[TierAuth()]) as served:
+        for i in range(5):
+            reply = await chat(served, "pro", f"{POISON} #{i}")
+            assert (reply.status, reply.route, reply.fingerprint) == (200, "cloud", "fp_cloud")
+        assert poisoned_attempts(ollama) == 10 and len(cloud.served) == 5
+        other = await chat(served, "basic", "ordinary")
+        assert (other.status, other.route) == (200, "local")
+        status, queue = await queue_readiness(served)
+        assert (status, queue["state"]) == (200, "up")
+        await assert_released(served)
+
+
+async def test_timeouts_count_once_per_account_and_mark_the_upstream_down_only_across_accounts(
+    serve: Any, ollama: Any, cloud: Any, sqlite_url: str, store: str | None
+) -> None:
+    ollama.settings.latency = 0.4  # a request that takes longer than the gateway waits for a first byte
+    config = failover_config(
+        ollama_url=ollama.url, cloud_url=cloud.url, database_url=sqlite_url, redis_url=store, parallel=8
+    )
+    config["timeouts"]["first_byte"] = 0.15
+    async with serve(config, plugins=[TierAuth()]) as served:
+        replies = await asyncio.gather(*(chat(served, "basic", f"long #{i}") for i in range(5)))
+        assert [(r.status, r.code) for r in replies] == [(504, "upstream_timeout")] * 5
+        pair = await asyncio.gather(chat(served, "basic:2", "long"), chat(served, "basic", "long again"))
+        assert [(r.status, r.code) for r in pair] == [(504, "upstream_timeout")] * 2
+        status, queue = await queue_readiness(served)
+        assert (status, queue["state"]) == (200, "up")
+        # A third account's timing out too is what an upstream that stopped answering looks like.
+        third = await chat(served, "basic:3", "long")
+        assert (third.status, third.code) == (504, "upstream_timeout")
+        status, queue = await queue_readiness(served)
+        assert (status, queue["state"]) == (503, "down")
+        refused = await chat(served, "basic:4", "short")
+        assert (refused.status, refused.code) == (503, "upstream_unavailable")
+        await assert_released(served)
