@@ -176,3 +176,44 @@ async def test_an_entry_that_cannot_be_written_fails_only_itself_and_keeps_its_l
         assert written == sorted([f"c{a}-{i}" for a in accounts for i in range(3) if (a, i) != (12, 1)] + ["c12-again"])
     finally:
         await db.close()
+
+
+async def test_a_charge_and_usage_row_that_do_not_fit_are_clamped_and_written_with_the_others(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Straight to the leases, past the plugin's bound: a float charge and counts no column can hold are
+    written clamped, in the batch with the other accounts' charges, instead of failing it."""
+    from edge.db import Database
+    from plugins.credits import leases as leases_module
+    from plugins.credits.tables import usage
+    from tests.test_credits_leases import UNIT, Books, usage_row, worker
+
+    monkeypatch.setattr(leases_module, "RETRY_SECONDS", 60)  # a failed batch would not be tried again in time
+    db = Database(db_url)
+    books = Books(db)
+    for account in (31, 32):
+        await books.ledger.credit(account_id=account, amount_milli=100 * UNIT, kind="grant", reference=f"f{account}")
+    leases = worker(db, batch=0.05)
+    try:
+        good = await leases.take(account_id=31, amount_milli=UNIT, tier="basic")
+        bad = await leases.take(account_id=32, amount_milli=UNIT, tier="basic")
+        assert good is not None and bad is not None
+        absurd = {**usage_row("r-bad"), "prompt_tokens": 10**30, "completion_tokens": -5, "status": "200"}
+        changes = await asyncio.wait_for(
+            asyncio.gather(
+                leases.settle(good, charge_id="c-good", charge_milli=400, usage_row=usage_row("r-good")),
+                leases.settle(bad, charge_id="c-bad", charge_milli=2.5e30, usage_row=absurd),  # type: ignore[arg-type]
+            ),
+            timeout=5,
+        )
+    finally:
+        await leases.stop()
+    try:
+        assert [c.charged_milli if c else None for c in changes] == [400, UNIT]  # a charge that is no integer: the hold
+        await books.assert_settled(100 * UNIT - 400, 31)
+        await books.assert_settled(100 * UNIT - UNIT, 32)
+        rows = {r.charge_id: r for r in await books.rows(usage)}
+        assert (rows["c-bad"].prompt_tokens, rows["c-bad"].completion_tokens, rows["c-bad"].status) == (2**31 - 1, 0, 0)
+        assert rows["c-bad"].cost_milli == UNIT and rows["c-good"].cost_milli == 400
+    finally:
+        await db.close()
