@@ -11,12 +11,15 @@ client keeps no cookies for 127.0.0.1, which is why the cookie travels as a head
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import aiohttp
 import sqlalchemy as sa
+from multidict import CIMultiDict
 
 from plugins.auth_keys.sessions import COOKIE_NAME
 from plugins.auth_keys.tables import accounts, users
@@ -24,11 +27,14 @@ from plugins.auth_keys.tables import accounts, users
 PASSWORD = "correct horse battery"
 # Cheap Argon2id for tests: the same code path, a fraction of the time.
 FAST_PASSWORDS = {"password_time_cost": 1, "password_memory_kib": 8192, "password_parallelism": 1}
+# Tests register many users from 127.0.0.1; the registration limits have their own tests.
+MANY_REGISTRATIONS = {"register_attempts_per_ip": 10_000, "register_attempts_per_name": 10_000}
 
 
 def auth_plugin_entry(**settings: Any) -> dict[str, Any]:
-    """The `plugins:` entry for auth_keys with fast password hashing; `settings` override."""
-    return {"name": "auth_keys", "settings": {**FAST_PASSWORDS, **settings}}
+    """The `plugins:` entry for auth_keys with fast password hashing and room for many registrations;
+    `settings` override."""
+    return {"name": "auth_keys", "settings": {**FAST_PASSWORDS, **MANY_REGISTRATIONS, **settings}}
 
 
 def auth_config(
@@ -162,3 +168,27 @@ async def create_key(
 
 def bearer(secret: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {secret}"}
+
+
+Answer = tuple[int, dict[str, Any], CIMultiDict[str]]
+
+
+async def login_at(http: aiohttp.ClientSession, url: str, login_name: str, password: str) -> Answer:
+    """(status, body, headers) of POST /api/auth/login on the gateway at `url`."""
+    async with http.post(url + "/api/auth/login", json={"login": login_name, "password": password}) as resp:
+        return resp.status, await resp.json(), CIMultiDict(resp.headers)
+
+
+async def guess_burst(
+    http: aiohttp.ClientSession, url: str, *, guesses: list[tuple[str, str]], then: tuple[str, str]
+) -> tuple[list[int], Answer]:
+    """Send every (login, password) of `guesses` at once; as soon as one of them is answered 429 (or all
+    are answered), send `then`. Returns the statuses of the burst and the answer to `then`."""
+    tasks = [asyncio.create_task(login_at(http, url, *guess)) for guess in guesses]
+    pending: set[asyncio.Task[Answer]] = set(tasks)
+    while pending:
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        if any(task.result()[0] == 429 for task in done):
+            break
+    last = await login_at(http, url, *then)
+    return [(await task)[0] for task in tasks], last

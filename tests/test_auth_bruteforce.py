@@ -1,5 +1,6 @@
-"""Brute force: one answer and one cost for unknown logins and wrong passwords; failures limited per login
-name (5) and per IP (20) in a window, with retry-after, shared between workers through Redis."""
+"""Brute force: one answer and one cost for unknown logins and wrong passwords; attempts limited per user
+(5, whichever login name it used) and per IP (20) in a window, counted before the password is verified so
+a burst is limited too, with retry-after, shared between workers through Redis."""
 
 from __future__ import annotations
 
@@ -8,9 +9,14 @@ import statistics
 import time
 from typing import Any
 
-from tests.auth_helpers import PASSWORD, auth_config, login, register_user, unique_email
+import pytest
+
+from edge.errors import TooManyRequests
+from plugins.auth_keys.throttle import Throttle, ip_bucket
+from tests.auth_helpers import PASSWORD, auth_config, guess_burst, login, register_user, unique_email
 
 # Argon2id slow enough that the hash, not the database, dominates a login; still quick for a test.
+NEW_PASSWORD = "a new passphrase, 2026"
 MEASURABLE = {"password_time_cost": 2, "password_memory_kib": 32 * 1024, "password_parallelism": 1}
 
 
@@ -19,7 +25,13 @@ async def attempt(served: Any, login_name: str, password: str) -> tuple[int, dic
         return resp.status, await resp.json(), dict(resp.headers)
 
 
-def assert_throttled(status: int, body: dict[str, Any], headers: dict[str, str], window: int) -> None:
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest) -> str | None:
+    """Where the windows live: in process (no Redis configured), or in Redis."""
+    return None if request.param == "memory" else str(request.getfixturevalue("redis_url"))
+
+
+def assert_throttled(status: int, body: dict[str, Any], headers: Any, window: int) -> None:
     assert status == 429, body
     assert body["error"]["type"] == "rate_limit_error" and body["error"]["code"] == "too_many_attempts"
     assert 1 <= int(headers["Retry-After"]) <= window
@@ -97,14 +109,15 @@ async def test_guessing_through_password_change_counts_too(ollama: Any, db_url: 
                 "POST",
                 "/api/me/password",
                 headers=user.headers,
-                json={"current_password": f"guess {i}", "new_password": "n" * 12},
+                json={"current_password": f"guess {i}", "new_password": NEW_PASSWORD},
             ) as resp:
                 assert resp.status == 422
+                assert (await resp.json())["error"]["fields"] == {"current_password": "password_incorrect"}
         async with served.request(
             "POST",
             "/api/me/password",
             headers=user.headers,
-            json={"current_password": PASSWORD, "new_password": "n" * 12},
+            json={"current_password": PASSWORD, "new_password": NEW_PASSWORD},
         ) as resp:
             assert resp.status == 429
         assert (await login(served, login=user.email))[0] == 429
@@ -120,3 +133,102 @@ async def test_failures_are_counted_across_workers_through_redis(
             assert (await attempt(served, user.email, "wrong password"))[0] == 401
         assert_throttled(*(await attempt(second, user.email, PASSWORD)), window=900)
         assert_throttled(*(await attempt(first, user.email, PASSWORD)), window=900)
+
+
+async def test_thirty_concurrent_guesses_for_one_user_are_five_evaluated(
+    ollama: Any, db_url: str, store: str | None, serve: Any
+) -> None:
+    # Checked before the verify and counted after it, all 30 used to be evaluated, and a right one among
+    # them logged in.
+    async with serve(auth_config(ollama, db_url, redis_url=store, **MEASURABLE)) as served:
+        user = await register_user(served)
+        guesses = [(user.email, f"guess number {i}") for i in range(30)]
+        statuses, right = await guess_burst(served.http, served.url, guesses=guesses, then=(user.email, PASSWORD))
+        assert (statuses.count(401), statuses.count(429)) == (5, 25), statuses
+        assert_throttled(*right, window=900)
+        # The phone is the same user: no fresh allowance there.
+        assert_throttled(*(await attempt(served, user.phone, PASSWORD)), window=900)
+
+
+async def test_thirty_concurrent_guesses_from_one_ip_are_twenty_evaluated(
+    ollama: Any, db_url: str, store: str | None, serve: Any
+) -> None:
+    async with serve(auth_config(ollama, db_url, redis_url=store, **MEASURABLE)) as served:
+        user = await register_user(served)
+        guesses = [(f"spray-{i}@example.com", "Summer2026!") for i in range(30)]
+        statuses, right = await guess_burst(served.http, served.url, guesses=guesses, then=(user.email, PASSWORD))
+        assert (statuses.count(401), statuses.count(429)) == (20, 10), statuses
+        assert_throttled(*right, window=900)
+
+
+async def test_a_right_password_gives_back_its_ip_place(ollama: Any, db_url: str, serve: Any) -> None:
+    # Attempts are counted before the verify; a correct one must not use up an office's shared IP.
+    async with serve(auth_config(ollama, db_url, login_failures_per_ip=3)) as served:
+        user = await register_user(served)
+        for _ in range(5):
+            assert (await attempt(served, user.email, PASSWORD))[0] == 200
+        for i in range(3):
+            assert (await attempt(served, f"nobody-{i}@example.com", "a wrong one"))[0] == 401
+        assert_throttled(*(await attempt(served, user.email, PASSWORD)), window=900)
+
+
+async def test_accent_case_and_phone_spellings_share_one_allowance_and_one_account(
+    ollama: Any, db_url: str, serve: Any
+) -> None:
+    async with serve(auth_config(ollama, db_url)) as served:
+        bob = await register_user(served, email="bob@example.com")
+        # Spellings MariaDB's accent-insensitive collations took for bob's: none of them is bob, with any
+        # password, on either database.
+        for variant in ("BÓB@EXAMPLE.COM", "bøb@example.com", "bob@exámple.com"):
+            status, body, _ = await attempt(served, variant, PASSWORD)
+            assert status == 401, (variant, body)
+        for i in range(5):
+            assert (await attempt(served, bob.email, f"guess {i}"))[0] == 401
+        # Bob is locked; an accented spelling is another (unknown) name and still cannot log in as bob,
+        status, body, _ = await attempt(served, "BÓB@EXAMPLE.COM", PASSWORD)
+        assert status == 401, body
+        # and every spelling that is bob (case, full-width letters, his phone in any form) is locked with him.
+        local = bob.phone.removeprefix("+965")
+        for same in ("BOB@Example.COM", "ｂｏｂ@example.com", bob.phone, local, f"00965 {local[:4]} {local[4:]}"):
+            assert_throttled(*(await attempt(served, same, PASSWORD)), window=900)
+        users = served.gateway.plugin("auth_keys").users
+        # Below the normalisation, the lookup itself matches only the exact stored form.
+        for raw in ("BOB@EXAMPLE.COM", "bób@example.com", "bob@example.com "):
+            assert await users.credentials(raw) is None, raw
+        assert (await users.credentials("bob@example.com")).id == bob.user_id
+
+
+def test_an_ipv6_client_counts_as_its_64_block() -> None:
+    # One line gets a /64: rotating through its addresses must not give a fresh per-IP allowance.
+    assert ip_bucket("2001:db8:1:2::1") == ip_bucket("2001:db8:1:2:ffff:ffff:ffff:fffe") == "2001:db8:1:2::/64"
+    assert ip_bucket("2001:db8:1:3::1") != ip_bucket("2001:db8:1:2::1")
+    assert ip_bucket("::ffff:192.0.2.7") == ip_bucket("192.0.2.7") == "192.0.2.7"
+    assert ip_bucket("192.0.2.8") != ip_bucket("192.0.2.7")
+    assert ip_bucket("") == ""
+
+
+async def test_in_process_windows_move_with_the_clock_and_refusals_take_no_place() -> None:
+    now = [1000.0]
+    limits, message = {"name": 2, "ip": 3}, "{seconds}"
+    throttle = Throttle(prefix="t", limits=limits, window_seconds=60, redis=None, message=message, clock=lambda: now[0])
+    await throttle.take(name="a", ip="1")
+    now[0] += 10
+    second = await throttle.take(name="a", ip="1")
+    for _ in range(3):
+        # Full for `a` until its first attempt leaves the window; refused without using the IP's last place.
+        with pytest.raises(TooManyRequests) as refused:
+            await throttle.take(name="a", ip="1")
+        assert refused.value.headers == {"retry-after": "50"}
+    await throttle.take(name="b", ip="1")
+    with pytest.raises(TooManyRequests):
+        await throttle.take(name="c", ip="1")
+    # A place given back is free at once; a forgotten name starts afresh.
+    await throttle.give_back(second, kinds=("ip",))
+    await throttle.take(name="c", ip="1")
+    await throttle.forget(second, kind="name")
+    await throttle.take(name="a", ip="2")
+    await throttle.take(name="a", ip="2")
+    with pytest.raises(TooManyRequests):
+        await throttle.take(name="a", ip="2")
+    now[0] += 60
+    await throttle.take(name="a", ip="2")

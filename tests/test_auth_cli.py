@@ -115,6 +115,8 @@ async def test_create_admin_refuses_bad_input(ollama: Any, db_url: str, serve: A
         (("--email", unique_email(), "--phone", "123"), "long enough pw", "phone_invalid"),
         (("--email", unique_email(), "--phone", unique_phone()), "short", "password_too_short"),
         (("--email", unique_email(), "--phone", taken.phone), "long enough pw", "phone_taken"),
+        (("--email", unique_email(), "--phone", unique_phone()), "password1234", "password_too_weak"),
+        (("--email", "boss.admin@example.com", "--phone", unique_phone()), "boss.admin!", "password_personal"),
     ):
         code, out = await create_admin(config_file, *args, password=password)
         assert code == 1 and code_text in out, out

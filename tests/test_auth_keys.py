@@ -77,19 +77,41 @@ async def test_key_fields_are_checked(ollama: Any, db_url: str, serve: Any) -> N
             ({"name": "k", "expires_at": past}, {"expires_at": "expires_at_past"}),
             ({"name": "k" * 101}, {"name": "name_too_long"}),
         ]
+        # Extreme instants: offsets that carry year 9999 or year 1 out of range, the edges of the range, and
+        # anything past the ten-year maximum. Each answered 500 before (or was stored for ever).
+        ten_years = datetime.now(UTC) + timedelta(days=3653, minutes=1)
+        for extreme, code in (
+            ("9999-12-31T23:59:59-23:59", "expires_at_invalid"),
+            ("9999-12-31T23:59:59-00:01", "expires_at_invalid"),
+            ("0001-01-01T00:00:00+23:59", "expires_at_invalid"),
+            ("0001-01-01T00:00:00+00:01", "expires_at_invalid"),
+            ("0001-01-01T00:00:00", "expires_at_past"),
+            ("9999-12-31T23:59:59", "expires_at_too_far"),
+            ("9999-12-31T23:59:59+23:59", "expires_at_too_far"),
+            ("10000-01-01T00:00:00Z", "expires_at_invalid"),
+            (ten_years.isoformat(), "expires_at_too_far"),
+        ):
+            cases.append(({"name": "k", "expires_at": extreme}, {"expires_at": code}))
         for body, fields in cases:
             status, data = await call(served, "POST", "/api/keys", headers=user.headers, json=body)
             assert (status, data["error"]["fields"]) == (422, fields), body
+        year = datetime.now(UTC).year + 5
+        nearly_ten_years = (datetime.now(UTC) + timedelta(days=3652)).isoformat()
         status, data = await call(
             served,
             "POST",
             "/api/keys",
             headers=user.headers,
-            json={"name": "ci", "scopes": ["delete", "read", "read"], "expires_at": "2099-01-01T03:00:00+03:00"},
+            json={"name": "ci", "scopes": ["delete", "read", "read"], "expires_at": f"{year}-01-01T03:00:00+03:00"},
         )
         assert status == 201, data
         assert data["key"]["scopes"] == ["read", "delete"]
-        assert data["key"]["expires_at"] == "2099-01-01T00:00:00Z"
+        assert data["key"]["expires_at"] == f"{year}-01-01T00:00:00Z"
+        # Just inside the maximum is accepted.
+        status, data = await call(
+            served, "POST", "/api/keys", headers=user.headers, json={"name": "long", "expires_at": nearly_ten_years}
+        )
+        assert status == 201, data
         assert (await call(served, "GET", "/api/keys"))[0] == 401
 
 

@@ -270,6 +270,31 @@ async def test_cookie_is_not_secure_when_the_public_url_is_http(ollama: Any, db_
         assert "httponly" in set_cookie and "samesite=lax" in set_cookie and "secure" not in set_cookie
 
 
+async def test_cookie_is_secure_when_the_request_came_over_https(ollama: Any, db_url: str, serve: Any) -> None:
+    # The public URL says http (say, not configured yet), but the TLS proxy in front says https.
+    config = auth_config(ollama, db_url, server={"public_url": "http://127.0.0.1:8000"})
+    https = {"X-Forwarded-Proto": "https"}
+    body = {"name": "n", "email": "tls@example.com", "phone": "+96591234568", "password": PASSWORD}
+    async with serve(config) as served:
+        async with served.request("POST", "/api/auth/register", json=body, headers=https) as resp:
+            assert resp.status == 201
+            registered = resp.headers["Set-Cookie"]
+        async with served.request(
+            "POST", "/api/auth/login", json={"login": body["email"], "password": PASSWORD}, headers=https
+        ) as resp:
+            assert resp.status == 200
+            logged_in = resp.headers["Set-Cookie"]
+            data = await resp.json()
+            token = resp.cookies["resayil_session"].value
+        headers = {**https, "Cookie": f"resayil_session={token}", "X-CSRF-Token": data["csrf_token"]}
+        async with served.request("POST", "/api/auth/logout", headers=headers) as resp:
+            assert resp.status == 204
+            logged_out = resp.headers["Set-Cookie"]
+    for set_cookie in (registered, logged_in, logged_out):
+        attributes = {part.strip().split("=")[0].lower() for part in set_cookie.split(";")}
+        assert {"secure", "httponly"} <= attributes, set_cookie
+
+
 async def test_no_password_session_or_key_secret_in_logs_or_errors(
     ollama: Any, db_url: str, serve: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -26,7 +26,7 @@ from plugins.auth_keys.keycache import MAX_ENTRIES, Entry, Invalidations, KeyCac
 from plugins.auth_keys.keys import SECRET_PREFIX, KeyStore, secret_digest
 from plugins.auth_keys.passwords import Passwords
 from plugins.auth_keys.sessions import SessionStore
-from plugins.auth_keys.throttle import LoginThrottle
+from plugins.auth_keys.throttle import Throttle
 from plugins.auth_keys.users import UserStore
 
 if TYPE_CHECKING:
@@ -66,6 +66,12 @@ class Plugin:
         login_failures_per_name: int = 5
         login_failures_per_ip: int = 20
         login_window_seconds: int = 15 * 60
+        # Registrations whose email or phone is well-formed, per client IP and per email or phone.
+        register_attempts_per_ip: int = 10
+        register_attempts_per_name: int = 5
+        register_window_seconds: int = 3600
+        # zxcvbn's score (0-4) a new password needs; 3: "safely unguessable" in an offline slow-hash attack.
+        password_min_score: int = 3
         key_cache_seconds: int = 60
         last_used_interval_seconds: int = 60
         max_body_bytes: int = 64 * 1024
@@ -84,11 +90,16 @@ class Plugin:
             "login_failures_per_name",
             "login_failures_per_ip",
             "login_window_seconds",
+            "register_attempts_per_ip",
+            "register_attempts_per_name",
+            "register_window_seconds",
             "key_cache_seconds",
             "max_body_bytes",
         ):
             if getattr(s, name) < 1:
                 raise ConfigError(f"plugins.auth_keys.settings.{name}: must be at least 1")
+        if not 0 <= s.password_min_score <= 4:
+            raise ConfigError("plugins.auth_keys.settings.password_min_score: must be from 0 to 4")
         self.settings = s
         self.passwords = Passwords(
             time_cost=s.password_time_cost, memory_kib=s.password_memory_kib, parallelism=s.password_parallelism
@@ -99,9 +110,9 @@ class Plugin:
         self._sessions: SessionStore | None = None
         self._users: UserStore | None = None
         self._keys: KeyStore | None = None
-        self._throttle: LoginThrottle | None = None
+        self._throttle: Throttle | None = None
+        self._register_throttle: Throttle | None = None
         self._bus: Invalidations | None = None
-        self.secure_cookie = False
 
     # ---- what startup opens; properties so a use before startup fails loudly -------------------------
 
@@ -126,9 +137,15 @@ class Plugin:
         return self._keys
 
     @property
-    def throttle(self) -> LoginThrottle:
+    def throttle(self) -> Throttle:
+        """Login attempts, per login name and per IP (password changes count here too)."""
         assert self._throttle is not None, "auth_keys has not started"
         return self._throttle
+
+    @property
+    def register_throttle(self) -> Throttle:
+        assert self._register_throttle is not None, "auth_keys has not started"
+        return self._register_throttle
 
     @property
     def bus(self) -> Invalidations:
@@ -145,18 +162,26 @@ class Plugin:
         if tiers and s.registration_tier not in tiers:
             raise ConfigError(f"plugins.auth_keys.settings.registration_tier: no tier named {s.registration_tier!r}")
         self._gateway = gateway
-        self.secure_cookie = gateway.config.server.public_url.startswith("https://")
         db = gateway.database
         self._sessions = SessionStore(
             database=db, idle_seconds=s.session_idle_seconds, absolute_seconds=s.session_absolute_seconds
         )
         self._users = UserStore(database=db)
         self._keys = KeyStore(database=db)
-        self._throttle = LoginThrottle(
-            per_name=s.login_failures_per_name,
-            per_ip=s.login_failures_per_ip,
+        self._throttle = Throttle(
+            prefix="login",
+            limits={"name": s.login_failures_per_name, "ip": s.login_failures_per_ip},
             window_seconds=s.login_window_seconds,
             redis=gateway.redis,
+            message="Too many login attempts. Try again in {seconds} seconds.",
+        )
+        per_name = s.register_attempts_per_name
+        self._register_throttle = Throttle(
+            prefix="register",
+            limits={"ip": s.register_attempts_per_ip, "email": per_name, "phone": per_name},
+            window_seconds=s.register_window_seconds,
+            redis=gateway.redis,
+            message="Too many registration attempts. Try again in {seconds} seconds.",
         )
         self._bus = Invalidations(cache=self.cache, redis=gateway.redis)
         await self.passwords.start()
@@ -166,11 +191,9 @@ class Plugin:
 
     @hookimpl
     async def resayil_shutdown(self, gateway: Gateway) -> None:
-        """Stop listening for invalidations and let the throttle's timers finish."""
+        """Stop listening for invalidations."""
         if self._bus is not None:
             await self._bus.stop()
-        if self._throttle is not None:
-            await self._throttle.close()
 
     @hookimpl
     def resayil_routes(self, gateway: Gateway) -> list[BaseRoute]:

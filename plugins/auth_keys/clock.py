@@ -23,7 +23,11 @@ def parse_iso(text: str) -> datetime:
     """An ISO 8601 instant as UTC-naive; a value without an offset is taken as UTC. Raises ValueError."""
     parsed = datetime.fromisoformat(text.strip())
     if parsed.tzinfo is not None:
-        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+        try:
+            parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+        except OverflowError:
+            # An offset that moves year 1 or 9999 out of datetime's range.
+            raise ValueError(f"{text!r} is outside the supported range") from None
     return parsed.replace(microsecond=0)
 
 

@@ -14,7 +14,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from edge.cli import Command
-from plugins.auth_keys import inputs
+from plugins.auth_keys import inputs, strength
 from plugins.auth_keys.inputs import MESSAGES, FieldError
 from plugins.auth_keys.users import Taken
 
@@ -73,6 +73,9 @@ async def run_create_admin(gateway: Gateway, args: argparse.Namespace) -> int:
         password = inputs.password(raw)
     except FieldError as exc:
         return _fail("name" if exc.code.startswith("name") else "password", exc.code)
+    weak = await strength.check(password, email=email, phone=phone, min_score=plugin.settings.password_min_score)
+    if weak is not None:
+        return _fail("password", weak)
     try:
         user_id, _ = await plugin.users.create(
             name=name,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
 
 import orjson
@@ -17,6 +18,7 @@ from starlette.requests import Request
 from edge.asgi import too_large
 from edge.errors import BadRequest, GatewayError
 from plugins.auth_keys import passwords
+from plugins.auth_keys.clock import parse_iso, utcnow
 from plugins.auth_keys.phones import normalize_phone
 
 T = TypeVar("T")
@@ -25,6 +27,10 @@ NAME_MAX = 100
 LOCALES = ("ar", "en")
 SCOPES = ("read", "write", "delete")
 DEFAULT_SCOPES = ("read", "write")
+# How far ahead an API key may expire (ten years, leap days included); a longer-lived key should be
+# rotated anyway, and this keeps every accepted instant far inside both databases' DATETIME range.
+KEY_YEARS_MAX = 10
+KEY_LIFETIME_MAX = timedelta(days=3653)
 
 MESSAGES = {
     "invalid_json": "The body must be a JSON object.",
@@ -40,11 +46,14 @@ MESSAGES = {
     "password_too_short": f"The password must have at least {passwords.MIN_LENGTH} characters.",
     "password_too_long": f"The password must have at most {passwords.MAX_LENGTH} characters.",
     "password_incorrect": "The current password is not correct.",
+    "password_too_weak": "This password is too easy to guess: it is common, or a simple pattern. Use a longer phrase.",
+    "password_personal": "The password must not be or contain your email address or phone number.",
     "locale_invalid": "The language must be `ar` or `en`.",
     "login_required": "Enter your email address or phone number.",
     "scopes_invalid": "Scopes must be a non-empty list of `read`, `write` and `delete`.",
     "expires_at_invalid": "`expires_at` must be an ISO 8601 date and time.",
     "expires_at_past": "`expires_at` must be in the future.",
+    "expires_at_too_far": f"`expires_at` must be at most {KEY_YEARS_MAX} years from now.",
 }
 
 # Characters that change how text displays without being text: controls and bidirectional overrides.
@@ -130,12 +139,25 @@ def name(value: Any) -> str:
     return text
 
 
+def login_key(value: str) -> str:
+    """THE normal form of a login name, for registration, lookup and the throttle alike: an email is NFKC,
+    case-folded (so `BOB`, `ｂｏｂ` and `boß`/`boss` are one name) and trimmed; anything else is a phone in
+    E.164 when it reads as one. Accents are kept, so `bób@…` stays another name, and as the stored names are
+    exactly these forms and compared byte for byte, it can never find `bob@…`'s account."""
+    text = unicodedata.normalize("NFKC", value).strip()
+    if "@" not in text:
+        phone_number = normalize_phone(text)
+        if phone_number is not None:
+            return phone_number
+    return unicodedata.normalize("NFKC", text.casefold())
+
+
 def email(value: Any) -> str:
     if value is None or value == "":
         raise FieldError("email_required")
     if not isinstance(value, str):
         raise FieldError("email_invalid")
-    text = unicodedata.normalize("NFKC", value).strip().lower()
+    text = login_key(value)
     # ASCII only: a look-alike letter from another script must not make a second "admin@...".
     if len(text) > 254 or not text.isascii() or not _EMAIL.match(text) or len(text.split("@")[0]) > 64:
         raise FieldError("email_invalid")
@@ -145,6 +167,7 @@ def email(value: Any) -> str:
 def phone(value: Any) -> str:
     if value is None or value == "":
         raise FieldError("phone_required")
+    # The same form `login_key` gives a phone number.
     normalized = normalize_phone(value) if isinstance(value, str) else None
     if normalized is None:
         raise FieldError("phone_invalid")
@@ -181,13 +204,28 @@ def locale(value: Any) -> str:
 
 
 def login(value: Any) -> str:
-    """The login as typed, cleaned for lookup: an email in lower case, else a phone in E.164."""
+    """The login as typed (an email or a phone), in its normal form: see `login_key`."""
     if not isinstance(value, str) or not value.strip():
         raise FieldError("login_required")
-    text = unicodedata.normalize("NFKC", value).strip()[:254]
-    if "@" in text:
-        return text.lower()
-    return normalize_phone(text) or text.lower()
+    return login_key(value.strip()[:254])
+
+
+def expires_at(value: Any) -> datetime | None:
+    """An API key's expiry: absent, or an ISO 8601 instant in the future and at most `KEY_LIFETIME_MAX` ahead."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 64:
+        raise FieldError("expires_at_invalid")
+    try:
+        when = parse_iso(value)
+    except ValueError:
+        raise FieldError("expires_at_invalid") from None
+    now = utcnow()
+    if when <= now:
+        raise FieldError("expires_at_past")
+    if when > now + KEY_LIFETIME_MAX:
+        raise FieldError("expires_at_too_far")
+    return when
 
 
 def scopes(value: Any) -> tuple[str, ...]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -10,11 +9,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from edge.errors import GatewayError, NotFound
-from plugins.auth_keys import inputs
-from plugins.auth_keys.clock import parse_iso, utcnow
+from edge.security import over_https
+from plugins.auth_keys import inputs, strength
 from plugins.auth_keys.guards import check_csrf, optional_session_user, session_user
-from plugins.auth_keys.inputs import FieldError, Form, invalid
+from plugins.auth_keys.inputs import Form, invalid
 from plugins.auth_keys.sessions import COOKIE_NAME
+from plugins.auth_keys.throttle import Ticket
 from plugins.auth_keys.users import Taken
 
 if TYPE_CHECKING:
@@ -42,22 +42,13 @@ def client_ip(request: Request) -> str:
     return request.client.host if request.client else ""
 
 
+def login_name(user_id: int | None, login: str) -> str:
+    """What the per-name login window is keyed on: the user when there is one, else the normal login."""
+    return f"user:{user_id}" if user_id is not None else f"login:{login}"
+
+
 def wrong_login() -> GatewayError:
     return GatewayError("The login or the password is not correct.", status=401, code="invalid_credentials")
-
-
-def expiry(value: Any) -> datetime | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or len(value) > 64:
-        raise FieldError("expires_at_invalid")
-    try:
-        when = parse_iso(value)
-    except ValueError:
-        raise FieldError("expires_at_invalid") from None
-    if when <= utcnow():
-        raise FieldError("expires_at_past")
-    return when
 
 
 class AuthApi:
@@ -69,14 +60,29 @@ class AuthApi:
     async def _body(self, request: Request) -> dict[str, Any]:
         return await inputs.read_json(request, limit=self.plugin.settings.max_body_bytes)
 
-    def _signed_in(self, status: int, user: dict[str, Any], token: str, csrf: str) -> Response:
+    def _secure(self, request: Request) -> bool:
+        return over_https(request.scope, public_url=self.plugin.gateway.config.server.public_url)
+
+    async def _weakness(self, form: Form, field: str, password: str | None, *, email: Any, phone: Any) -> None:
+        if password is not None:
+            s = self.plugin.settings
+            code = await strength.check(password, email=email, phone=phone, min_score=s.password_min_score)
+            if code is not None:
+                form.fail(field, code)
+
+    async def _verified(self, ticket: Ticket) -> None:
+        # The right password: this attempt stops counting against the IP, and the name starts afresh.
+        await self.plugin.throttle.give_back(ticket, kinds=("ip",))
+        await self.plugin.throttle.forget(ticket, kind="name")
+
+    def _signed_in(self, request: Request, status: int, user: dict[str, Any], token: str, csrf: str) -> Response:
         response = JSONResponse({"user": user, "csrf_token": csrf}, status_code=status, headers=NO_STORE)
         response.set_cookie(
             COOKIE_NAME,
             token,
             max_age=self.plugin.settings.session_absolute_seconds,
             path="/",
-            secure=self.plugin.secure_cookie,
+            secure=self._secure(request),
             httponly=True,
             samesite="lax",
         )
@@ -92,7 +98,7 @@ class AuthApi:
         )
         profile = await p.users.profile(user_id)
         assert profile is not None
-        return self._signed_in(status, profile, token, csrf)
+        return self._signed_in(request, status, profile, token, csrf)
 
     async def register(self, request: Request) -> Response:
         p = self.plugin
@@ -102,6 +108,10 @@ class AuthApi:
         phone = form.take("phone", inputs.phone)
         password = form.take("password", inputs.password)
         locale = form.take("locale", inputs.locale)
+        if email is not None or phone is not None:
+            # Counted before anything is looked up, so `email_taken`/`phone_taken` cannot be probed in bulk.
+            await p.register_throttle.take(ip=client_ip(request), email=email, phone=phone)
+        await self._weakness(form, "password", password, email=email, phone=phone)
         for field, code in (await p.users.taken(email=email, phone=phone)).items():
             form.fail(field, code)
         form.check()
@@ -136,15 +146,15 @@ class AuthApi:
         login = form.take("login", inputs.login)
         password = form.take("password", inputs.given_password)
         form.check()
-        ip = client_ip(request)
-        await p.throttle.check(login=login, ip=ip)
         found = await p.users.credentials(login)
+        # The attempt counts from here, before the password is checked (see throttle.py). A known login
+        # counts against its user, whichever of the email and the phone it was.
+        ticket = await p.throttle.take(name=login_name(found.id if found else None, login), ip=client_ip(request))
         # Unknown logins are checked against a dummy hash: the same answer, after the same work.
         if not await p.passwords.verify(found.password_hash if found else None, password):
-            await p.throttle.failed(login=login, ip=ip)
             raise wrong_login()
         assert found is not None
-        await p.throttle.succeeded(login=login)
+        await self._verified(ticket)
         if p.passwords.needs_rehash(found.password_hash):
             await p.users.set_password(user_id=found.id, password_hash=await p.passwords.hash(password))
         return await self._start_session(request, user_id=found.id, status=200)
@@ -155,7 +165,7 @@ class AuthApi:
             check_csrf(request, user)
             await self.plugin.sessions.end(request.cookies.get(COOKIE_NAME, ""))
         response = Response(status_code=204, headers=NO_STORE)
-        response.delete_cookie(COOKIE_NAME, path="/", secure=self.plugin.secure_cookie, httponly=True, samesite="lax")
+        response.delete_cookie(COOKIE_NAME, path="/", secure=self._secure(request), httponly=True, samesite="lax")
         return response
 
     async def me(self, request: Request) -> Response:
@@ -185,12 +195,13 @@ class AuthApi:
         form = Form(await self._body(request))
         current = form.take("current_password", inputs.given_password)
         new = form.take("new_password", inputs.password)
+        await self._weakness(form, "new_password", new, email=user.email, phone=user.phone)
         form.check()
         # Guessing the current password here counts against the same allowance as logging in.
-        await p.throttle.check(login=user.email, ip=client_ip(request))
+        ticket = await p.throttle.take(name=login_name(user.user_id, user.email), ip=client_ip(request))
         if not await p.passwords.verify(await p.users.password_hash(user.user_id), current):
-            await p.throttle.failed(login=user.email, ip=client_ip(request))
             raise invalid({"current_password": "password_incorrect"})
+        await self._verified(ticket)
         await p.users.set_password(user_id=user.user_id, password_hash=await p.passwords.hash(new))
         ended = await p.sessions.end_others(user_id=user.user_id, keep_session_id=user.session_id)
         return JSONResponse({"ok": True, "sessions_ended": ended})
@@ -204,7 +215,7 @@ class AuthApi:
         form = Form(await self._body(request))
         name = form.take("name", inputs.name)
         scopes = form.take("scopes", inputs.scopes)
-        expires_at = form.take("expires_at", expiry)
+        expires_at = form.take("expires_at", inputs.expires_at)
         form.check()
         key, secret = await self.plugin.keys.create(
             account_id=user.account_id, user_id=user.user_id, name=name, scopes=scopes, expires_at=expires_at

@@ -28,6 +28,8 @@ users = sa.Table(
     sa.Column("id", Id, primary_key=True, autoincrement=True),
     sa.Column("account_id", Id, sa.ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False, index=True),
     sa.Column("name", sa.String(200), nullable=False),
+    # Both hold exactly `inputs.login_key`'s normal form and compare byte for byte, without trailing-space
+    # padding, on every database (migration auth_keys_0002): no other spelling can match.
     sa.Column("email", sa.String(254), nullable=False, unique=True),
     sa.Column("phone", sa.String(20), nullable=False, unique=True),
     sa.Column("password_hash", sa.String(255), nullable=False),
