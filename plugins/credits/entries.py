@@ -20,6 +20,12 @@ log = logging.getLogger("resayil.credits")
 
 BIGINT_MAX = 2**63 - 1
 INT_MAX = 2**31 - 1
+# The usage row's integer columns: (name, largest value, what a value that is no integer becomes).
+_INTEGERS = [
+    (c.name, BIGINT_MAX if isinstance(c.type, sa.BigInteger) else INT_MAX, None if c.nullable else 0)
+    for c in usage.c
+    if isinstance(c.type, sa.Integer)
+]
 
 
 def checked(
@@ -29,21 +35,17 @@ def checked(
     negative one 0; an integer column's value that is not an integer or does not fit is clamped (None where
     the column allows it). Anything changed is logged as an anomaly."""
     fixed: dict[str, str] = {}
-    charge = _fit(charge_milli, BIGINT_MAX, hold_milli)
-    if charge != charge_milli or type(charge_milli) is not int:
+    charge = charge_milli
+    if not _fits(charge_milli, BIGINT_MAX):
+        charge = _clamp(charge_milli, BIGINT_MAX, hold_milli)
         fixed["charge_milli"] = repr(charge_milli)[:40]
     row = dict(usage_row)
-    for column in usage.c:
-        value = row.get(column.name)
-        if column.name not in row or not isinstance(column.type, sa.Integer):
+    for name, top, otherwise in _INTEGERS:
+        value = row.get(name)
+        if name not in row or _fits(value, top) or (value is None and otherwise is None):
             continue
-        if value is None and column.nullable:
-            continue
-        top = BIGINT_MAX if isinstance(column.type, sa.BigInteger) else INT_MAX
-        good = _fit(value, top, None if column.nullable else 0)
-        if good != value or type(value) is not int:
-            row[column.name] = good
-            fixed[column.name] = repr(value)[:40]
+        row[name] = _clamp(value, top, otherwise)
+        fixed[name] = repr(value)[:40]
     if fixed:
         log.warning(
             "a settled charge did not fit its columns: written clamped",
@@ -52,7 +54,11 @@ def checked(
     return charge, row
 
 
-def _fit(value: Any, top: int, otherwise: Any) -> Any:
+def _fits(value: Any, top: int) -> bool:
+    return type(value) is int and 0 <= value <= top
+
+
+def _clamp(value: Any, top: int, otherwise: Any) -> Any:
     if isinstance(value, bool) or not isinstance(value, int):
         return otherwise
     return min(max(int(value), 0), top)

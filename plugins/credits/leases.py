@@ -264,14 +264,12 @@ class Leases:
         """Write every settled charge, give back idle leases' room (every lease's, with `drop_all`) and
         renew leases due for it, in one transaction."""
         async with self._writing:
-            batch, self._pending = self._pending, []
             now = time.monotonic()
-            for p in [p for p in batch if p.alone]:
-                if self._stopping or p.not_before <= now:
-                    await self._write_alone(p)
-                else:
-                    self._pending.append(p)
-            batch = [p for p in batch if not p.alone]
+            for p in [p for p in self._pending if p.alone and (self._stopping or p.not_before <= now)]:
+                self._pending.remove(p)
+                await self._write_alone(p)
+            batch = [p for p in self._pending if not p.alone]
+            self._pending = [p for p in self._pending if p.alone]
             charged: dict[str, int] = {}
             for p in batch:
                 charged[p.charge.lease_id] = charged.get(p.charge.lease_id, 0) + p.charge.charged_milli
@@ -350,17 +348,20 @@ class Leases:
             written = await write_batch(
                 self.db, charges=[c], moves=[move], plans=self.ledger.plans, low_percent=self.ledger.low_percent
             )
-        except Exception:
-            if await self._committed(c.charge_id):
+        except BaseException as exc:
+            failed = isinstance(exc, Exception)  # else cancelled: tried again, not counted
+            if failed and await self._committed(c.charge_id):
                 answer([p], None)
                 return
             lease.size += c.charged_milli
-            p.attempts += 1
-            if p.attempts < ATTEMPTS:
-                log.warning("a settled charge could not be written; trying again", exc_info=True)
+            p.attempts += failed
+            if not failed or p.attempts < ATTEMPTS:
                 lease.pending += c.charged_milli
                 p.not_before = time.monotonic() + RETRY_SECONDS
                 self._pending.append(p)
+                if not failed:
+                    raise
+                log.warning("a settled charge could not be written; trying again", exc_info=True)
                 return
             # Its room was never spent in the database: it stays the lease's, spare again.
             log.exception(
