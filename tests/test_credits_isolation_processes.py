@@ -25,7 +25,7 @@ START = 1_000_000
 GOOD = (21, 22, 23, 24)
 BAD = 25
 PER_ACCOUNT = 30
-PLUGINS = [
+PLUGINS: list[dict[str, Any]] = [
     {"name": "credits_test_auth", "module": "tests.credits_test_plugins"},
     {"name": "credits_absurd_usage", "module": "tests.credits_absurd_usage", "settings": {"accounts": [BAD]}},
 ]
