@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from plugins.failover.probe import PROBE_TEXT
 from tests.failover_test_plugins import (
     LOCAL_MODEL,
     TierAuth,
@@ -122,12 +123,43 @@ async def test_a_pro_customers_poisoned_request_spills_to_the_cloud_and_leaves_t
         await assert_released(served)
 
 
+async def test_poisoned_requests_from_many_accounts_call_for_a_probe_that_keeps_the_model_up(
+    serve: Any, ollama: Any, cloud: Any, sqlite_url: str, store: str | None
+) -> None:
+    """Several accounts are cheap for an attacker: their failures alone must not mark the upstream down."""
+    ollama.settings.poison = POISON
+    ollama.settings.latency = 0.1  # the others' successes (which start the count again) come after the attack
+    config = failover_config(
+        ollama_url=ollama.url, cloud_url=cloud.url, database_url=sqlite_url, redis_url=store, parallel=32
+    )
+    async with serve(config, plugins=[TierAuth()]) as served:
+        for wave in range(3):
+            attack = [chat(served, f"basic:{n}", f"{POISON} {wave}/{n}") for n in range(1, 7)]
+            others = [chat(served, who, f"ordinary {wave}") for who in ("pro", "enterprise", "basic")]
+            replies = await asyncio.gather(*attack, *others)
+            assert [(r.status, r.route) for r in replies[6:]] == [(200, "local")] * 3
+            assert [(r.status, r.code) for r in replies[:6]] == [(502, "upstream_error")] * 6
+            await served.gateway.drain()
+            status, queue = await queue_readiness(served)
+            assert (status, queue["state"]) == (200, "up")
+        # Each wave's failures called for one probe, which the model served.
+        assert served_texts(ollama).count(PROBE_TEXT) == 3
+        after = await chat(served, "basic:9", "ordinary")
+        assert (after.status, after.route) == (200, "local")
+        await assert_released(served)
+
+
 async def test_timeouts_count_once_per_account_and_mark_the_upstream_down_only_across_accounts(
     serve: Any, ollama: Any, cloud: Any, sqlite_url: str, store: str | None
 ) -> None:
     ollama.settings.latency = 0.4  # a request that takes longer than the gateway waits for a first byte
     config = failover_config(
-        ollama_url=ollama.url, cloud_url=cloud.url, database_url=sqlite_url, redis_url=store, parallel=8
+        ollama_url=ollama.url,
+        cloud_url=cloud.url,
+        database_url=sqlite_url,
+        redis_url=store,
+        parallel=8,
+        probe_timeout_s=0.3,
     )
     config["timeouts"]["first_byte"] = 0.15
     async with serve(config, plugins=[TierAuth()]) as served:
@@ -137,9 +169,12 @@ async def test_timeouts_count_once_per_account_and_mark_the_upstream_down_only_a
         assert [(r.status, r.code) for r in pair] == [(504, "upstream_timeout")] * 2
         status, queue = await queue_readiness(served)
         assert (status, queue["state"]) == (200, "up")
-        # A third account's timing out too is what an upstream that stopped answering looks like.
+        # A third account's timing out too calls for a probe, which times out as well: the model runner is
+        # not answering anyone, and it is marked down.
         third = await chat(served, "basic:3", "long")
         assert (third.status, third.code) == (504, "upstream_timeout")
+        await served.gateway.drain()
+        assert served_texts(ollama)[-1] == PROBE_TEXT
         status, queue = await queue_readiness(served)
         assert (status, queue["state"]) == (503, "down")
         refused = await chat(served, "basic:4", "short")

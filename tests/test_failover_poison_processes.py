@@ -3,7 +3,8 @@ and Redis, the rate limiter on, the fake Ollama as its own process with `--poiso
 
 One Basic customer spends the plan's whole minute on poisoned requests at once (and is refused past it);
 the other customers, served by both workers meanwhile, are all answered by the local model, and /readyz
-stays ready. Requests of several accounts failing still mark the upstream down, for every worker at once.
+stays ready; so it does when several accounts of one attacker send it (the probe is served). A model server
+that dies is still marked down, for every worker at once.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import os
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -75,10 +77,12 @@ async def queue_states(http: aiohttp.ClientSession, url: str, times: int) -> Cou
     return Counter(await asyncio.gather(*(one() for _ in range(times))))
 
 
-async def test_poisoned_requests_at_the_basic_rate_on_two_workers_leave_the_model_to_the_others(
+async def test_poisoned_requests_on_two_workers_leave_the_model_to_the_others_and_a_dead_one_is_down(
     tmp_path: Path, fresh_mariadb: str, redis_url: str
 ) -> None:
-    with fake_ollama_process("--poison", POISON, "--latency", "0.05") as ollama_url:
+    fake = ExitStack()
+    ollama_url = fake.enter_context(fake_ollama_process("--poison", POISON, "--latency", "0.05"))
+    with fake:
         config = failover_config(
             ollama_url=ollama_url,
             cloud_url="http://127.0.0.1:9",
@@ -116,11 +120,20 @@ async def test_poisoned_requests_at_the_basic_rate_on_two_workers_leave_the_mode
                 )
                 assert len({r[2]["x-test-pid"] for r in during + after}) == 2, "both workers took part"
 
-                # Requests of three accounts failing mark it down, and every worker knows at once.
-                failing = [chat(http, url, f"basic:{n}", f"{POISON} from {n}") for n in (7, 8, 9)]
-                assert [outcome(r) for r in await asyncio.gather(*failing)] == [(502, "upstream_error")] * 3
+                # Five accounts of one attacker, through both workers: the probe is served, nothing goes down.
+                failing = [chat(http, url, f"basic:{n}", f"{POISON} from {n}") for n in range(10, 15)]
+                assert [outcome(r) for r in await asyncio.gather(*failing)] == [(502, "upstream_error")] * 5
+                await asyncio.sleep(0.5)  # the probe, off the request path, has answered by now
+                assert await queue_states(http, url, 8) == Counter({(200, "up"): 8})
+                served = await asyncio.gather(*(chat(http, url, "pro", "ordinary") for _ in range(6)))
+                assert [outcome(r) for r in served] == [(200, "local")] * 6
+
+                # The model server dies: refused connections mark it down, and every worker knows at once.
+                fake.close()
+                first = await chat(http, url, "basic:4", "ordinary")
+                assert outcome(first) == (503, "upstream_unavailable")
                 assert await queue_states(http, url, 8) == Counter({(503, "down"): 8})
-                refused = await asyncio.gather(*(chat(http, url, "basic:4", "ordinary") for _ in range(6)))
+                refused = await asyncio.gather(*(chat(http, url, "basic:5", "ordinary") for _ in range(6)))
                 assert [outcome(r) for r in refused] == [(503, "upstream_unavailable")] * 6
                 assert len({r[2]["x-test-pid"] for r in refused}) == 2
     assert "Traceback" not in log.read_text()

@@ -153,11 +153,11 @@ async def test_down_marking_counts_failures_and_clears_on_success(store: SlotSto
 
 
 async def failed_request(store: SlotStore, account: str, *, window_s: float = 5) -> bool:
-    return await store.failed_request(upstream="ollama", account=account, threshold=3, window_s=window_s, cooldown_s=5)
+    return await store.failed_request(upstream="ollama", account=account, threshold=3, window_s=window_s, probe_s=5)
 
 
-async def test_failed_requests_mark_down_only_across_accounts_and_clear_on_success(store: SlotStore) -> None:
-    # One account, however many of its requests fail, at once or one after another, never marks it down.
+async def test_failed_requests_call_for_a_probe_only_across_accounts_and_clear_on_success(store: SlotStore) -> None:
+    # One account, however many of its requests fail, at once or one after another, never calls for one.
     assert not any(await asyncio.gather(*(failed_request(store, "11") for _ in range(50))))
     assert await failed_request(store, "12") is False
     t = make_ticket(tier="basic", token="ok")
@@ -165,11 +165,21 @@ async def test_failed_requests_mark_down_only_across_accounts_and_clear_on_succe
     await store.release(upstream="ollama", ticket=t, healthy=True)  # a success starts the count again
     assert await failed_request(store, "13") is False
     assert await failed_request(store, "11") is False
+    # Three accounts with no success between: exactly one caller, of many at once, is to probe.
+    assert sum(await asyncio.gather(*(failed_request(store, "12") for _ in range(20)))) == 1
+    assert await failed_request(store, "14") is False  # a probe is under way
     assert (await store.snapshot(upstream="ollama")).down_for_s == 0
-    assert await failed_request(store, "12") is True  # three accounts with no success between
+
+    # Served: the failures were the requests' own; the count starts again.
+    assert await store.probed(upstream="ollama", healthy=True, cooldown_s=5) is False
+    assert await failed_request(store, "15") is False
+    assert await failed_request(store, "16") is False
+    assert await failed_request(store, "17") is True
+    # Not served: down for the cool-down, and nothing counts meanwhile.
+    assert await store.probed(upstream="ollama", healthy=False, cooldown_s=5) is True
     entry = await store.enter(upstream="ollama", ticket=t, priority=0, spill_depth=3)
     assert entry.state == "down" and 4 < entry.retry_after_s <= 5
-    assert await failed_request(store, "14") is False  # not counted while down
+    assert await failed_request(store, "18") is False
 
 
 async def test_failed_requests_count_within_their_window_only(store: SlotStore) -> None:

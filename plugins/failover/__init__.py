@@ -76,6 +76,7 @@ class Plugin:
         down_after_accounts: int = 3
         down_window_s: float = 30.0
         down_cooldown_s: float = 30.0
+        probe_timeout_s: float = 30.0
         timezone: str = "Asia/Kuwait"
 
     def __init__(self, settings: Plugin.Settings) -> None:
@@ -83,7 +84,8 @@ class Plugin:
         for name in ("spill_depth", "cloud_daily_cap"):
             if getattr(s, name) < 0:
                 raise ConfigError(f"plugins.failover.settings.{name}: must be 0 or more")
-        for name in ("queue_max_wait_s", "slot_lease_s", "poll_interval_s", "down_window_s", "down_cooldown_s"):
+        positive = ("queue_max_wait_s", "slot_lease_s", "poll_interval_s", "down_window_s", "down_cooldown_s")
+        for name in (*positive, "probe_timeout_s"):
             if getattr(s, name) <= 0:
                 raise ConfigError(f"plugins.failover.settings.{name}: must be more than 0")
         if s.retry_attempts < 1 or s.down_after_failures < 1:
@@ -122,7 +124,7 @@ class Plugin:
                     name,
                     model.settings.fallback,
                 )
-        self.health = Health(settings=s, slots=self.slots)
+        self.health = Health(settings=s, slots=self.slots, gateway=gateway)
         await self.slots.start()
 
     @hookimpl

@@ -13,10 +13,15 @@ when configured, else this process):
   times (one by default: a runner that crashed for another reason is restarted and serves the second try;
   a second failure of the same request is taken to be its input's). Those attempts never count. When the
   request is over, it counts once, for its account, on each local upstream that failed it and did not end
-  up serving it; an account counts once however many of its requests fail. The upstream is marked down
-  when `down_after_accounts` accounts (at least 2) each had a request fail on it within `down_window_s`,
-  with no success in between. So one customer, at any rate and in any burst, never marks an upstream down
-  for the others; several accounts failing together still do, as a dead model runner makes them.
+  up serving it; an account counts once however many of its requests fail. When `down_after_accounts`
+  accounts (at least 2) each had a request fail on it within `down_window_s`, with no success in between,
+  one worker (a lease in the store makes it one) probes the upstream (`probe.py`): the gateway's own
+  one-token request to the same model, first in line for a slot. Served, the failures were the requests'
+  own and the count starts again; failed, refused or not answered within `probe_timeout_s`, the upstream is
+  marked down. So no customer, nor several accounts of one attacker, at any rate and in any burst, marks
+  an upstream down for the others with inputs of their own; a dead or hung model runner still is.
+  A line that stays full for `probe_timeout_s` gives no verdict: something is being served. A probe takes
+  at most twice `probe_timeout_s` (its slot, then its answer), so it never holds up a shutdown for long.
 - A busy answer (429/503) is retried up to `retry_attempts` (it says the upstream will take the request
   later, nothing about the request) and counts like any other received request's failure.
 - A success on the upstream clears both counts; marking it down clears them too.
@@ -26,18 +31,24 @@ when configured, else this process):
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Literal
 
 import aiohttp
+from redis.exceptions import RedisError
 
-from edge.context import RequestContext, Upstream
+from edge.context import Model, RequestContext, Upstream
 from edge.errors import UpstreamFailure
-from plugins.failover.attempt import Attempt
+from plugins.failover.attempt import Attempt, new_ticket
 from plugins.failover.backoff import Backoff
+from plugins.failover.probe import answers
 from plugins.failover.slots import SlotStore
 
 if TYPE_CHECKING:
+    from edge.gateway import Gateway
     from plugins.failover import Plugin
+
+log = logging.getLogger("resayil.failover")
 
 Kind = Literal["connect", "busy", "answer"]
 
@@ -61,11 +72,16 @@ def failure_kind(error: UpstreamFailure) -> Kind:
 class Health:
     """Applies the policy above to one request's failures, over the plugin's slot store."""
 
-    def __init__(self, *, settings: Plugin.Settings, slots: SlotStore) -> None:
+    def __init__(self, *, settings: Plugin.Settings, slots: SlotStore, gateway: Gateway) -> None:
         self.settings = settings
         self.slots = slots
+        self.gateway = gateway
         s = settings
         self.backoff = Backoff(attempts=s.retry_attempts, base_s=s.retry_backoff_s, max_s=s.retry_backoff_max_s)
+        # The probe goes first in line: ahead of every tier.
+        self.probe_priority = max((tier.priority for tier in gateway.config.tiers.values()), default=0) + 1
+        # How long a probe may be under way (a wait for a slot, then its answer) before another may start.
+        self.probe_lease_s = 2 * s.probe_timeout_s + 5
 
     async def attempt_failed(self, *, attempt: Attempt, upstream: Upstream, kind: Kind) -> bool:
         """Count a failed attempt; True when it marked the upstream down."""
@@ -98,10 +114,51 @@ class Health:
             return
         s = self.settings
         for name in sorted(failed):
-            await self.slots.failed_request(
+            probe = await self.slots.failed_request(
                 upstream=name,
                 account=str(ctx.principal.account_id),
                 threshold=s.down_after_accounts,
                 window_s=s.down_window_s,
-                cooldown_s=s.down_cooldown_s,
+                probe_s=self.probe_lease_s,
             )
+            model = self._probe_model(name, ctx.model)
+            if probe and model is not None:
+                self.gateway.spawn(self.probe(model))
+            elif probe:
+                await self.slots.probed(upstream=name, healthy=True, cooldown_s=s.down_cooldown_s)
+
+    def _probe_model(self, upstream: str, asked: Model | None) -> Model | None:
+        """The model the failing request asked for, when it runs there; else any model of that upstream."""
+        if asked is not None and asked.upstream.name == upstream:
+            return asked
+        return next((m for m in self.gateway.models.values() if m.upstream.name == upstream), None)
+
+    async def probe(self, model: Model) -> None:
+        """Probe the model's upstream with a slot of its own, then report: healthy, or marked down."""
+        s, name = self.settings, model.upstream.name
+        ticket = new_ticket("probe")
+        healthy = True  # no slot within the longest wait: the line is being served, no verdict
+        try:
+            try:
+                entry = await self.slots.enter(
+                    upstream=name, ticket=ticket, priority=self.probe_priority, spill_depth=None
+                )
+                if entry.state == "queued":
+                    entry = await self.slots.wait(upstream=name, ticket=ticket, max_wait_s=s.probe_timeout_s)
+                if entry.state == "acquired":
+                    healthy = await answers(
+                        session=self.gateway.session, model=model, timeout_s=s.probe_timeout_s, request_id=ticket
+                    )
+            finally:
+                await self.slots.release(upstream=name, ticket=ticket, healthy=healthy)
+            down = await self.slots.probed(upstream=name, healthy=healthy, cooldown_s=s.down_cooldown_s)
+        except RedisError as exc:  # the probe's lease runs out and the next failing request probes again
+            log.warning("failover probe could not report", extra={"fields": {"error": type(exc).__name__}})
+            return
+        fields = {"upstream": name, "model": model.name, "accounts": s.down_after_accounts}
+        if down:
+            log.warning(
+                "upstream marked down: several accounts' requests failed and so did the probe", extra={"fields": fields}
+            )
+        else:
+            log.info("failed requests were their own: the probe was served", extra={"fields": fields})

@@ -2,7 +2,8 @@
 
 Per upstream: `slots` (sorted set, ticket -> lease expiry in ms), `queue` (sorted set, ticket -> -priority
 then arrival sequence), `alive` (sorted set, waiting ticket -> lease expiry), `seq`, `fails` (attempts that
-could not connect), `failed` (sorted set, account -> when a request of it last failed) and `down`.
+could not connect), `failed` (sorted set, account -> when a request of it last failed), `probe` (a probe is
+under way, with a lease) and `down`.
 Every change is one Lua script, so no two workers ever see a half-made move. A worker's heartbeat
 extends the leases of what it holds and waits for; a crashed worker stops extending them and its slots
 and places free themselves once the lease runs out. A release publishes a wake-up on one channel;
@@ -117,7 +118,7 @@ redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 """
 
-# KEYS: failed down fails; ARGV: account now window_ms threshold cooldown_ms channel upstream
+# KEYS: failed down probe; ARGV: account now window_ms threshold probe_ms
 _FAILED_REQUEST = """
 if redis.call('PTTL', KEYS[2]) > 0 then return 0 end
 local now, window = tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -125,9 +126,20 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('PEXPIRE', KEYS[1], window)
 if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[4]) then return 0 end
-redis.call('DEL', KEYS[1], KEYS[3])
-redis.call('SET', KEYS[2], '1', 'PX', ARGV[5])
-redis.call('PUBLISH', ARGV[6], ARGV[7])
+if redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[5]) then return 1 end
+return 0
+"""
+
+# KEYS: failed probe down fails; ARGV: healthy(0/1) cooldown_ms channel upstream
+_PROBED = """
+redis.call('DEL', KEYS[2])
+if ARGV[1] == '1' then
+  redis.call('DEL', KEYS[1])
+  return 0
+end
+redis.call('DEL', KEYS[1], KEYS[4])
+redis.call('SET', KEYS[3], '1', 'PX', ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 """
 
@@ -143,7 +155,7 @@ return {redis.call('ZCARD', KEYS[1]), redis.call('ZRANGE', KEYS[2], 0, -1), redi
 
 def keys(upstream: str) -> dict[str, str]:
     base = f"{PREFIX}{upstream}:"
-    return {part: base + part for part in ("slots", "queue", "alive", "seq", "fails", "failed", "down")}
+    return {part: base + part for part in ("slots", "queue", "alive", "seq", "fails", "failed", "probe", "down")}
 
 
 def _now_ms() -> int:
@@ -178,6 +190,7 @@ class RedisSlots:
         self._release = redis.register_script(_RELEASE)
         self._failed = redis.register_script(_FAILED)
         self._failed_request = redis.register_script(_FAILED_REQUEST)
+        self._probed = redis.register_script(_PROBED)
         self._peek = redis.register_script(_PEEK)
         # What this process holds and waits for: the heartbeat extends exactly these leases.
         self.held: dict[str, set[str]] = {name: set() for name in parallel}
@@ -281,12 +294,20 @@ class RedisSlots:
         return bool(down)
 
     async def failed_request(
-        self, *, upstream: str, account: str, threshold: int, window_s: float, cooldown_s: float
+        self, *, upstream: str, account: str, threshold: int, window_s: float, probe_s: float
     ) -> bool:
         k = self.keys[upstream]
-        down = await self._failed_request(
-            keys=[k["failed"], k["down"], k["fails"]],
-            args=[account, _now_ms(), int(window_s * 1000), threshold, int(cooldown_s * 1000), CHANNEL, upstream],
+        probe = await self._failed_request(
+            keys=[k["failed"], k["down"], k["probe"]],
+            args=[account, _now_ms(), max(1, int(window_s * 1000)), threshold, max(1, int(probe_s * 1000))],
+        )
+        return bool(probe)
+
+    async def probed(self, *, upstream: str, healthy: bool, cooldown_s: float) -> bool:
+        k = self.keys[upstream]
+        down = await self._probed(
+            keys=[k["failed"], k["probe"], k["down"], k["fails"]],
+            args=[1 if healthy else 0, int(cooldown_s * 1000), CHANNEL, upstream],
         )
         return bool(down)
 

@@ -81,11 +81,16 @@ class SlotStore(Protocol):
         ...
 
     async def failed_request(
-        self, *, upstream: str, account: str, threshold: int, window_s: float, cooldown_s: float
+        self, *, upstream: str, account: str, threshold: int, window_s: float, probe_s: float
     ) -> bool:
-        """Count a request the upstream failed for `account`; True when the upstream is now marked down:
-        `threshold` different accounts within `window_s`, with no success in between. While the upstream
-        is down nothing is counted."""
+        """Count a request the upstream failed for `account`. True when `threshold` different accounts
+        failed within `window_s` with no success in between and no probe is under way: the caller must
+        probe the upstream within `probe_s` and report with `probed`. Nothing counts while it is down."""
+        ...
+
+    async def probed(self, *, upstream: str, healthy: bool, cooldown_s: float) -> bool:
+        """The probe's verdict: healthy clears the failed requests, else the upstream is marked down for
+        the cool-down (True). Either way the next probe may start."""
         ...
 
     async def snapshot(self, *, upstream: str) -> Snapshot: ...
@@ -103,6 +108,7 @@ class _Line:
     fails_until: float = 0.0
     # Account -> when a request of it last failed here (the window's start is purged on each count).
     failed_accounts: dict[str, float] = field(default_factory=dict)
+    probe_until: float = 0.0
     down_until: float = 0.0
 
     def down_left(self) -> float:
@@ -114,6 +120,7 @@ class _Line:
 
     def mark_down(self, *, now: float, cooldown_s: float) -> None:
         self.healthy()
+        self.probe_until = 0.0
         self.down_until = now + cooldown_s
         # Waiters stop waiting on a down upstream: each leaves the line with `down`.
         for waiter in self.waiters.values():
@@ -203,7 +210,7 @@ class MemorySlots:
         return True
 
     async def failed_request(
-        self, *, upstream: str, account: str, threshold: int, window_s: float, cooldown_s: float
+        self, *, upstream: str, account: str, threshold: int, window_s: float, probe_s: float
     ) -> bool:
         line = self.lines[upstream]
         if line.down_left() > 0:
@@ -213,9 +220,18 @@ class MemorySlots:
         for stale in [name for name, at in accounts.items() if at <= now - window_s]:
             del accounts[stale]
         accounts[account] = now
-        if len(accounts) < threshold:
+        if len(accounts) < threshold or now < line.probe_until:
             return False
-        line.mark_down(now=now, cooldown_s=cooldown_s)
+        line.probe_until = now + probe_s
+        return True
+
+    async def probed(self, *, upstream: str, healthy: bool, cooldown_s: float) -> bool:
+        line = self.lines[upstream]
+        line.probe_until = 0.0
+        if healthy:
+            line.failed_accounts.clear()
+            return False
+        line.mark_down(now=time.monotonic(), cooldown_s=cooldown_s)
         return True
 
     async def snapshot(self, *, upstream: str) -> Snapshot:
