@@ -54,6 +54,7 @@ def test_the_example_config_reads_its_queue_settings_from_the_environment() -> N
         ("answer_retries", -1, "plugins.failover.settings.answer_retries: must be 0 or more"),
         ("down_after_accounts", 1, "plugins.failover.settings.down_after_accounts: must be 2 or more"),
         ("down_window_s", 0, "plugins.failover.settings.down_window_s: must be more than 0"),
+        ("probe_timeout_s", 0, "plugins.failover.settings.probe_timeout_s: must be more than 0"),
         ("spill_threshold", 3, "plugins.failover.settings.spill_threshold: unknown key"),
         ("cloud_daily_cap", "many", "plugins.failover.settings.cloud_daily_cap: expected a whole number"),
     ],

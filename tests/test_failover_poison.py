@@ -11,6 +11,8 @@ local model, and /readyz must keep saying the local queue is up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -180,3 +182,39 @@ async def test_timeouts_count_once_per_account_and_mark_the_upstream_down_only_a
         refused = await chat(served, "basic:4", "short")
         assert (refused.status, refused.code) == (503, "upstream_unavailable")
         await assert_released(served)
+
+
+class HangingUp:
+    """Reads each request and closes the connection without answering, as Go's net/http does when a handler
+    panics on an input: the request went out, so the failure may be the input's."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            await reader.readuntil(b"\r\n\r\n")
+            self.requests += 1
+        writer.close()
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[str]:
+        server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        async with server:
+            yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+async def test_a_connection_dropped_after_the_request_went_out_counts_as_the_requests_own_failure(
+    serve: Any, cloud: Any, sqlite_url: str, store: str | None
+) -> None:
+    upstream = HangingUp()
+    async with upstream.serving() as url:
+        config = failover_config(ollama_url=url, cloud_url=cloud.url, database_url=sqlite_url, redis_url=store)
+        async with serve(config, plugins=[TierAuth()]) as served:
+            for i in range(4):
+                reply = await chat(served, "basic", f"panics the server #{i}")
+                assert (reply.status, reply.code) == (502, "upstream_unreachable")
+            assert upstream.requests == 8  # tried twice each, not three times
+            status, queue = await queue_readiness(served)
+            assert (status, queue["state"]) == (200, "up")
+            await assert_released(served)
