@@ -103,6 +103,8 @@ class Health:
 
     async def settled(self, ctx: RequestContext, attempt: Attempt) -> None:
         """Count the request, once, against each local upstream that failed it and did not serve it."""
+        if not attempt.failed_on and ctx.outcome != "upstream_timeout":
+            return  # the usual case, on every request: nothing to count
         failed = set(attempt.failed_on)
         upstream = ctx.upstream
         if upstream is not None and upstream.kind == "local":
