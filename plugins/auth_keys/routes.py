@@ -109,9 +109,10 @@ class AuthApi:
         password = form.take("password", inputs.password)
         locale = form.take("locale", inputs.locale)
         if email is not None or phone is not None:
-            # Counted before anything is looked up, so `email_taken`/`phone_taken` cannot be probed in bulk.
+            # Counted before anything is looked up (or scored), so `email_taken`/`phone_taken` cannot be
+            # probed in bulk, nor the password scorer kept busy.
             await p.register_throttle.take(ip=client_ip(request), email=email, phone=phone)
-        await self._weakness(form, "password", password, email=email, phone=phone)
+            await self._weakness(form, "password", password, email=email, phone=phone)
         for field, code in (await p.users.taken(email=email, phone=phone)).items():
             form.fail(field, code)
         form.check()
