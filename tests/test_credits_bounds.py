@@ -103,23 +103,34 @@ async def test_a_request_is_never_charged_more_than_its_hold_whatever_the_upstre
     assert state["balance_milli"] == sum(r["amount_milli"] for r in ledger)
 
 
+BODY = chat_body(max_tokens=20)
+P = len(BODY)  # the prompt's bound: the body's bytes
+
+
 @LEASES
 @pytest.mark.parametrize(
-    "counts",
-    [(-1000, 5), (5, -1000), (1e30, 5), ("12", 5), (None, None), (True, 5)],
-    ids=["negative-prompt", "negative-completion", "float", "string", "none", "bool"],
+    ("counts", "charged"),
+    [
+        ((-1000, 5), (P, 5)),
+        ((5, -1000), (5, 20)),
+        ((1e30, 5), (P, 5)),
+        ((5, 7.0), (5, 20)),
+        (("12", 5), (P, 5)),
+        ((None, None), (P, 20)),
+        ((True, 5), (P, 5)),
+    ],
+    ids=["negative-prompt", "negative-completion", "float", "float-whole", "string", "none", "bool"],
 )
-async def test_a_count_that_is_not_a_non_negative_integer_charges_the_bound(
-    db_url: str, ollama: Any, serve: Any, leases: dict[str, int], counts: tuple[Any, Any]
+async def test_a_count_that_is_not_a_non_negative_integer_charges_its_bound(
+    db_url: str, ollama: Any, serve: Any, leases: dict[str, int], counts: tuple[Any, Any], charged: tuple[int, int]
 ) -> None:
-    body = chat_body(max_tokens=20)
     bad = AbsurdUsage(AbsurdUsage.Settings(accounts=[1], prompt=counts[0], completion=counts[1]))
     async with gateway(serve, db_url, ollama, bad, accounts=(1,), **leases) as served:
-        status, _ = await post(served, body, 1)
+        status, _ = await post(served, BODY, 1)
         assert status == 200
         state, usage, ledger = await books(served, 1)
-    assert (usage[0]["prompt_tokens"], usage[0]["completion_tokens"]) == (len(body), 20)
-    assert usage[0]["cost_milli"] == START - state["balance_milli"] == len(body) + 20
+    assert (usage[0]["prompt_tokens"], usage[0]["completion_tokens"]) == charged
+    assert usage[0]["cost_milli"] == START - state["balance_milli"] == sum(charged) <= P + 20
     assert state["balance_milli"] == sum(r["amount_milli"] for r in ledger)
 
 

@@ -59,21 +59,23 @@ class Bill:
 def bill(usage: Usage, *, prompt_bound: int, completion_budget: int, multiplier: int) -> Bill:
     """Every counted token at the route's multiplier, never more than the request could use: at most
     `prompt_bound` prompt and `completion_budget` completion tokens (what its hold was taken for). A count
-    that is not a non-negative integer charges the whole bound; nothing is charged when nothing was counted.
+    that is not a non-negative integer is its bound (as edge/usage.py bounds the upstream's); nothing is
+    charged when nothing was counted.
     """
     if usage.source == "none":
         return Bill(0, 0, 0)
-    raw = (usage.prompt_tokens, usage.completion_tokens)
-    counted = all(_count(n) for n in raw)
-    prompt, completion = prompt_bound, completion_budget
-    if counted:
-        prompt, completion = min(raw[0], prompt_bound), min(raw[1], completion_budget)
-    out = not counted or (prompt, completion) != raw
+    prompt = _bounded(usage.prompt_tokens, prompt_bound)
+    completion = _bounded(usage.completion_tokens, completion_budget)
+    out = (prompt, completion) != (usage.prompt_tokens, usage.completion_tokens) or not (
+        type(usage.prompt_tokens) is int and type(usage.completion_tokens) is int
+    )
     return Bill(prompt, completion, (prompt + completion) * max(multiplier, 0), out)
 
 
-def _count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+def _bounded(count: object, bound: int) -> int:
+    if isinstance(count, int) and not isinstance(count, bool) and count >= 0:
+        return min(count, bound)
+    return bound
 
 
 def plan_milli(gateway: Gateway, tier: str | None) -> int:
