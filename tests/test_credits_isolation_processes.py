@@ -96,3 +96,52 @@ async def check(gateway: Gateway, answers: list[tuple[int, int, Any]], hold: int
     assert len(usage) == PER_ACCOUNT and {u["cost_milli"] for u in usage} == {hold}
     assert state["balance_milli"] == START - PER_ACCOUNT * hold == sum(r["amount_milli"] for r in ledger)
     assert state["reserved_milli"] == 0
+
+
+async def test_an_upstream_claiming_two_billion_tokens_costs_at_most_the_hold_on_two_workers(
+    tmp_path: Path, mariadb_database: str, redis_url: str
+) -> None:
+    """Issue 15, finding 6, as deployed: `max_tokens: 20` was charged the whole balance when the upstream
+    claimed 2e9 completion tokens."""
+    truncate_mariadb(mariadb_database)
+    body = chat_body(max_tokens=20)
+    claimed = '{"prompt_tokens": 5, "completion_tokens": 2000000000, "total_tokens": 2000000005}'
+    with fake_ollama_process("--latency", "0.2", "--usage", claimed) as ollama_url:
+        config = credits_config(
+            ollama_url=ollama_url,
+            database_url=mariadb_database,
+            redis_url=redis_url,
+            extra_plugins=PLUGINS[:1],
+            lease_requests=32,
+            lease_idle_ms=200,
+        )
+        config["server"]["log_level"] = "warning"
+        path = tmp_path / "gateway.yaml"
+        path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+        with gateway_processes(path, tmp_path, count=1) as [port]:
+            gateway = Gateway(config_module.parse(config, env={}))
+            await gateway.start()
+            try:
+                await gateway.plugin("credits").grant(
+                    account_id=GOOD[0], amount_milli=START, kind="grant", reference="s"
+                )
+                url = f"http://127.0.0.1:{port}/v1/chat/completions"
+                async with aiohttp.ClientSession() as http:
+
+                    async def send() -> int:
+                        headers = {"content-type": "application/json", **bearer(GOOD[0])}
+                        async with http.post(url, data=body, headers=headers) as r:
+                            await r.read()
+                            return r.status
+
+                    statuses = await asyncio.gather(*(send() for _ in range(20)))
+                await until_settled(gateway, within=30)
+                usage = await table_rows(gateway, "usage", account_id=GOOD[0])
+                state = await gateway.plugin("credits").balance(GOOD[0])
+            finally:
+                await gateway.stop()
+    assert statuses == [200] * 20 and len(usage) == 20
+    assert all(u["cost_milli"] == u["prompt_tokens"] + u["completion_tokens"] <= len(body) + 20 for u in usage)
+    assert all(u["completion_tokens"] == 20 for u in usage)
+    assert START - state["balance_milli"] == sum(u["cost_milli"] for u in usage) <= 20 * (len(body) + 20)
+    assert state["reserved_milli"] == 0
