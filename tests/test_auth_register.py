@@ -380,3 +380,23 @@ def test_the_scorer_sees_a_bounded_prefix_so_no_password_is_slow_to_score() -> N
     # A long password made of a weak start is still refused.
     for weak in ("qwerty123" * 60, "password1234@8({[<369!|17$5+%20" * 10):
         assert strength.weakness(weak, email=None, phone=None, min_score=3) == "password_too_weak", weak[:20]
+
+
+async def test_a_weak_password_reveals_nothing_and_costs_only_the_ips_place(
+    ollama: Any, db_url: str, serve: Any
+) -> None:
+    limits = {"register_attempts_per_ip": 6, "register_attempts_per_name": 2}
+    async with serve(auth_config(ollama, db_url, **limits)) as served:
+        assert (await post(served, "/api/auth/register", form(email="owner@example.com")))[0] == 201
+        # With a weak password nothing is looked up: a taken email is not named, so it cannot be probed.
+        status, data, _ = await post(served, "/api/auth/register", form(email="owner@example.com", password="12345678"))
+        assert (status, data["error"]["fields"]) == (422, {"password": "password_too_weak"})
+        # Someone trying passwords for their own address is not locked out of it (2 a window),
+        email = unique_email()
+        for weak in ("password", "qwertyuiop", "iloveyou123"):
+            status, data, _ = await post(served, "/api/auth/register", form(email=email, password=weak))
+            assert (status, data["error"]["fields"]) == (422, {"password": "password_too_weak"})
+        assert (await post(served, "/api/auth/register", form(email=email)))[0] == 201
+        # but the scorer's work counts against the IP.
+        status, data, resp = await post(served, "/api/auth/register", form(password="12345678"))
+        assert_too_many(status, data, resp, window=3600)

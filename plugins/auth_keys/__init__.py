@@ -67,7 +67,7 @@ class Plugin:
         login_failures_per_ip: int = 20
         login_window_seconds: int = 15 * 60
         # Registrations whose email or phone is well-formed, per client IP and per email or phone.
-        register_attempts_per_ip: int = 10
+        register_attempts_per_ip: int = 20
         register_attempts_per_name: int = 5
         register_window_seconds: int = 3600
         # zxcvbn's score (0-4) a new password needs; 3: "safely unguessable" in an offline slow-hash attack.

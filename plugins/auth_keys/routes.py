@@ -63,12 +63,15 @@ class AuthApi:
     def _secure(self, request: Request) -> bool:
         return over_https(request.scope, public_url=self.plugin.gateway.config.server.public_url)
 
-    async def _weakness(self, form: Form, field: str, password: str | None, *, email: Any, phone: Any) -> None:
-        if password is not None:
-            s = self.plugin.settings
-            code = await strength.check(password, email=email, phone=phone, min_score=s.password_min_score)
-            if code is not None:
-                form.fail(field, code)
+    async def _weak(self, form: Form, field: str, password: str | None, *, email: Any, phone: Any) -> bool:
+        """Whether the new password is refused (then the form names `field`)."""
+        if password is None:
+            return False
+        s = self.plugin.settings
+        code = await strength.check(password, email=email, phone=phone, min_score=s.password_min_score)
+        if code is not None:
+            form.fail(field, code)
+        return code is not None
 
     async def _verified(self, ticket: Ticket) -> None:
         # The right password: this attempt stops counting against the IP, and the name starts afresh.
@@ -109,12 +112,16 @@ class AuthApi:
         password = form.take("password", inputs.password)
         locale = form.take("locale", inputs.locale)
         if email is not None or phone is not None:
-            # Counted before anything is looked up (or scored), so `email_taken`/`phone_taken` cannot be
+            # Counted before anything is scored or looked up, so `email_taken`/`phone_taken` cannot be
             # probed in bulk, nor the password scorer kept busy.
-            await p.register_throttle.take(ip=client_ip(request), email=email, phone=phone)
-            await self._weakness(form, "password", password, email=email, phone=phone)
-        for field, code in (await p.users.taken(email=email, phone=phone)).items():
-            form.fail(field, code)
+            ticket = await p.register_throttle.take(ip=client_ip(request), email=email, phone=phone)
+            if await self._weak(form, "password", password, email=email, phone=phone):
+                # Nothing was looked up, so nothing was learnt about the email or phone: only the IP's place
+                # stays used, and someone trying passwords does not lock their own address out.
+                await p.register_throttle.give_back(ticket, kinds=("email", "phone"))
+            else:
+                for field, code in (await p.users.taken(email=email, phone=phone)).items():
+                    form.fail(field, code)
         form.check()
         tier = p.settings.registration_tier
         try:
@@ -196,7 +203,7 @@ class AuthApi:
         form = Form(await self._body(request))
         current = form.take("current_password", inputs.given_password)
         new = form.take("new_password", inputs.password)
-        await self._weakness(form, "new_password", new, email=user.email, phone=user.phone)
+        await self._weak(form, "new_password", new, email=user.email, phone=user.phone)
         form.check()
         # Guessing the current password here counts against the same allowance as logging in.
         ticket = await p.throttle.take(name=login_name(user.user_id, user.email), ip=client_ip(request))
