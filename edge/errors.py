@@ -145,12 +145,22 @@ def model_not_found(name: str) -> NotFound:
 
 
 class UpstreamFailure(GatewayError):
-    """The upstream failed before the gateway sent anything; `retryable` when another try may work."""
+    """The upstream failed before the gateway sent anything; `retryable` when another try may work, `reached`
+    False when no connection could even be opened (so the request's input cannot have caused it)."""
 
     status = 502
     code = "upstream_error"
 
-    def __init__(self, message: str, *, retryable: bool = False, upstream: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool = False,
+        upstream: str | None = None,
+        reached: bool = True,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(message, **kwargs)
         self.retryable = retryable
         self.upstream = upstream
+        self.reached = reached

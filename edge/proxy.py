@@ -12,6 +12,8 @@ from edge.context import Upstream
 from edge.errors import GatewayError, NotFound, UpstreamFailure
 
 log = logging.getLogger("resayil.upstream")
+# What aiohttp raises when no connection could be opened (ConnectionTimeoutError: the connect timeout only).
+NOT_CONNECTED = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError, ConnectionRefusedError)
 _RETYPE = {400: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error"}
 
 
@@ -81,12 +83,16 @@ def map_status(upstream: Upstream, status: int, retry_after: str | None) -> Gate
     return UpstreamFailure("The model server failed to answer this request.", upstream=name, retryable=True)
 
 
-def unreachable(upstream: Upstream) -> UpstreamFailure:
+def unreachable(upstream: Upstream, *, reached: bool = True) -> UpstreamFailure:
+    """A connection that failed: never opened (`reached` False), or lost before the answer began."""
     return UpstreamFailure(
-        "The model server cannot be reached right now; try again shortly.",
+        "The model server cannot be reached right now; try again shortly."
+        if not reached
+        else "The model server closed the connection before answering.",
         upstream=upstream.name,
         code="upstream_unreachable",
         retryable=True,
+        reached=reached,
     )
 
 
@@ -109,8 +115,8 @@ async def post(
             data=body,
             headers=upstream_headers(upstream, request_id),
         )
-    except (aiohttp.ClientConnectionError, OSError):
-        raise unreachable(upstream) from None
+    except (aiohttp.ClientConnectionError, OSError) as exc:
+        raise unreachable(upstream, reached=not isinstance(exc, NOT_CONNECTED)) from None
     if resp.status >= 300:
         try:
             detail = await resp.content.read(64 * 1024)

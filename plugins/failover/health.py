@@ -34,7 +34,6 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Literal
 
-import aiohttp
 from redis.exceptions import RedisError
 
 from edge.context import Model, RequestContext, Upstream
@@ -52,19 +51,14 @@ log = logging.getLogger("resayil.failover")
 
 Kind = Literal["connect", "busy", "answer"]
 
-# What aiohttp raises when no connection could be opened (ConnectionTimeoutError: the connect timeout only).
-_NOT_CONNECTED = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError, ConnectionRefusedError)
-
 
 def failure_kind(error: UpstreamFailure) -> Kind:
     """`connect` when the request never reached the upstream, `busy` for its 429/503, else `answer`."""
     if error.code == "upstream_busy":
         return "busy"
-    # The edge raises `upstream_unreachable` for every connection error, before or after the request went
-    # out, inside the `except` of aiohttp's error: that error, the context, tells the two apart. Without
-    # one the failure is taken as the request's, which no customer can turn into a down mark.
-    cause = error.__cause__ or error.__context__
-    if error.code == "upstream_unreachable" and isinstance(cause, _NOT_CONNECTED):
+    # Only a connection that could not be opened is the upstream's alone: anything after the request went
+    # out may be its input's doing, which no customer can be allowed to turn into a down mark.
+    if not error.reached:
         return "connect"
     return "answer"
 
