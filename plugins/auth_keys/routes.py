@@ -203,13 +203,15 @@ class AuthApi:
         form = Form(await self._body(request))
         current = form.take("current_password", inputs.given_password)
         new = form.take("new_password", inputs.password)
-        await self._weak(form, "new_password", new, email=user.email, phone=user.phone)
         form.check()
         # Guessing the current password here counts against the same allowance as logging in.
         ticket = await p.throttle.take(name=login_name(user.user_id, user.email), ip=client_ip(request))
         if not await p.passwords.verify(await p.users.password_hash(user.user_id), current):
             raise invalid({"current_password": "password_incorrect"})
         await self._verified(ticket)
+        # Scored only now, so the scorer's CPU is never spent on a request that has not proved itself.
+        if await self._weak(form, "new_password", new, email=user.email, phone=user.phone):
+            form.check()
         await p.users.set_password(user_id=user.user_id, password_hash=await p.passwords.hash(new))
         ended = await p.sessions.end_others(user_id=user.user_id, keep_session_id=user.session_id)
         return JSONResponse({"ok": True, "sessions_ended": ended})
