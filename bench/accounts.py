@@ -19,7 +19,7 @@ import orjson
 from bench.procs import BenchError
 from bench.targets import BenchEnv, Running
 
-PASSWORD = "bench password 1234"
+PASSWORD = "lineup passphrase 1234"
 
 
 class Portal:

@@ -231,8 +231,11 @@ class Plugin:
             needed = pricing.hold_milli(prompt=prompt, completion=floor, multiplier=multiplier)
             await self._refuse(ctx, account=account, needed_milli=needed, available_milli=available)
             return
-        if completion < budget or (ctx.max_tokens is None and ctx.endpoint == "chat"):
-            self._cap(ctx, completion, lowered=completion < budget)
+        # The budget the hold pays for; the edge sends it upstream as `max_tokens` (and as
+        # `max_completion_tokens` when the client used that), the cap Ollama obeys.
+        ctx.max_tokens = completion
+        if completion < budget:
+            ctx.response_headers["x-resayil-completion-budget"] = str(completion)
         ctx.extras["credits"] = Hold(
             hold_id,
             account,
@@ -242,19 +245,6 @@ class Plugin:
             prompt,
             ticket,
         )
-
-    def _cap(self, ctx: RequestContext, completion: int, *, lowered: bool) -> None:
-        """Send upstream the completion cap the hold pays for, under the key the client used.
-
-        Also when the client set none: Ollama's own default is to generate until the context is full, so
-        the model's configured cap must travel with the request for the hold to be a real upper bound.
-        """
-        keys = [k for k in ("max_completion_tokens", "max_tokens") if k in ctx.payload] or ["max_tokens"]
-        for key in keys:
-            ctx.set_payload(key, completion)
-        ctx.max_tokens = completion
-        if lowered:
-            ctx.response_headers["x-resayil-completion-budget"] = str(completion)
 
     async def _refuse(self, ctx: RequestContext, *, account: int, needed_milli: int, available_milli: int) -> None:
         principal = ctx.principal
