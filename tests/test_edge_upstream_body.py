@@ -21,6 +21,7 @@ from tests.test_credits_concurrency import gateway_processes, reconcile, setup
 
 JSON = {"content-type": "application/json"}
 MESSAGES = '[{"role":"user","content":"hello"}]'
+CHAT = "chat/completions"
 
 
 def post(served: Any, body: bytes, account: int, tier: str = "basic", path: str = "/v1/chat/completions") -> Any:
@@ -59,19 +60,19 @@ async def test_max_completion_tokens_alone_caps_what_the_upstream_generates(
 
 AMBIGUOUS = [
     # (endpoint, body, the offending key)
-    ("chat/completions", f'{{"model":"llama3.2:3b","Model":"glm-4.7-flash","max_tokens":10,"messages":{MESSAGES}}}', "Model"),
-    ("chat/completions", f'{{"model":"llama3.2:3b","messages":{MESSAGES},"max_tokens":10,"MAX_TOKENS":3000}}', "MAX_TOKENS"),
-    ("chat/completions", f'{{"model":"llama3.2:3b","messages":{MESSAGES},"max_to\u212aens":3000}}', "max_to\u212aens"),
-    ("chat/completions", f'{{"model":"llama3.2:3b","messages":{MESSAGES},"\u017ftream":true}}', "\u017ftream"),
-    ("chat/completions", f'{{"MODEL":"qwen3:30b","model":"llama3.2:3b","messages":{MESSAGES}}}', "MODEL"),
-    ("chat/completions", f'{{"model":"llama3.2:3b","messages":{MESSAGES},"Messages":[]}}', "Messages"),
+    (CHAT, f'{{"model":"llama3.2:3b","Model":"glm-4.7-flash","max_tokens":10,"messages":{MESSAGES}}}', "Model"),
+    (CHAT, f'{{"model":"llama3.2:3b","messages":{MESSAGES},"max_tokens":10,"MAX_TOKENS":3000}}', "MAX_TOKENS"),
+    (CHAT, f'{{"model":"llama3.2:3b","messages":{MESSAGES},"max_to\u212aens":3000}}', "max_to\u212aens"),
+    (CHAT, f'{{"model":"llama3.2:3b","messages":{MESSAGES},"\u017ftream":true}}', "\u017ftream"),
+    (CHAT, f'{{"MODEL":"qwen3:30b","model":"llama3.2:3b","messages":{MESSAGES}}}', "MODEL"),
+    (CHAT, f'{{"model":"llama3.2:3b","messages":{MESSAGES},"Messages":[]}}', "Messages"),
     (
-        "chat/completions",
+        CHAT,
         '{"model":"llama3.2:3b","messages":[{"role":"user","content":"hi","Content":"a much longer prompt"}]}',
         "messages[0].Content",
     ),
     (
-        "chat/completions",
+        CHAT,
         f'{{"model":"llama3.2:3b","messages":{MESSAGES},"stream":true,"stream_options":{{"Include_Usage":true}}}}',
         "stream_options.Include_Usage",
     ),
