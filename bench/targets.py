@@ -140,10 +140,21 @@ class EdgeGateway(Target):
     # After the load, `python -m edge reconcile` must find every balance equal to its ledger (credits plugin).
     reconcile: bool = False
 
-    def config_file(self, env: BenchEnv) -> Path:
-        if self.patch is None:
+    def config_source(self, env: BenchEnv) -> Path:
+        """The config as the gateway under test ships it: from `--gateway-src`'s tree when it has the file,
+        so an A/B run gives each checkout the settings it knows."""
+        try:
+            relative = self.config.relative_to(ROOT)
+        except ValueError:
             return self.config
-        data = yaml.safe_load(self.config.read_text())
+        theirs = env.src / relative
+        return theirs if theirs.is_file() else self.config
+
+    def config_file(self, env: BenchEnv) -> Path:
+        source = self.config_source(env)
+        if self.patch is None:
+            return source
+        data = yaml.safe_load(source.read_text())
         self.patch(data)
         path = env.work / f"{self.name}.yaml"
         path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False))
