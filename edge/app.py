@@ -116,7 +116,7 @@ class EdgeApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.proxies and scope["type"] == "http":
             real_client(scope, self.proxies)
-        if scope["type"] == "http" and scope["path"].startswith("/v1"):
+        if scope["type"] == "http" and (scope["path"] == "/v1" or scope["path"].startswith("/v1/")):
             await self.v1(scope, receive, send)
         else:
             await self.web(scope, receive, send)

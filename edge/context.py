@@ -106,6 +106,8 @@ class RequestContext:
     delivered_chunks: int = 0
     first_byte_at: float | None = None
     finished_at: float | None = None
+    # The request went to an upstream, which may be working on it.
+    sent_upstream: bool = False
     # (phase, perf_counter when it ended), in order: what the `server-timing` header and the log report.
     marks: list[tuple[str, float]] = field(default_factory=list)
 

@@ -233,6 +233,8 @@ class V1:
             if ctx.outcome != "client_gone":
                 raise
             task.uncancel()
+            if ctx.sent_upstream and not ctx.stream and ctx.first_byte_at is None:
+                usage_rules.charge_the_bound(ctx, "the client left before its whole answer")
         except ClientGone:
             ctx.outcome = "client_gone"
         except GatewayError as exc:

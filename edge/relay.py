@@ -52,7 +52,10 @@ class Forwarder:
         total_deadline = loop.time() + t.total
         resp: aiohttp.ClientResponse | None = None
         try:
-            async with asyncio.timeout_at(min(total_deadline, loop.time() + t.first_byte)) as deadline:
+            # A whole answer's first byte comes only when its generation is over: it may take up to `total`.
+            first_byte = t.first_byte if ctx.stream else t.total
+            async with asyncio.timeout_at(min(total_deadline, loop.time() + first_byte)) as deadline:
+                ctx.sent_upstream = True
                 try:
                     resp = await proxy.post(
                         self.gateway.session,
@@ -70,6 +73,8 @@ class Forwarder:
         except TimeoutError:
             if ctx.first_byte_at is None:
                 ctx.outcome = "upstream_timeout"
+                if not ctx.stream:
+                    usage_rules.charge_the_bound(ctx, "a whole answer did not come within the time limit")
                 raise proxy.timed_out(upstream) from None
             stopped = GatewayTimeout("The model server stopped sending within the time limit.", code="upstream_timeout")
             await self._end_stream_with_error(ctx, send, stopped)

@@ -21,7 +21,28 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
         raise BadRequest("We could not parse the JSON body of your request.", code="invalid_json") from None
     if not isinstance(payload, dict):
         raise BadRequest("The request body must be a JSON object.", code="invalid_json")
+    # orjson reads 1,024 levels deep but writes only 254, and the body is written again to go upstream;
+    # a body cannot nest deeper than it has brackets, so only a bracket-heavy one is looked at.
+    if body.count(b"[") + body.count(b"{") > MAX_DEPTH and _depth(payload) > MAX_DEPTH:
+        raise BadRequest(f"The request body nests more than {MAX_DEPTH} levels deep.", code="invalid_json")
     return payload
+
+
+MAX_DEPTH = 200
+# A completion budget beyond any model's context; larger values are refused, not held.
+MAX_COMPLETION_TOKENS = 1_000_000
+
+
+def _depth(payload: Any) -> int:
+    deepest, stack = 0, [(payload, 1)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, (dict, list)))
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item if isinstance(v, (dict, list)))
+    return deepest
 
 
 def _model(payload: dict[str, Any]) -> str:
@@ -39,6 +60,8 @@ def _positive_int(payload: dict[str, Any], key: str) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise BadRequest(f"`{key}` must be a whole number of at least 1.", code="invalid_type", param=key)
+    if value > MAX_COMPLETION_TOKENS:
+        raise BadRequest(f"`{key}` must be at most {MAX_COMPLETION_TOKENS:,}.", code="invalid_value", param=key)
     return value
 
 
@@ -84,6 +107,9 @@ def parse_chat(ctx: RequestContext) -> None:
         )
     a = _positive_int(payload, "max_completion_tokens")
     b = _positive_int(payload, "max_tokens")
+    # Ollama's `_debug_render_only` answers with the model's whole template and system prompt instead of a
+    # completion: an operator's tool, not a customer's.
+    payload.pop("_debug_render_only", None)
     ctx.payload = payload
     ctx.stream = stream
     ctx.max_tokens = a if a is not None else b
@@ -130,20 +156,25 @@ def upstream_body(ctx: RequestContext) -> tuple[bytes, bool]:
     return orjson.dumps(payload), ctx.include_usage or not ctx.stream
 
 
-def text_of(content: Any) -> str:
-    """The text of a message's content: a string, or the text parts of a list."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-    return ""
+# What the upstream reads as the prompt: every text under these fields (tool definitions and calls, names,
+# reasoning and images included), but not the labels `role` and `type`.
+_PROMPT_FIELDS = ("messages", "tools", "input", "response_format")
+_LABELS = frozenset({"role", "type"})
 
 
 def prompt_bytes(payload: dict[str, Any]) -> int:
-    """UTF-8 bytes of the prompt's text (messages for chat, input for embeddings)."""
-    if "messages" in payload:
-        return sum(len(text_of(m.get("content")).encode()) for m in payload["messages"] if isinstance(m, dict))
-    given = payload.get("input")
-    items = given if isinstance(given, list) else [given]
-    # Token-id arrays count one per id; text counts its UTF-8 bytes.
-    return sum(len(x.encode()) if isinstance(x, str) else len(x) if isinstance(x, list) else 0 for x in items)
+    """UTF-8 bytes of the prompt's text: every string under the prompt's fields; in embeddings' token-id
+    arrays each id counts one. Walked without recursion: bodies may nest as deep as the parser allows."""
+    total = 0
+    stack: list[Any] = [payload.get(name) for name in _PROMPT_FIELDS]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item.encode())
+        elif isinstance(item, dict):
+            stack.extend(v for k, v in item.items() if k not in _LABELS)
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, int) and not isinstance(item, bool):
+            total += 1
+    return total

@@ -219,9 +219,10 @@ async def test_unreachable_upstream_is_502(serve: Any, sqlite_url: str) -> None:
 async def test_first_byte_timeout_is_504(serve: Any, cfg: dict[str, Any], ollama: Any) -> None:
     cfg["timeouts"]["first_byte"] = 0.3
     ollama.settings.latency = 2
+    stream = {**CHAT, "stream": True}
     async with serve(cfg, plugins=[StaticAuth()]) as gw:
         started = time.perf_counter()
-        async with gw.request("POST", "/v1/chat/completions", json=CHAT, headers=auth_headers()) as r:
+        async with gw.request("POST", "/v1/chat/completions", json=stream, headers=auth_headers()) as r:
             assert r.status == 504
             assert (await r.json())["error"]["code"] == "upstream_timeout"
             # The wait shows where it was: in the upstream's phase of `server-timing`, cut at the limit.

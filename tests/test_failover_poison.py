@@ -163,7 +163,7 @@ async def test_timeouts_count_once_per_account_and_mark_the_upstream_down_only_a
         parallel=8,
         probe_timeout_s=0.3,
     )
-    config["timeouts"]["first_byte"] = 0.15
+    config["timeouts"]["total"] = 0.15  # a whole answer may take up to `total` (first_byte is for streams)
     async with serve(config, plugins=[TierAuth()]) as served:
         replies = await asyncio.gather(*(chat(served, "basic", f"long #{i}") for i in range(5)))
         assert [(r.status, r.code) for r in replies] == [(504, "upstream_timeout")] * 5
