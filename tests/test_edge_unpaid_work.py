@@ -174,3 +174,30 @@ async def test_paths_that_only_start_like_v1_get_the_portals_headers(
             assert r.status == 404
             assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
             assert r.headers["x-frame-options"] == "DENY"
+
+
+async def test_leaving_a_cloud_answer_early_keeps_its_place_in_the_daily_cap(
+    serve: Any, ollama: Any, cloud: Any, sqlite_url: str
+) -> None:
+    """The review's attack: six cloud requests, each abandoned after a moment, against a cap of 2."""
+    from tests.failover_test_plugins import CLOUD_MODEL, TierAuth, failover_config
+
+    cloud.settings.latency = 1.0
+    config = failover_config(
+        ollama_url=ollama.url, cloud_url=cloud.url, database_url=sqlite_url, redis_url=None, cloud_daily_cap=2
+    )
+    body = orjson.dumps({"model": CLOUD_MODEL, "messages": [{"role": "user", "content": "a long essay"}]})
+    async with serve(config, plugins=[TierAuth()]) as served:
+        for _ in range(6):
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.3)) as http:
+                url = served.url + "/v1/chat/completions"
+                try:
+                    async with http.post(url, data=body, headers={**JSON, "Authorization": "Bearer pro"}) as r:
+                        if r.status != 200:
+                            assert (await r.json())["error"]["code"] == "cloud_budget_exhausted"
+                except TimeoutError:
+                    pass
+        await served.gateway.drain()
+        status = await served.gateway.plugin("failover").budget_status()
+    assert status["used"] == 2
+    assert cloud.arrivals == 2
