@@ -60,7 +60,8 @@ async def test_concurrent_guesses_on_two_workers_evaluate_at_most_the_limit(
             statuses, right = await guess_burst(http, url, guesses=guesses, then=("BOB@example.com", PASSWORD))
             assert (statuses.count(401), statuses.count(429)) == (5, 25), statuses
             assert_throttled(*right, window=900)
-            assert_throttled(*(await login_at(http, url, "+965 9765 4321", PASSWORD)), window=900)
+            # The phone is another login name: the email's lockout neither spills over to it nor shows there.
+            assert (await login_at(http, url, "+965 9765 4321", PASSWORD))[0] == 200
 
         # 30 names at once from another address: its 20 are evaluated, the rest refused.
         other = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))

@@ -63,7 +63,10 @@ class Plugin:
     class Settings:
         session_idle_seconds: int = 2 * 3600
         session_absolute_seconds: int = 7 * 24 * 3600
+        # Login attempts per login name (as typed, normalised) from one client IP (bucket), per login name
+        # from all IPs together, and per client IP, in `login_window_seconds`.
         login_failures_per_name: int = 5
+        login_attempts_per_name_all_ips: int = 50
         login_failures_per_ip: int = 20
         login_window_seconds: int = 15 * 60
         # Registrations whose email or phone is well-formed, per client IP and per email or phone.
@@ -88,6 +91,7 @@ class Plugin:
             "session_idle_seconds",
             "session_absolute_seconds",
             "login_failures_per_name",
+            "login_attempts_per_name_all_ips",
             "login_failures_per_ip",
             "login_window_seconds",
             "register_attempts_per_ip",
@@ -138,7 +142,7 @@ class Plugin:
 
     @property
     def throttle(self) -> Throttle:
-        """Login attempts, per login name and per IP (password changes count here too)."""
+        """Login attempts, per login name and IP, per login name and per IP (password changes count too)."""
         assert self._throttle is not None, "auth_keys has not started"
         return self._throttle
 
@@ -170,7 +174,11 @@ class Plugin:
         self._keys = KeyStore(database=db)
         self._throttle = Throttle(
             prefix="login",
-            limits={"name": s.login_failures_per_name, "ip": s.login_failures_per_ip},
+            limits={
+                "name_ip": s.login_failures_per_name,
+                "name": s.login_attempts_per_name_all_ips,
+                "ip": s.login_failures_per_ip,
+            },
             window_seconds=s.login_window_seconds,
             redis=gateway.redis,
             message="Too many login attempts. Try again in {seconds} seconds.",

@@ -14,7 +14,7 @@ from plugins.auth_keys import inputs, strength
 from plugins.auth_keys.guards import check_csrf, optional_session_user, session_user
 from plugins.auth_keys.inputs import Form, invalid
 from plugins.auth_keys.sessions import COOKIE_NAME
-from plugins.auth_keys.throttle import Ticket
+from plugins.auth_keys.throttle import Ticket, ip_bucket
 from plugins.auth_keys.users import Taken
 
 if TYPE_CHECKING:
@@ -42,9 +42,15 @@ def client_ip(request: Request) -> str:
     return request.client.host if request.client else ""
 
 
-def login_name(user_id: int | None, login: str) -> str:
-    """What the per-name login window is keyed on: the user when there is one, else the normal login."""
-    return f"user:{user_id}" if user_id is not None else f"login:{login}"
+def login_windows(login: str, ip: str) -> dict[str, str]:
+    """The windows one login attempt counts in, by kind: `name_ip` (this login from this client's IP bucket:
+    the small limit, so one address locks out only itself), `name` (this login from every address: the
+    larger limit a distributed guesser meets) and `ip`. The name is the normal form of what was typed,
+    never the account it names: what was done to an email never shows in the answers for the phone, and an
+    unknown login counts exactly like a known one."""
+    bucket = ip_bucket(ip)
+    # An IP bucket has no space in it, so the first space separates the two parts unambiguously.
+    return {"name_ip": f"{bucket} {login}", "name": login, "ip": bucket}
 
 
 def wrong_login() -> GatewayError:
@@ -74,9 +80,11 @@ class AuthApi:
         return code is not None
 
     async def _verified(self, ticket: Ticket) -> None:
-        # The right password: this attempt stops counting against the IP, and the name starts afresh.
-        await self.plugin.throttle.give_back(ticket, kinds=("ip",))
-        await self.plugin.throttle.forget(ticket, kind="name")
+        # The right password: this attempt stops counting against the IP and the name, and the name starts
+        # afresh from this address (its failures were the user's own typos). Failures from other addresses
+        # stay counted: a user logging in must not hand a distributed guesser a fresh allowance.
+        await self.plugin.throttle.give_back(ticket, kinds=("ip", "name"))
+        await self.plugin.throttle.forget(ticket, kind="name_ip")
 
     def _signed_in(self, request: Request, status: int, user: dict[str, Any], token: str, csrf: str) -> Response:
         response = JSONResponse({"user": user, "csrf_token": csrf}, status_code=status, headers=NO_STORE)
@@ -154,10 +162,9 @@ class AuthApi:
         login = form.take("login", inputs.login)
         password = form.take("password", inputs.given_password)
         form.check()
+        # The attempt counts from here, before anything is looked up or the password checked (throttle.py).
+        ticket = await p.throttle.take(**login_windows(login, client_ip(request)))
         found = await p.users.credentials(login)
-        # The attempt counts from here, before the password is checked (see throttle.py). A known login
-        # counts against its user, whichever of the email and the phone it was.
-        ticket = await p.throttle.take(name=login_name(found.id if found else None, login), ip=client_ip(request))
         # Unknown logins are checked against a dummy hash: the same answer, after the same work.
         if not await p.passwords.verify(found.password_hash if found else None, password):
             raise wrong_login()
@@ -204,8 +211,8 @@ class AuthApi:
         current = form.take("current_password", inputs.given_password)
         new = form.take("new_password", inputs.password)
         form.check()
-        # Guessing the current password here counts against the same allowance as logging in.
-        ticket = await p.throttle.take(name=login_name(user.user_id, user.email), ip=client_ip(request))
+        # Guessing the current password here counts against the same allowance as logging in with the email.
+        ticket = await p.throttle.take(**login_windows(user.email, client_ip(request)))
         if not await p.passwords.verify(await p.users.password_hash(user.user_id), current):
             raise invalid({"current_password": "password_incorrect"})
         await self._verified(ticket)
