@@ -218,3 +218,27 @@ async def test_a_connection_dropped_after_the_request_went_out_counts_as_the_req
             status, queue = await queue_readiness(served)
             assert (status, queue["state"]) == (200, "up")
             await assert_released(served)
+
+
+async def test_a_broken_model_chosen_by_the_failing_requests_does_not_take_the_upstream_down(
+    serve: Any, ollama: Any, cloud: Any, sqlite_url: str, store: str | None
+) -> None:
+    """The failing requests pick the model the probe asks first. When it fails too (a model too large to
+    load, or broken), a model the upstream served lately gets the last word: served, the upstream is up."""
+    ollama.settings.broken_models = ["qwen3:30b"]
+    config = failover_config(
+        ollama_url=ollama.url, cloud_url=cloud.url, database_url=sqlite_url, redis_url=store, parallel=8
+    )
+    async with serve(config, plugins=[TierAuth()]) as served:
+        first = await chat(served, "basic", "ordinary")
+        assert (first.status, first.route) == (200, "local")
+        attack = [chat(served, f"pro:{n}", "hello", model="qwen3:30b") for n in range(1, 5)]
+        replies = await asyncio.gather(*attack)
+        assert {r.status for r in replies} <= {200, 502}
+        await served.gateway.drain()
+        status, queue = await queue_readiness(served)
+        assert (status, queue["state"]) == (200, "up")
+        assert served_texts(ollama).count(PROBE_TEXT) >= 2  # the chosen model, then the one served lately
+        after = await chat(served, "basic:9", "ordinary")
+        assert (after.status, after.route) == (200, "local")
+        await assert_released(served)

@@ -74,8 +74,10 @@ class Health:
         self.backoff = Backoff(attempts=s.retry_attempts, base_s=s.retry_backoff_s, max_s=s.retry_backoff_max_s)
         # The probe goes first in line: ahead of every tier.
         self.probe_priority = max((tier.priority for tier in gateway.config.tiers.values()), default=0) + 1
-        # How long a probe may be under way (a wait for a slot, then its answer) before another may start.
-        self.probe_lease_s = 2 * s.probe_timeout_s + 5
+        # How long a probe may be under way (a wait for a slot, then up to two answers) before another may start.
+        self.probe_lease_s = 3 * s.probe_timeout_s + 5
+        # Per worker, the model each local upstream last served: the probe's second opinion.
+        self.last_served: dict[str, Model] = {}
 
     async def attempt_failed(self, *, attempt: Attempt, upstream: Upstream, kind: Kind) -> bool:
         """Count a failed attempt; True when it marked the upstream down."""
@@ -98,6 +100,8 @@ class Health:
     async def settled(self, ctx: RequestContext, attempt: Attempt) -> None:
         """Count the request, once, against each local upstream that failed it and did not serve it."""
         if not attempt.failed_on and ctx.outcome != "upstream_timeout":
+            if ctx.outcome == "ok" and ctx.model is not None and ctx.model.upstream.kind == "local":
+                self.last_served[ctx.model.upstream.name] = ctx.model
             return  # the usual case, on every request: nothing to count
         failed = set(attempt.failed_on)
         upstream = ctx.upstream
@@ -145,6 +149,14 @@ class Health:
                     healthy = await answers(
                         session=self.gateway.session, model=model, timeout_s=s.probe_timeout_s, request_id=ticket
                     )
+                    # The failing requests chose the model (perhaps a large one that is slow to load, or one
+                    # that is broken): the upstream is down only if a model it served lately fails too.
+                    served = self.last_served.get(name)
+                    if not healthy and served is not None and served is not model:
+                        model = served
+                        healthy = await answers(
+                            session=self.gateway.session, model=served, timeout_s=s.probe_timeout_s, request_id=ticket
+                        )
             finally:
                 await self.slots.release(upstream=name, ticket=ticket, healthy=healthy)
             down = await self.slots.probed(upstream=name, healthy=healthy, cooldown_s=s.down_cooldown_s)

@@ -80,6 +80,8 @@ class FakeSettings:
     # A request whose message text contains this answers 500 every time, as a runner that crashes on one
     # input does; other requests are served as usual.
     poison: str | None = None
+    # Models that answer 500 to every request (a broken model file, or one too large to load).
+    broken_models: list[str] = field(default_factory=list)
     # Replaces the usage object the answer reports (whole answers, and a stream's usage chunk), e.g.
     # {"prompt_tokens": 1e30} for an upstream that miscounts.
     usage: JsonObject | None = None
@@ -401,6 +403,8 @@ class FakeOllama:
             poison = self.settings.poison
             if poison is not None and poison in orjson.dumps(body.get("messages") or body.get("input")).decode():
                 raise _HttpError(500, "llama runner process has terminated: exit status 2")
+            if model in self.settings.broken_models:
+                raise _HttpError(500, f"llama runner process has terminated: error loading model {model}")
             yield
         finally:
             self._release()
