@@ -140,10 +140,10 @@ async def test_an_entry_that_cannot_be_written_fails_only_itself_and_keeps_its_l
     """Past every check, a row the database refuses (here a usage row without its request id): the batch
     holding it fails, its entries are written one by one, and only that one charge is not written."""
     from edge.db import Database
-    from plugins.credits import leases as leases_module
+    from plugins.credits import lease_book
     from tests.test_credits_leases import UNIT, Books, until, usage_row, worker
 
-    monkeypatch.setattr(leases_module, "RETRY_SECONDS", 0.05)
+    monkeypatch.setattr(lease_book, "RETRY_SECONDS", 0.05)
     db = Database(db_url)
     books = Books(db)
     accounts = (11, 12, 13)
@@ -195,11 +195,11 @@ async def test_a_charge_and_usage_row_that_do_not_fit_are_clamped_and_written_wi
     """Straight to the leases, past the plugin's bound: a float charge and counts no column can hold are
     written clamped, in the batch with the other accounts' charges, instead of failing it."""
     from edge.db import Database
-    from plugins.credits import leases as leases_module
+    from plugins.credits import lease_book
     from plugins.credits.tables import usage
     from tests.test_credits_leases import UNIT, Books, usage_row, worker
 
-    monkeypatch.setattr(leases_module, "RETRY_SECONDS", 60)  # a failed batch would not be tried again in time
+    monkeypatch.setattr(lease_book, "RETRY_SECONDS", 60)  # a failed batch would not be tried again in time
     db = Database(db_url)
     books = Books(db)
     for account in (31, 32):

@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from edge.db import Database
+from plugins.credits import lease_book
 from plugins.credits import leases as leases_module
 from plugins.credits.leases import Leases
 from plugins.credits.ledger import Ledger
@@ -138,13 +139,13 @@ async def test_settlements_are_written_together_each_with_its_rows(
     books: Books, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     batches: list[int] = []
-    real = leases_module.write_batch
+    real = lease_book.write_batch
 
     async def counted(db: Database, **kwargs: Any) -> Any:
         batches.append(len(kwargs["charges"]))
         return await real(db, **kwargs)
 
-    monkeypatch.setattr(leases_module, "write_batch", counted)
+    monkeypatch.setattr(lease_book, "write_batch", counted)
     await books.fund(100 * UNIT)
     leases = worker(books.db, batch=0.05)
     try:
@@ -288,7 +289,7 @@ async def test_a_lease_the_sweeper_released_charges_nothing_and_is_replaced(book
 
 
 async def test_a_failed_batch_is_written_by_the_next_attempt(books: Books, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = leases_module.write_batch
+    real = lease_book.write_batch
     failures = [sa.exc.OperationalError("INSERT", {}, Exception("server has gone away"))]
 
     async def flaky(db: Database, **kwargs: Any) -> Any:
@@ -296,8 +297,8 @@ async def test_a_failed_batch_is_written_by_the_next_attempt(books: Books, monke
             raise failures.pop()
         return await real(db, **kwargs)
 
-    monkeypatch.setattr(leases_module, "write_batch", flaky)
-    monkeypatch.setattr(leases_module, "RETRY_SECONDS", 0.05)
+    monkeypatch.setattr(lease_book, "write_batch", flaky)
+    monkeypatch.setattr(lease_book, "RETRY_SECONDS", 0.05)
     await books.fund(100 * UNIT)
     leases = worker(books.db)
     try:
@@ -444,7 +445,7 @@ async def test_a_database_that_fails_while_a_lease_grows_answers_503_and_nothing
 async def test_a_batch_whose_commit_reported_an_error_after_going_through_is_not_written_twice(
     books: Books, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = leases_module.write_batch
+    real = lease_book.write_batch
     failures = [sa.exc.OperationalError("COMMIT", {}, Exception("Lost connection to server during query"))]
 
     async def lost_after_commit(db: Database, **kwargs: Any) -> Any:
@@ -453,8 +454,8 @@ async def test_a_batch_whose_commit_reported_an_error_after_going_through_is_not
             raise failures.pop()
         return written
 
-    monkeypatch.setattr(leases_module, "write_batch", lost_after_commit)
-    monkeypatch.setattr(leases_module, "RETRY_SECONDS", 0.05)
+    monkeypatch.setattr(lease_book, "write_batch", lost_after_commit)
+    monkeypatch.setattr(lease_book, "RETRY_SECONDS", 0.05)
     await books.fund(100 * UNIT)
     leases = worker(books.db)
     try:

@@ -20,9 +20,9 @@ from edge.settings import ConfigError
 from plugins.credits import messages, pricing, reports, settlement
 from plugins.credits.api import routes
 from plugins.credits.leases import Leases, Ticket
-from plugins.credits.ledger import DATABASE_ERRORS, Change, Ledger
+from plugins.credits.ledger import DATABASE_ERRORS, Ledger
 from plugins.credits.reconcile import arguments, run_reconcile
-from plugins.credits.rows import utcnow
+from plugins.credits.rows import Change, utcnow
 from plugins.credits.settlement import Hold
 
 if TYPE_CHECKING:

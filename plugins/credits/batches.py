@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from plugins.credits.entries import log_capped
 from plugins.credits.lease_rows import Charge, Written
-from plugins.credits.ledger import Change
+from plugins.credits.rows import Change
 
 log = logging.getLogger("resayil.credits")
 

@@ -21,8 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edge.db import Database
-from plugins.credits.ledger import low_flag
-from plugins.credits.rows import entry_values, in_transaction, read_balance, utcnow
+from plugins.credits.rows import entry_values, in_transaction, low_flag, read_balance, utcnow
 from plugins.credits.tables import balances, holds, ledger, usage
 
 # A lease keeps at most this share (1/LEASE_SHARE) of the account's free balance beyond what is in use,

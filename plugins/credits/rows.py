@@ -1,9 +1,11 @@
 """What every money transaction does with rows: lock the balance row, read it, append a ledger row, retry
-on a deadlock; and how timestamps and ledger rows are written out."""
+on a deadlock, set the low-credit flag, say what it did (`Change`); and how timestamps and ledger rows are
+written out."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -23,6 +25,26 @@ _BALANCE = sa.select(
 ).where(balances.c.account_id == sa.bindparam("b_account", type_=balances.c.account_id.type))
 _BALANCE_FOR_UPDATE = _BALANCE.with_for_update()
 _APPEND = ledger.insert()
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What one settlement or credit did: the ledger row (None when nothing was charged)."""
+
+    balance_milli: int
+    tier: str | None
+    row: dict[str, Any] | None = None
+    created: bool = True
+    crossed_low: bool = False
+    charged_milli: int = 0
+
+
+def low_flag(*, balance: int, plan: int, percent: int, notified: bool) -> tuple[bool, bool]:
+    """(the flag to store, whether the balance has just crossed below `percent` of the plan)."""
+    if plan <= 0:
+        return notified, False
+    below = balance * 100 < plan * percent
+    return below, below and not notified
 
 
 def utcnow() -> datetime:

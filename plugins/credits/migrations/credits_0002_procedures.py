@@ -4,7 +4,7 @@ Revision ID: credits_0002
 Revises: credits_0001
 Create Date: 2026-11-24
 
-The same transactions as plugins/credits/ledger.py runs statement by statement on SQLite; see the
+The same transactions as plugins/credits/hold_rows.py runs statement by statement on SQLite; see the
 comments there. Nothing to do on SQLite, which has no procedures.
 """
 
