@@ -1,4 +1,4 @@
-"""`python -m edge ...`: serve, migrate, check-config, and the commands plugins contribute."""
+"""`python -m edge ...`: serve, migrate, check-config, jobs, and the commands plugins contribute."""
 
 from __future__ import annotations
 
@@ -8,12 +8,17 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from edge import config as config_module
 from edge import logs
 from edge.chain import build_manager
 from edge.config import GatewayConfig
 from edge.settings import ConfigError
+
+if TYPE_CHECKING:
+    from edge.gateway import Gateway
+    from edge.jobs import Job
 
 EXIT_CONFIG = 2
 
@@ -87,11 +92,50 @@ def cmd_serve(config: GatewayConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_jobs(config: GatewayConfig, args: argparse.Namespace) -> int:
+    from edge.gateway import Gateway
+
+    gateway = Gateway(config)
+    if args.jobs_command == "list":
+        rows = [(job.name, job.describe(gateway.tz), "single" if job.single else "per-worker") for job in gateway.jobs]
+        widths = [max((len(row[i]) for row in rows), default=0) for i in range(2)]
+        for name, schedule, runner in rows:
+            print(f"{name:<{widths[0]}}  {schedule:<{widths[1]}}  {runner}")
+        if not rows:
+            print("no jobs: no enabled plugin contributes one")
+        return 0
+    job = next((job for job in gateway.jobs if job.name == args.name), None)
+    if job is None:
+        known = ", ".join(job.name for job in gateway.jobs) or "none"
+        print(f"jobs run: no job named {args.name!r} (jobs: {known})", file=sys.stderr)
+        return EXIT_CONFIG
+    return asyncio.run(run_job(gateway, job))
+
+
+async def run_job(gateway: Gateway, job: Job) -> int:
+    """Run one job now in a gateway of its own (no schedules). A single job takes its lock first, so it never
+    runs beside a worker's run of it: exit 1 when another holds it, or when the run fails."""
+    from edge.jobs import JobRunner
+
+    await gateway.start(run_jobs=False)
+    try:
+        runner = JobRunner((job,), gateway=gateway, redis=gateway.redis if job.single else None, tz=gateway.tz)
+        if runner.lock is not None and not await runner.lock.take(job):
+            holder = await runner.lock.holder(job)
+            print(f"job {job.name}: not run, it is running elsewhere now (lock held by {holder})", file=sys.stderr)
+            return 1
+        ok = await runner.run(job, locked=runner.lock is not None)
+        print(f"job {job.name}: {'ok' if ok else 'failed (see the log)'}")
+        return 0 if ok else 1
+    finally:
+        await gateway.stop()
+
+
 async def run_plugin_command(config: GatewayConfig, command: Command, args: argparse.Namespace) -> int:
     from edge.gateway import Gateway
 
     gateway = Gateway(config)
-    await gateway.start()
+    await gateway.start(run_jobs=False)
     try:
         return await command.run(gateway, args)
     finally:
@@ -108,6 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=None)
     sub.add_parser("migrate", help="apply the core's and every enabled plugin's migrations")
     sub.add_parser("check-config", help="check the config and exit (2 when it is bad)")
+    jobs = sub.add_parser("jobs", help="the scheduled jobs of the enabled plugins").add_subparsers(
+        dest="jobs_command", required=True
+    )
+    jobs.add_parser("list", help="each job's name, schedule, and whether one worker or every worker runs it")
+    jobs.add_parser("run", help="run one job once now (for cron); exit 1 when it fails").add_argument("name")
     argv = sys.argv[1:] if argv is None else argv
     wanted = next((a for a in argv if not a.startswith("-")), None)
     try:
@@ -122,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.command in commands:
             return asyncio.run(run_plugin_command(config, commands[args.command], args))
-        handler = {"serve": cmd_serve, "migrate": cmd_migrate, "check-config": cmd_check_config}[args.command]
-        return handler(config, args)
+        handlers = {"serve": cmd_serve, "migrate": cmd_migrate, "check-config": cmd_check_config, "jobs": cmd_jobs}
+        return handlers[args.command](config, args)
     except ConfigError as exc:
         if wanted in ("-h", "--help"):
             parser.print_help()

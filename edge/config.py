@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -105,6 +106,8 @@ class GatewayConfig:
     tiers: dict[str, TierSettings] = field(default_factory=dict)
     # Where an account whose plan has expired falls back to until renewed.
     fallback_tier: str = "basic"
+    # The calendar daily jobs run in (edge/jobs.py).
+    timezone: str = "Asia/Kuwait"
     plugins: list[PluginEntry] = field(default_factory=list)
 
     def check(self) -> None:
@@ -150,6 +153,10 @@ class GatewayConfig:
                 raise ConfigError(f"tiers.{name}: price, credits and requests_per_minute must be positive")
         if self.tiers and self.fallback_tier not in self.tiers:
             raise ConfigError(f"fallback_tier: no tier named {self.fallback_tier!r}")
+        try:
+            zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"timezone: unknown time zone {self.timezone!r}") from None
         seen = set()
         for i, plugin in enumerate(self.plugins):
             if plugin.name in seen:

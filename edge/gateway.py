@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import zoneinfo
 from collections.abc import Coroutine, Iterable
 from typing import Any
 
@@ -14,7 +15,7 @@ import aiohttp
 import pluggy
 import redis.asyncio as aioredis
 
-from edge import defaults
+from edge import defaults, jobs
 from edge.chain import Chain, build_manager
 from edge.config import GatewayConfig
 from edge.context import Model, Upstream
@@ -40,6 +41,9 @@ class Gateway:
         self.chain = Chain(self.pm)
         self.upstreams, self.models = catalogue(config)
         self.hidden_models = frozenset(config.hidden_models)
+        self.tz = zoneinfo.ZoneInfo(config.timezone)
+        self.jobs = jobs.collect(self)
+        self._runner: jobs.JobRunner | None = None
         self.db: Database | None = None
         self.redis: aioredis.Redis | None = None
         self.http: aiohttp.ClientSession | None = None
@@ -61,7 +65,9 @@ class Gateway:
     def plugin(self, name: str) -> Any:
         return self.pm.get_plugin(name)
 
-    async def start(self) -> None:
+    async def start(self, *, run_jobs: bool = True) -> None:
+        """Open the pools, run every `resayil_startup`, then start the jobs' schedules (unless `run_jobs` is
+        False: a CLI command runs in a gateway of its own and leaves scheduled work to the servers)."""
         self.db = Database(self.config.database_url)
         if self.config.redis_url:
             self.redis = aioredis.Redis.from_url(
@@ -72,6 +78,9 @@ class Gateway:
         if failures:
             await self.stop()
             raise failures[0]
+        if run_jobs and self.jobs:
+            self._runner = jobs.JobRunner(self.jobs, gateway=self, redis=self.redis, tz=self.tz)
+            self._runner.start()
         self.started = True
         log.info(
             "gateway ready",
@@ -79,6 +88,9 @@ class Gateway:
         )
 
     async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.stop()  # first: a job may use what the shutdown hooks close
+            self._runner = None
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         await self.chain.all("resayil_shutdown", gateway=self)

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from edge.context import Model, Principal, RequestContext
     from edge.errors import UpstreamFailure
     from edge.gateway import Gateway
+    from edge.jobs import Job
 
 hookspec = pluggy.HookspecMarker("resayil")
 hookimpl = pluggy.HookimplMarker("resayil")
@@ -72,6 +73,14 @@ def resayil_migrations() -> str | None:
 @hookspec
 def resayil_commands() -> list[Command]:
     """Return CLI subcommands for `python -m edge` (for example `create-admin`, `reconcile`)."""
+
+
+@hookspec
+def resayil_jobs(gateway: Gateway) -> list[Job]:
+    """Return periodic work as `edge.jobs.Job`s: a name, `every_seconds` or `daily_at` ("HH:MM" in the
+    config's `timezone`), `run(gateway)`, and `single` (one worker of all runs each due run) or per worker.
+    The gateway runs them while it serves; `python -m edge jobs run NAME` runs one by hand.
+    """
 
 
 @hookspec(firstresult=True)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
 import zoneinfo
@@ -16,6 +14,7 @@ from edge.cli import Command
 from edge.context import RequestContext
 from edge.errors import PaymentRequired, ServiceUnavailable
 from edge.hookspecs import hookimpl
+from edge.jobs import Job
 from edge.settings import ConfigError
 from plugins.credits import messages, pricing, reports, settlement
 from plugins.credits.api import routes
@@ -81,7 +80,6 @@ class Plugin:
         self._gateway: Gateway | None = None
         self._ledger: Ledger | None = None
         self._leases: Leases | None = None
-        self._sweeper: asyncio.Task[None] | None = None
 
     @property
     def gateway(self) -> Gateway:
@@ -108,7 +106,7 @@ class Plugin:
 
     @hookimpl
     async def resayil_startup(self, gateway: Gateway) -> None:
-        """Open the ledger on the shared database and start the sweeper of expired holds."""
+        """Open the ledger on the shared database."""
         self._gateway = gateway
         self._ledger = Ledger(
             gateway.database,
@@ -123,26 +121,20 @@ class Plugin:
                 idle_seconds=self.settings.lease_idle_ms / 1000,
                 ttl_seconds=self.hold_seconds,
             )
-        self._sweeper = asyncio.ensure_future(self._sweep_forever())
 
     @hookimpl
     async def resayil_shutdown(self, gateway: Gateway) -> None:
-        """Write what leases have settled and give their room back; stop the sweeper."""
+        """Write what leases have settled and give their room back."""
         if self._leases is not None:
             await self._leases.stop()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
 
-    async def _sweep_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.sweep_interval_seconds)
-            try:
-                await self.ledger.release_expired()
-            except Exception:
-                log.exception("sweeping expired holds failed; trying again next interval")
+    @hookimpl
+    def resayil_jobs(self) -> list[Job]:
+        """`credits.sweep`: release expired holds (and dead workers' leases), on one worker of all."""
+        return [Job("credits.sweep", self._sweep, every_seconds=self.settings.sweep_interval_seconds)]
+
+    async def _sweep(self, gateway: Gateway) -> None:
+        await self.ledger.release_expired()
 
     @hookimpl
     def resayil_migrations(self) -> str:
