@@ -178,3 +178,11 @@ def prompt_bytes(payload: dict[str, Any]) -> int:
         elif isinstance(item, int) and not isinstance(item, bool):
             total += 1
     return total
+
+
+def prompt_estimate(payload: dict[str, Any]) -> int:
+    """The prompt's tokens as the gateway estimates them when no upstream counted them (the README's rule for
+    cut streams, and the rate limiter's token bound): ceil(UTF-8 bytes of its text / 4) + 4 per message."""
+    messages = payload.get("messages")
+    count = len(messages) if isinstance(messages, list) else 0
+    return -(-prompt_bytes(payload) // 4) + 4 * count

@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 from edge.context import RequestContext, Usage
-from edge.request import prompt_bytes
+from edge.request import prompt_estimate
 
 log = logging.getLogger("resayil.usage")
 UPSTREAM, ESTIMATED, BOUNDED, NONE = "upstream", "estimated", "bounded", "none"
@@ -45,9 +45,7 @@ def estimate(ctx: RequestContext, completion_chunks: int) -> Usage:
     """
     if completion_chunks <= 0:
         return Usage()
-    messages = ctx.payload.get("messages")
-    count = len(messages) if isinstance(messages, list) else 0
-    return Usage(-(-prompt_bytes(ctx.payload) // 4) + 4 * count, completion_chunks, ESTIMATED)
+    return Usage(prompt_estimate(ctx.payload), completion_chunks, ESTIMATED)
 
 
 def completion_chunks_of(answer: dict[str, Any]) -> int:

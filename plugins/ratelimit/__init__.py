@@ -13,7 +13,7 @@ from edge.claims import RedisClaim
 from edge.context import RequestContext
 from edge.errors import ServiceUnavailable
 from edge.hookspecs import hookimpl
-from edge.request import prompt_bytes
+from edge.request import prompt_estimate
 from edge.settings import ConfigError
 from plugins.ratelimit import answers
 from plugins.ratelimit.outage import Outage
@@ -28,9 +28,7 @@ STORAGE_ERRORS = (redis.exceptions.RedisError, OSError, TimeoutError)
 def token_bound(ctx: RequestContext) -> int:
     """The most tokens a request can use, known before it runs: its prompt estimated the way the edge
     estimates a cut stream (UTF-8 bytes / 4, plus 4 per message) plus its completion budget."""
-    messages = ctx.payload.get("messages")
-    count = len(messages) if isinstance(messages, list) else 0
-    return -(-prompt_bytes(ctx.payload) // 4) + 4 * count + ctx.completion_budget
+    return prompt_estimate(ctx.payload) + ctx.completion_budget
 
 
 class Plugin:
