@@ -4,6 +4,7 @@ answers a JSON error naming what is wrong, never a 500, on SQLite and MariaDB.""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -68,6 +69,25 @@ async def test_an_idempotency_key_reused_with_another_body_answers_409(db_url: s
             assert body["error"]["type"] == "invalid_request_error"
         balance = await served.gateway.plugin("credits").balance(user.account_id)
     assert balance["balance_milli"] == 5000
+
+
+async def test_a_burst_of_the_same_click_is_one_adjustment(db_url: str, ollama: Any, serve: Any) -> None:
+    """Ten copies of one adjustment at once (a double click, a retrying client), then ten with another body
+    under the same key: one ledger row, the copies answer with it, the others 409."""
+    async with serve(config(ollama, db_url)) as served:
+        admin = await register_user(served, admin=True)
+        user = await register_user(served)
+        path = f"/api/admin/accounts/{user.account_id}/credits"
+        headers = {**admin.headers, "Idempotency-Key": "burst-1"}
+        body = {"delta_milli": 7000, "reason": "goodwill"}
+        same = await asyncio.gather(*(call(served, "POST", path, json=body, headers=headers) for _ in range(10)))
+        other = {"delta_milli": 70_000, "reason": "goodwill"}
+        changed = await asyncio.gather(*(call(served, "POST", path, json=other, headers=headers) for _ in range(10)))
+        balance = await served.gateway.plugin("credits").balance(user.account_id)
+    assert sorted(status for status, _ in same) == [200] * 9 + [201]
+    assert len({str(answer) for _, answer in same}) == 1
+    assert {(status, answer["error"]["code"]) for status, answer in changed} == {(409, "idempotency_key_reused")}
+    assert balance["balance_milli"] == 7000
 
 
 @pytest.mark.parametrize("account", ["999", "9223372036854775807", "99999999999999999999999"])
