@@ -14,7 +14,7 @@ import pytest
 
 from edge.errors import TooManyRequests
 from plugins.auth_keys.throttle import Throttle, ip_bucket
-from tests.auth_helpers import PASSWORD, auth_config, guess_burst, login, register_user, unique_email
+from tests.support.portal import PASSWORD, auth_config, guess_burst, login, register_user, unique_email
 
 # Argon2id slow enough that the hash, not the database, dominates a login; still quick for a test.
 NEW_PASSWORD = "a new passphrase, 2026"

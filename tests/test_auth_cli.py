@@ -13,7 +13,7 @@ import sqlalchemy as sa
 import yaml
 
 from plugins.auth_keys.tables import users
-from tests.auth_helpers import auth_config, login, register_user, unique_email, unique_phone
+from tests.support.portal import auth_config, login, register_user, unique_email, unique_phone
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from plugins.auth_keys.tables import api_keys
-from tests.auth_helpers import auth_config, bearer, create_key, register_user
+from tests.support.portal import auth_config, bearer, create_key, register_user
 
 KEY_FIELDS = {"id", "name", "prefix", "scopes", "created_at", "expires_at", "last_used_at", "revoked_at"}
 ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")

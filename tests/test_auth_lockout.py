@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.auth_helpers import PASSWORD, auth_config, register_user, unique_email, unique_phone
+from tests.support.portal import PASSWORD, auth_config, register_user, unique_email, unique_phone
 from tests.test_auth_bruteforce import assert_throttled
 
 BEHIND_PROXY = {"trusted_proxies": ["127.0.0.0/8"]}

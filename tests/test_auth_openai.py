@@ -7,7 +7,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.auth_helpers import auth_config, create_key, register_user
+from tests.support.portal import auth_config, create_key, register_user
 
 
 def client(served: Any, secret: str) -> openai.AsyncOpenAI:

@@ -13,8 +13,8 @@ from edge import migrate
 from edge.db import sync_url
 from plugins.auth_keys.phones import normalize_phone
 from plugins.auth_keys.tables import users
-from tests.auth_helpers import PASSWORD, auth_config, login, register_user, unique_email
 from tests.conftest import all_version_locations
+from tests.support.portal import PASSWORD, auth_config, login, register_user, unique_email
 
 SAUDI = ("+966 55 123 4567", "+966 055 123 4567", "+966 0055 123 4567", "00966 055 123 4567", "٠٠٩٦٦٠٥٥١٢٣٤٥٦٧")
 

@@ -16,9 +16,9 @@ import pymysql
 import pytest
 import yaml
 
-from tests.auth_helpers import PASSWORD, auth_config, guess_burst, login_at
 from tests.conftest import MARIADB, need
-from tests.servers import clean_env, gateway_process
+from tests.support.portal import PASSWORD, auth_config, guess_burst, login_at
+from tests.support.servers import clean_env, gateway_process
 from tests.test_auth_bruteforce import MEASURABLE, assert_throttled
 
 pytestmark = pytest.mark.slow

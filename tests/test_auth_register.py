@@ -13,22 +13,11 @@ import aiohttp
 import orjson
 import sqlalchemy as sa
 
-from edge.hookspecs import hookimpl
 from plugins.auth_keys import strength
 from plugins.auth_keys.tables import accounts, api_keys, sessions, users
-from tests.auth_helpers import PASSWORD, auth_config, register_user, unique_email, unique_phone
 from tests.conftest import Served
-
-
-class Events:
-    name = "events"
-
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, dict[str, Any]]] = []
-
-    @hookimpl
-    async def resayil_event(self, name: str, payload: dict[str, Any]) -> None:
-        self.seen.append((name, payload))
+from tests.support.portal import PASSWORD, auth_config, register_user, unique_email, unique_phone
+from tests.support.recorder import Recorder
 
 
 async def post(served: Any, path: str, body: Any, **kwargs: Any) -> tuple[int, Any, Any]:
@@ -89,12 +78,12 @@ async def test_register_normalises_creates_a_basic_account_and_logs_in(ollama: A
 
 
 async def test_register_publishes_user_registered(ollama: Any, db_url: str, serve: Any) -> None:
-    events = Events()
+    events = Recorder()
     async with serve(auth_config(ollama, db_url), plugins=[events]) as served:
         status, data, _ = await post(served, "/api/auth/register", form(locale=...))
         assert status == 201, data
-    assert [name for name, _ in events.seen] == ["user.registered"]
-    payload = events.seen[0][1]
+    assert [name for name, _ in events.events] == ["user.registered"]
+    payload = events.events[0][1]
     assert payload["user_id"] == data["user"]["id"] and payload["account_id"] == data["user"]["account_id"]
     assert (payload["tier"], payload["locale"], payload["email"]) == ("basic", "ar", data["user"]["email"])
     assert "password" not in payload
@@ -103,11 +92,11 @@ async def test_register_publishes_user_registered(ollama: Any, db_url: str, serv
 async def test_enterprise_registration_also_publishes_enterprise_registered(
     ollama: Any, db_url: str, serve: Any
 ) -> None:
-    events = Events()
+    events = Recorder()
     async with serve(auth_config(ollama, db_url, registration_tier="enterprise"), plugins=[events]) as served:
         status, data, _ = await post(served, "/api/auth/register", form())
         assert status == 201 and data["user"]["tier"] == "enterprise"
-    assert [name for name, _ in events.seen] == ["user.registered", "enterprise.registered"]
+    assert [name for name, _ in events.events] == ["user.registered", "enterprise.registered"]
 
 
 async def test_missing_and_malformed_fields_get_422_with_codes(ollama: Any, db_url: str, serve: Any) -> None:

@@ -16,15 +16,7 @@ from starlette.routing import BaseRoute, Route
 from edge.hookspecs import hookimpl
 from plugins.auth_keys.guards import require_admin, session_user
 from plugins.auth_keys.tables import sessions
-from tests.auth_helpers import (
-    PASSWORD,
-    LoggedIn,
-    auth_config,
-    bearer,
-    create_key,
-    login,
-    register_user,
-)
+from tests.support.portal import PASSWORD, LoggedIn, auth_config, bearer, create_key, login, register_user
 
 
 def cookie(token: str) -> dict[str, str]:

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from edge.context import Principal, RequestContext
 from plugins.auth_keys.keys import secret_digest
 from plugins.auth_keys.tables import api_keys
-from tests.auth_helpers import auth_config, bearer, create_key, register_user, set_tier
+from tests.support.portal import auth_config, bearer, create_key, register_user, set_tier
 
 CHAT = {"model": "llama3.2:3b", "messages": [{"role": "user", "content": "مرحبا"}]}
 

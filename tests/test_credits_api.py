@@ -11,8 +11,9 @@ from zoneinfo import ZoneInfo
 import orjson
 import pytest
 
-from tests.auth_helpers import auth_plugin_entry, create_key, register_user
-from tests.credits_test_plugins import chat_body, crashed_request, credits_config, table_rows, until_settled
+from tests.support.bodies import chat_body
+from tests.support.credits import crashed_request, credits_config, table_rows, until_settled
+from tests.support.portal import auth_plugin_entry, create_key, register_user
 
 
 def config(ollama: Any, db_url: str) -> dict[str, Any]:

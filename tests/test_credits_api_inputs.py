@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.auth_helpers import register_user
+from tests.support.portal import register_user
 from tests.test_credits_api import call, config
 
 BAD_NUMBERS = [

@@ -15,8 +15,10 @@ from typing import Any
 
 import pytest
 
-from tests.credits_absurd_usage import Plugin as AbsurdUsage
-from tests.credits_test_plugins import Plugin, bearer, chat_body, credits_config, table_rows, until_settled
+from tests.support.absurd_usage import AbsurdUsage
+from tests.support.auth import TokenAuth, bearer
+from tests.support.bodies import chat_body
+from tests.support.credits import credits_config, table_rows, until_settled
 
 START = 1_000_000
 LEASES = pytest.mark.parametrize("leases", [{}, {"lease_requests": 32, "lease_idle_ms": 50}], ids=["holds", "leases"])
@@ -29,7 +31,7 @@ async def gateway(
     serve: Any, db_url: str, ollama: Any, *extra: object, accounts: tuple[int, ...], **settings: Any
 ) -> AsyncIterator[Any]:
     config = credits_config(ollama_url=ollama.url, database_url=db_url, **settings)
-    async with serve(config, plugins=[Plugin(), *extra]) as served:
+    async with serve(config, plugins=[TokenAuth(), *extra]) as served:
         for account in accounts:
             await served.gateway.plugin("credits").grant(
                 account_id=account, amount_milli=START, kind="grant", reference=f"seed-{account}"

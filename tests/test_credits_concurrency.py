@@ -20,8 +20,10 @@ import yaml
 from edge import config as config_module
 from edge.gateway import Gateway
 from tests.conftest import ROOT, truncate_mariadb
-from tests.credits_test_plugins import bearer, chat_body, credits_config, run_cli, table_rows, until_settled
-from tests.servers import clean_env, fake_ollama_process, free_port, wait_http
+from tests.support.auth import bearer
+from tests.support.bodies import chat_body
+from tests.support.credits import credits_config, table_rows, until_settled
+from tests.support.servers import clean_env, fake_ollama_process, free_port, run_cli, wait_http
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +33,7 @@ ACCOUNT = 42
 # The fake answers after this many seconds, so every one of the 200 reaches `reserve` (about 1.3 s for all
 # of them here) before any success settles and frees the part of its hold it did not spend.
 LATENCY = "4"
-TEST_AUTH = {"name": "credits_test_auth", "module": "tests.credits_test_plugins"}
+TEST_AUTH = {"name": "test_auth", "module": "tests.support.auth"}
 
 
 @contextmanager
@@ -174,7 +176,11 @@ async def test_200_concurrent_requests_on_two_hosts_never_spend_more_than_the_ba
     tmp_path: Path, mariadb_database: str, redis_url: str, lease_requests: int
 ) -> None:
     async def send(http: aiohttp.ClientSession, url: str, body: bytes, request_id: str) -> tuple[str, int, Any]:
-        headers = {"content-type": "application/json", "x-request-id": request_id, **bearer(ACCOUNT, "pro", "ar")}
+        headers = {
+            "content-type": "application/json",
+            "x-request-id": request_id,
+            **bearer(ACCOUNT, "pro", locale="ar"),
+        }
         async with http.post(url, data=body, headers=headers) as r:
             data = await r.json()
             return request_id, r.status, data
@@ -210,7 +216,11 @@ async def test_200_concurrent_streams_cut_at_random_points_are_billed_exactly(
     cuts = {f"burst-{i:03d}": rng.randrange(0, 36) for i in range(REQUESTS)}
 
     async def send(http: aiohttp.ClientSession, url: str, body: bytes, request_id: str) -> tuple[str, int, Any]:
-        headers = {"content-type": "application/json", "x-request-id": request_id, **bearer(ACCOUNT, "pro", "ar")}
+        headers = {
+            "content-type": "application/json",
+            "x-request-id": request_id,
+            **bearer(ACCOUNT, "pro", locale="ar"),
+        }
         r = await http.post(url, data=body, headers=headers)
         if r.status != 200:
             data = await r.json()

@@ -15,8 +15,10 @@ import yaml
 from edge import config as config_module
 from edge.gateway import Gateway
 from tests.conftest import truncate_mariadb
-from tests.credits_test_plugins import bearer, chat_body, credits_config, run_cli, table_rows, until_settled
-from tests.servers import clean_env, fake_ollama_process
+from tests.support.auth import bearer
+from tests.support.bodies import chat_body
+from tests.support.credits import credits_config, table_rows, until_settled
+from tests.support.servers import clean_env, fake_ollama_process, run_cli
 from tests.test_credits_concurrency import gateway_processes
 
 pytestmark = pytest.mark.slow
@@ -26,8 +28,8 @@ GOOD = (21, 22, 23, 24)
 BAD = 25
 PER_ACCOUNT = 30
 PLUGINS: list[dict[str, Any]] = [
-    {"name": "credits_test_auth", "module": "tests.credits_test_plugins"},
-    {"name": "credits_absurd_usage", "module": "tests.credits_absurd_usage", "settings": {"accounts": [BAD]}},
+    {"name": "test_auth", "module": "tests.support.auth"},
+    {"name": "credits_absurd_usage", "module": "tests.support.absurd_usage", "settings": {"accounts": [BAD]}},
 ]
 
 

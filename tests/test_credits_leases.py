@@ -24,7 +24,9 @@ from plugins.credits.ledger import Ledger
 from plugins.credits.reconcile import run_reconcile
 from plugins.credits.rows import utcnow
 from plugins.credits.tables import holds
-from tests.credits_test_plugins import Plugin, bearer, chat_body, credits_config, table_rows
+from tests.support.auth import TokenAuth, bearer
+from tests.support.bodies import chat_body
+from tests.support.credits import credits_config, table_rows
 
 START = 1_000_000
 UNIT = 1_000
@@ -344,7 +346,7 @@ async def test_served_requests_with_leases_are_each_billed_and_reconcile(
     config = credits_config(
         ollama_url=ollama.url, database_url=db_url, lease_requests=32, settle_batch_ms=20, lease_idle_ms=100
     )
-    async with serve(config, plugins=[Plugin()]) as served:
+    async with serve(config, plugins=[TokenAuth()]) as served:
         gateway = served.gateway
         await gateway.plugin("credits").grant(account_id=1, amount_milli=START, kind="grant", reference="seed")
 
@@ -422,7 +424,7 @@ async def test_a_database_that_fails_while_a_lease_grows_answers_503_and_nothing
         raise pymysql.err.OperationalError(2013, "Lost connection to MySQL server during query")
 
     config = credits_config(ollama_url=ollama.url, database_url=db_url, lease_requests=32)
-    async with serve(config, plugins=[Plugin()]) as served:
+    async with serve(config, plugins=[TokenAuth()]) as served:
         plugin = served.gateway.plugin("credits")
         await plugin.grant(account_id=3, amount_milli=START, kind="grant", reference="seed-3")
         monkeypatch.setattr(leases_module, "grow", lost)
@@ -483,7 +485,7 @@ async def test_an_upstream_failure_is_answered_without_waiting_for_the_batch(
     config = credits_config(
         ollama_url=ollama.url, database_url=db_url, lease_requests=32, settle_batch_ms=1000, lease_idle_ms=100
     )
-    async with serve(config, plugins=[Plugin()]) as served:
+    async with serve(config, plugins=[TokenAuth()]) as served:
         gateway = served.gateway
         await gateway.plugin("credits").grant(account_id=1, amount_milli=START, kind="grant", reference="seed")
         started = asyncio.get_running_loop().time()

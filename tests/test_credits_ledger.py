@@ -15,17 +15,11 @@ import yaml
 from plugins.credits.reconcile import run_reconcile
 from plugins.credits.rows import utcnow
 from plugins.credits.tables import balances, holds, ledger
-from tests.credits_test_plugins import (
-    Events,
-    Plugin,
-    bearer,
-    chat_body,
-    crashed_request,
-    credits_config,
-    run_cli,
-    table_rows,
-    until_settled,
-)
+from tests.support.auth import TokenAuth, bearer
+from tests.support.bodies import chat_body
+from tests.support.credits import crashed_request, credits_config, table_rows, until_settled
+from tests.support.recorder import Recorder
+from tests.support.servers import run_cli
 
 
 def post(served: Any, account: int, **headers: str) -> Any:
@@ -48,7 +42,7 @@ async def reconcile(served: Any, capsys: pytest.CaptureFixture[str], *, release:
 
 
 async def test_grants_are_idempotent_by_kind_and_reference(db_url: str, ollama: Any, serve: Any) -> None:
-    async with serve(credits_config(ollama_url=ollama.url, database_url=db_url), plugins=[Plugin()]) as served:
+    async with serve(credits_config(ollama_url=ollama.url, database_url=db_url), plugins=[TokenAuth()]) as served:
         plugin = served.gateway.plugin("credits")
         first = await plugin.grant(
             account_id=1, amount_milli=5_000_000, kind="topup", reference="pay-1", actor="billing", reason="pack 5000"
@@ -82,7 +76,7 @@ async def test_grants_are_idempotent_by_kind_and_reference(db_url: str, ollama: 
 
 
 async def test_concurrent_grants_with_one_reference_credit_once(db_url: str, ollama: Any, serve: Any) -> None:
-    async with serve(credits_config(ollama_url=ollama.url, database_url=db_url), plugins=[Plugin()]) as served:
+    async with serve(credits_config(ollama_url=ollama.url, database_url=db_url), plugins=[TokenAuth()]) as served:
         plugin = served.gateway.plugin("credits")
         results = await asyncio.gather(
             *(plugin.grant(account_id=3, amount_milli=700, kind="topup", reference="pay-same") for _ in range(8))
@@ -93,7 +87,7 @@ async def test_concurrent_grants_with_one_reference_credit_once(db_url: str, oll
 
 async def test_the_sweeper_releases_holds_left_by_a_crashed_worker(db_url: str, ollama: Any, serve: Any) -> None:
     config = credits_config(ollama_url=ollama.url, database_url=db_url, sweep_interval_seconds=0.05)
-    async with serve(config, plugins=[Plugin()]) as served:
+    async with serve(config, plugins=[TokenAuth()]) as served:
         plugin = served.gateway.plugin("credits")
         await plugin.grant(account_id=1, amount_milli=100_000, kind="grant", reference="seed")
         lost = crashed_request(served, 1)
@@ -125,7 +119,7 @@ async def test_reconcile_passes_on_real_traffic_and_names_each_kind_of_tampering
     db_url: str, ollama: Any, serve: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = credits_config(ollama_url=ollama.url, database_url=db_url, sweep_interval_seconds=3600)
-    async with serve(config, plugins=[Plugin()]) as served:
+    async with serve(config, plugins=[TokenAuth()]) as served:
         plugin = served.gateway.plugin("credits")
         for account in (1, 2):
             await plugin.grant(account_id=account, amount_milli=50_000, kind="grant", reference=f"seed-{account}")
@@ -199,7 +193,7 @@ async def test_reconcile_passes_on_real_traffic_and_names_each_kind_of_tampering
 
 async def test_reconcile_runs_from_the_command_line(tmp_path: Path, sqlite_url: str, ollama: Any, serve: Any) -> None:
     config = credits_config(ollama_url=ollama.url, database_url=sqlite_url)
-    async with serve(config, plugins=[Plugin()]) as served:
+    async with serve(config, plugins=[TokenAuth()]) as served:
         await served.gateway.plugin("credits").grant(account_id=1, amount_milli=10, kind="grant", reference="s")
         await execute(served, balances.update().values(balance_milli=11))
     path = tmp_path / "gateway.yaml"
@@ -217,9 +211,9 @@ LEASES = pytest.mark.parametrize("leases", [{}, {"lease_requests": 32, "lease_id
 async def test_credits_low_fires_once_per_crossing(
     db_url: str, ollama: Any, serve: Any, leases: dict[str, int]
 ) -> None:
-    events = Events()
+    events = Recorder()
     config = credits_config(ollama_url=ollama.url, database_url=db_url, **leases)
-    async with serve(config, plugins=[Plugin(), events]) as served:
+    async with serve(config, plugins=[TokenAuth(), events]) as served:
         plugin = served.gateway.plugin("credits")
         # Basic: 1000 credits a month, so the warning line is 200 credits. Each request here costs 14 milli.
         await plugin.grant(account_id=1, amount_milli=200_020, kind="subscription", reference="month-1")
@@ -257,16 +251,16 @@ async def test_credits_low_fires_once_per_crossing(
 async def test_credits_exhausted_fires_once_until_the_next_top_up(
     db_url: str, ollama: Any, serve: Any, leases: dict[str, int]
 ) -> None:
-    events = Events()
+    events = Recorder()
     config = credits_config(ollama_url=ollama.url, database_url=db_url, **leases)
-    async with serve(config, plugins=[Plugin(), events]) as served:
+    async with serve(config, plugins=[TokenAuth(), events]) as served:
         plugin = served.gateway.plugin("credits")
         for _ in range(3):
             async with served.request(
                 "POST",
                 "/v1/chat/completions",
                 data=chat_body(),
-                headers={"content-type": "application/json", **bearer(5, "pro", "en")},
+                headers={"content-type": "application/json", **bearer(5, "pro", locale="en")},
             ) as r:
                 assert r.status == 402
         await served.gateway.drain()

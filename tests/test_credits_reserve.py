@@ -9,32 +9,28 @@ from typing import Any
 import openai
 import pytest
 
-from tests.credits_test_plugins import (
-    Counter,
-    Plugin,
-    bearer,
-    chat_body,
-    credits_config,
-    table_rows,
-    token,
-    until_settled,
-)
+from tests.support.auth import TokenAuth, bearer, token
+from tests.support.bodies import chat_body
+from tests.support.credits import credits_config, table_rows, until_settled
+from tests.support.recorder import Recorder
 
 TOP_UP = "https://portal.example.test/#/billing"
 JSON = {"content-type": "application/json"}
 
 
 def post(served: Any, body: bytes, account: int, tier: str = "basic", locale: str = "ar") -> Any:
-    return served.request("POST", "/v1/chat/completions", data=body, headers={**JSON, **bearer(account, tier, locale)})
+    return served.request(
+        "POST", "/v1/chat/completions", data=body, headers={**JSON, **bearer(account, tier, locale=locale)}
+    )
 
 
 async def test_402_is_openai_shaped_in_arabic_with_top_up_link_and_the_openai_client_does_not_retry(
     db_url: str, ollama: Any, serve: Any
 ) -> None:
-    counter = Counter()
+    counter = Recorder()
     config = credits_config(ollama_url=ollama.url, database_url=db_url)
-    async with serve(config, plugins=[Plugin(), counter]) as served:
-        client = openai.AsyncOpenAI(base_url=served.url + "/v1", api_key=token(7, "basic", "ar"), max_retries=3)
+    async with serve(config, plugins=[TokenAuth(), counter]) as served:
+        client = openai.AsyncOpenAI(base_url=served.url + "/v1", api_key=token(7, "basic", locale="ar"), max_retries=3)
         with pytest.raises(openai.APIStatusError) as caught:
             await client.chat.completions.create(model="llama3.2:3b", messages=[{"role": "user", "content": "hello"}])
         await client.close()
@@ -47,7 +43,7 @@ async def test_402_is_openai_shaped_in_arabic_with_top_up_link_and_the_openai_cl
     assert error["top_up_url"] == TOP_UP
     assert "رصيدك غير كافٍ" in error["message"] and TOP_UP in error["message"]
     # One request reached the gateway and none the upstream: the client did not retry the 402.
-    assert counter.calls == 1
+    assert len(counter.authorized) == 1
     assert ollama.arrivals == 0
 
 
@@ -55,7 +51,7 @@ async def test_402_message_is_english_for_an_english_user_and_names_what_is_need
     db_url: str, ollama: Any, serve: Any
 ) -> None:
     body = chat_body()
-    async with serve(credits_config(ollama_url=ollama.url, database_url=db_url), plugins=[Plugin()]) as served:
+    async with serve(credits_config(ollama_url=ollama.url, database_url=db_url), plugins=[TokenAuth()]) as served:
         plugin = served.gateway.plugin("credits")
         # Pays the prompt's bound and 63 completion tokens: one short of the useful minimum (64).
         await plugin.grant(account_id=8, amount_milli=len(body) + 63, kind="grant", reference="seed-8")
@@ -78,7 +74,7 @@ async def test_a_short_balance_lowers_the_completion_budget_sent_upstream(
     # qwen2.5-coder:14b has the default cap of 2048 completion tokens; the balance pays for 100.
     asked: dict[str, Any] = {key: 1000} if key else {}
     body = chat_body("qwen2.5-coder:14b", **asked)
-    async with serve(credits_config(ollama_url=ollama.url, database_url=db_url), plugins=[Plugin()]) as served:
+    async with serve(credits_config(ollama_url=ollama.url, database_url=db_url), plugins=[TokenAuth()]) as served:
         plugin = served.gateway.plugin("credits")
         await plugin.grant(account_id=3, amount_milli=len(body) + 100, kind="grant", reference="seed-3")
         async with post(served, body, 3) as r:
@@ -101,7 +97,7 @@ async def test_enough_balance_sends_the_clients_cap_or_the_models_default_cap(
 ) -> None:
     capped = chat_body("qwen2.5-coder:14b", max_tokens=300)
     uncapped = chat_body("qwen2.5-coder:14b")
-    async with serve(credits_config(ollama_url=ollama.url, database_url=db_url), plugins=[Plugin()]) as served:
+    async with serve(credits_config(ollama_url=ollama.url, database_url=db_url), plugins=[TokenAuth()]) as served:
         await served.gateway.plugin("credits").grant(
             account_id=3, amount_milli=len(uncapped) + 2048, kind="grant", reference="seed-3"
         )
@@ -125,7 +121,7 @@ async def test_the_hold_is_at_the_highest_multiplier_the_request_could_be_routed
     body = chat_body()
     worst = (len(body) + 64) * multiplier
     ollama.settings.latency = 0.5
-    async with serve(credits_config(ollama_url=ollama.url, database_url=db_url), plugins=[Plugin()]) as served:
+    async with serve(credits_config(ollama_url=ollama.url, database_url=db_url), plugins=[TokenAuth()]) as served:
         plugin = served.gateway.plugin("credits")
         await plugin.grant(account_id=4, amount_milli=worst - 1, kind="grant", reference="short")
         async with post(served, body, 4, tier) as r:
@@ -158,7 +154,7 @@ async def test_a_cloud_model_is_held_and_charged_at_2x(db_url: str, ollama: Any,
 
     body = chat_body("deepseek-v3.1:671b-cloud", max_tokens=10)
     config = base_config(ollama_url=ollama.url, cloud_url=cloud.url, database_url=db_url, plugins=[{"name": "credits"}])
-    async with serve(config, plugins=[Plugin()]) as served:
+    async with serve(config, plugins=[TokenAuth()]) as served:
         plugin = served.gateway.plugin("credits")
         await plugin.grant(account_id=5, amount_milli=(len(body) + 10) * 2, kind="grant", reference="seed")
         async with post(served, body, 5, "pro") as r:
@@ -171,9 +167,9 @@ async def test_a_cloud_model_is_held_and_charged_at_2x(db_url: str, ollama: Any,
 
 
 async def test_open_access_callers_are_not_billed(db_url: str, ollama: Any, serve: Any) -> None:
-    async with serve(credits_config(ollama_url=ollama.url, database_url=db_url), plugins=[Plugin()]) as served:
+    async with serve(credits_config(ollama_url=ollama.url, database_url=db_url), plugins=[TokenAuth()]) as served:
         async with served.request(
-            "POST", "/v1/chat/completions", data=chat_body(), headers={**JSON, "Authorization": "Bearer open"}
+            "POST", "/v1/chat/completions", data=chat_body(), headers={**JSON, **bearer(None)}
         ) as r:
             assert r.status == 200
         assert await table_rows(served.gateway, "usage") == []
@@ -188,7 +184,7 @@ async def test_a_database_that_fails_while_holding_answers_503_and_nothing_runs_
     import pymysql
     import sqlalchemy as sa
 
-    async with serve(credits_config(ollama_url=ollama.url, database_url=db_url), plugins=[Plugin()]) as served:
+    async with serve(credits_config(ollama_url=ollama.url, database_url=db_url), plugins=[TokenAuth()]) as served:
         plugin = served.gateway.plugin("credits")
         await plugin.grant(account_id=3, amount_milli=1_000_000, kind="grant", reference="seed-3")
 

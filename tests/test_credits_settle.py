@@ -16,16 +16,10 @@ import pytest
 from edge.context import RequestContext
 from edge.hookspecs import hookimpl
 from plugins.credits.rows import utcnow
-from tests.credits_test_plugins import (
-    Plugin,
-    Settled,
-    bearer,
-    chat_body,
-    credits_config,
-    estimated_prompt,
-    table_rows,
-    until_settled,
-)
+from tests.support.auth import TokenAuth, bearer
+from tests.support.bodies import chat_body, estimated_prompt
+from tests.support.credits import credits_config, table_rows, until_settled
+from tests.support.recorder import Recorder
 
 TEXT = "مرحبا، hello"
 # Cases that run both with a transaction per hold and settlement, and with leases (given back after 50 ms).
@@ -39,7 +33,7 @@ async def funded(
 ) -> AsyncIterator[Any]:
     """A served gateway with the credits plugin and START milli-credits granted to `account`."""
     config = credits_config(ollama_url=ollama.url, database_url=db_url, **settings)
-    async with serve(config, plugins=[Plugin(), *extra]) as served:
+    async with serve(config, plugins=[TokenAuth(), *extra]) as served:
         await served.gateway.plugin("credits").grant(
             account_id=account, amount_milli=START, kind="grant", reference=f"seed-{account}"
         )
@@ -220,13 +214,13 @@ async def test_embeddings_are_charged_for_their_input_tokens(db_url: str, ollama
 async def test_settle_is_idempotent_however_often_and_concurrently_it_runs(
     db_url: str, ollama: Any, serve: Any, leases: dict[str, int]
 ) -> None:
-    settled = Settled()
+    settled = Recorder()
     async with funded(serve, db_url, ollama, settled, **leases) as served:
         plugin = served.gateway.plugin("credits")
         async with post(served, chat_body()) as r:
             assert r.status == 200
         first, _ = await check_books(served)
-        done = settled.contexts[0]
+        done = settled.settled[0]
         await asyncio.gather(*(plugin.resayil_settle(ctx=done) for _ in range(5)))
         assert await table_rows(served.gateway, "usage") == [first]
         # A fresh hold settled five times at once: charged once, one usage row.
@@ -261,7 +255,7 @@ async def test_a_charge_beyond_the_hold_takes_only_what_is_free_and_never_goes_b
 ) -> None:
     body = chat_body()
     config = credits_config(ollama_url=ollama.url, database_url=db_url, **leases)
-    async with serve(config, plugins=[Plugin(), CostlyRoute()]) as served:
+    async with serve(config, plugins=[TokenAuth(), CostlyRoute()]) as served:
         plugin = served.gateway.plugin("credits")
         await plugin.grant(account_id=2, amount_milli=len(body) + 64 + 5, kind="grant", reference="seed")
         async with post(served, body, 2) as r:

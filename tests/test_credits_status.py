@@ -11,7 +11,9 @@ import pytest
 from edge.context import RequestContext
 from edge.errors import GatewayError, PaymentRequired, ServiceUnavailable
 from edge.hookspecs import hookimpl
-from tests.credits_test_plugins import Plugin, bearer, chat_body, credits_config, table_rows, until_settled
+from tests.support.auth import TokenAuth, bearer
+from tests.support.bodies import chat_body
+from tests.support.credits import credits_config, table_rows, until_settled
 
 START = 1_000_000
 LEASES = pytest.mark.parametrize("leases", [{}, {"lease_requests": 32, "lease_idle_ms": 50}], ids=["holds", "leases"])
@@ -34,7 +36,7 @@ class RefuseAfterHold:
 async def served_row(serve: Any, db_url: str, ollama: Any, *extra: object, **leases: Any) -> tuple[int, dict[str, Any]]:
     """(the status the client got, the request's one usage row)."""
     config = credits_config(ollama_url=ollama.url, database_url=db_url, **leases)
-    async with serve(config, plugins=[Plugin(), *extra]) as served:
+    async with serve(config, plugins=[TokenAuth(), *extra]) as served:
         await served.gateway.plugin("credits").grant(account_id=1, amount_milli=START, kind="grant", reference="seed")
         async with served.request(
             "POST", "/v1/chat/completions", data=chat_body(), headers={"content-type": "application/json", **bearer(1)}

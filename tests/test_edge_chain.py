@@ -14,7 +14,9 @@ from edge.errors import Forbidden, GatewayError
 from edge.hookspecs import hookimpl
 from edge.settings import ConfigError
 from tests.conftest import base_config
-from tests.edge_helpers import CHAT, Recorder, StaticAuth, auth_headers
+from tests.support.auth import TokenAuth, bearer
+from tests.support.bodies import CHAT
+from tests.support.recorder import Recorder
 
 
 @pytest.fixture
@@ -47,24 +49,24 @@ class LastAuthorize:
 async def test_authorize_runs_in_order_and_stops_at_the_first_veto(serve: Any, cfg: dict[str, Any]) -> None:
     log: list[str] = []
     # Extras registered later run first, as configured plugins listed first do; trylast runs after all.
-    plugins = [StaticAuth(), LastAuthorize(log), Named("second", log, veto=True), Named("first", log)]
+    plugins = [TokenAuth(), LastAuthorize(log), Named("second", log, veto=True), Named("first", log)]
     async with serve(cfg, plugins=plugins) as gw:
-        async with gw.request("POST", "/v1/chat/completions", json=CHAT, headers=auth_headers()) as r:
+        async with gw.request("POST", "/v1/chat/completions", json=CHAT, headers=bearer(1, "pro")) as r:
             assert r.status == 403
             assert (await r.json())["error"]["code"] == "vetoed"
     assert log == ["first", "second"]
     log.clear()
-    async with serve(cfg, plugins=[StaticAuth(), LastAuthorize(log), Named("b", log), Named("a", log)]) as gw:
-        async with gw.request("POST", "/v1/chat/completions", json=CHAT, headers=auth_headers()) as r:
+    async with serve(cfg, plugins=[TokenAuth(), LastAuthorize(log), Named("b", log), Named("a", log)]) as gw:
+        async with gw.request("POST", "/v1/chat/completions", json=CHAT, headers=bearer(1, "pro")) as r:
             assert r.status == 200
     assert log == ["a", "b", "last"]
 
 
 async def test_configured_plugins_run_in_the_order_listed(cfg: dict[str, Any]) -> None:
     cfg["plugins"] = [
-        {"name": "one", "module": "tests.plugin_samples"},
-        {"name": "two", "module": "tests.plugin_samples"},
-        {"name": "off", "module": "tests.plugin_samples", "enabled": False},
+        {"name": "one", "module": "tests.support.sample_plugin"},
+        {"name": "two", "module": "tests.support.sample_plugin"},
+        {"name": "off", "module": "tests.support.sample_plugin", "enabled": False},
     ]
     app = create_app(config_module.parse(cfg, env={}))
     assert app.gateway.chain.implementations("resayil_authorize") == ("one", "two")
@@ -87,8 +89,8 @@ async def test_first_authentication_result_wins(serve: Any, cfg: dict[str, Any])
         async def resayil_authenticate(self, ctx: RequestContext) -> Principal:
             raise AssertionError("a later implementation ran after a result")
 
-    async with serve(cfg, plugins=[Never(), StaticAuth(), Declines()]) as gw:
-        async with gw.request("GET", "/v1/models", headers=auth_headers()) as r:
+    async with serve(cfg, plugins=[Never(), TokenAuth(), Declines()]) as gw:
+        async with gw.request("GET", "/v1/models", headers=bearer(1, "pro")) as r:
             assert r.status == 200
     assert Declines.calls == 1
 
@@ -124,9 +126,9 @@ class Raises:
 
 
 async def test_settle_runs_once_when_a_later_reserve_refuses(serve: Any, cfg: dict[str, Any], ollama: Any) -> None:
-    recorder = Recorder(refuse_reserve=True)
-    async with serve(cfg, plugins=[StaticAuth(), recorder]) as gw:
-        async with gw.request("POST", "/v1/chat/completions", json=CHAT, headers=auth_headers()) as r:
+    recorder = Recorder(Recorder.Settings(refuse_reserve=True))
+    async with serve(cfg, plugins=[TokenAuth(), recorder]) as gw:
+        async with gw.request("POST", "/v1/chat/completions", json=CHAT, headers=bearer(1, "pro")) as r:
             assert r.status == 402
             assert r.headers["x-should-retry"] == "false"
     assert list(recorder.settle_counts().values()) == [1]
@@ -136,19 +138,19 @@ async def test_settle_runs_once_when_a_later_reserve_refuses(serve: Any, cfg: di
 
 async def test_settle_runs_once_when_routing_refuses(serve: Any, cfg: dict[str, Any]) -> None:
     recorder = Recorder()
-    async with serve(cfg, plugins=[StaticAuth(), recorder, Raises("route")]) as gw:
-        async with gw.request("POST", "/v1/chat/completions", json=CHAT, headers=auth_headers()) as r:
+    async with serve(cfg, plugins=[TokenAuth(), recorder, Raises("route")]) as gw:
+        async with gw.request("POST", "/v1/chat/completions", json=CHAT, headers=bearer(1, "pro")) as r:
             assert r.status == 503
     assert list(recorder.settle_counts().values()) == [1]
 
 
 async def test_settle_runs_once_per_request_under_concurrency(serve: Any, cfg: dict[str, Any]) -> None:
     recorder = Recorder()
-    async with serve(cfg, plugins=[StaticAuth(), recorder]) as gw:
+    async with serve(cfg, plugins=[TokenAuth(), recorder]) as gw:
 
         async def one(i: int) -> int:
             body = {**CHAT, "stream": i % 2 == 0}
-            async with gw.request("POST", "/v1/chat/completions", json=body, headers=auth_headers()) as r:
+            async with gw.request("POST", "/v1/chat/completions", json=body, headers=bearer(1, "pro")) as r:
                 await r.read()
                 return r.status
 
@@ -179,11 +181,11 @@ async def test_settle_finishes_even_when_the_request_task_is_cancelled(
 
     ollama.settings.chunks = 100
     ollama.settings.chunk_interval = 0.02
-    async with serve(cfg, plugins=[StaticAuth(), SlowSettle()]) as gw:
+    async with serve(cfg, plugins=[TokenAuth(), SlowSettle()]) as gw:
         r = await gw.http.post(
             gw.url + "/v1/chat/completions",
             json={**CHAT, "stream": True},
-            headers=auth_headers(**{"X-Request-Id": "cancel-me"}),
+            headers={**bearer(1, "pro"), **{"X-Request-Id": "cancel-me"}},
         )
         await r.content.readany()
         r.close()
@@ -194,14 +196,14 @@ async def test_settle_finishes_even_when_the_request_task_is_cancelled(
 
 async def test_settle_does_not_run_when_reserve_never_started(serve: Any, cfg: dict[str, Any]) -> None:
     recorder = Recorder()
-    async with serve(cfg, plugins=[StaticAuth(), recorder]) as gw:
+    async with serve(cfg, plugins=[TokenAuth(), recorder]) as gw:
         async with gw.request("POST", "/v1/chat/completions", json=CHAT) as r:
             assert r.status == 401
         async with gw.request(
             "POST",
             "/v1/chat/completions",
             json={"model": "nope", "messages": CHAT["messages"]},
-            headers=auth_headers(),
+            headers=bearer(1, "pro"),
         ) as r:
             assert r.status == 404
     assert recorder.reserved == [] and recorder.settled == []
@@ -218,8 +220,8 @@ async def test_settle_failures_are_collected_and_the_others_still_run(
             raise RuntimeError("settle exploded")
 
     recorder = Recorder()
-    async with serve(cfg, plugins=[StaticAuth(), recorder, Broken()]) as gw:
-        async with gw.request("POST", "/v1/chat/completions", json=CHAT, headers=auth_headers()) as r:
+    async with serve(cfg, plugins=[TokenAuth(), recorder, Broken()]) as gw:
+        async with gw.request("POST", "/v1/chat/completions", json=CHAT, headers=bearer(1, "pro")) as r:
             assert r.status == 200
     assert len(recorder.settled) == 1
     assert any("broken" in r.getMessage() for r in caplog.records)
@@ -233,8 +235,8 @@ async def test_an_unexpected_plugin_error_is_a_json_500_without_a_traceback(serv
         async def resayil_authorize(self, ctx: RequestContext) -> None:
             raise KeyError("internal detail")
 
-    async with serve(cfg, plugins=[StaticAuth(), Buggy()]) as gw:
-        async with gw.request("POST", "/v1/chat/completions", json=CHAT, headers=auth_headers()) as r:
+    async with serve(cfg, plugins=[TokenAuth(), Buggy()]) as gw:
+        async with gw.request("POST", "/v1/chat/completions", json=CHAT, headers=bearer(1, "pro")) as r:
             assert r.status == 500
             text = await r.text()
     assert '"type":"server_error"' in text

@@ -83,14 +83,16 @@ def test_example_config_defaults_and_environment() -> None:
         (lambda c: c.update(database_url="postgres://x"), "database_url: must start with"),
         (lambda c: c["plugins"].append({"name": "nope"}), "plugins.nope: no plugin module 'plugins.nope'"),
         (
-            lambda c: c["plugins"].append({"name": "s", "module": "tests.plugin_samples", "settings": {"colour": 1}}),
+            lambda c: c["plugins"].append(
+                {"name": "s", "module": "tests.support.sample_plugin", "settings": {"colour": 1}}
+            ),
             "plugins.s.settings.colour: unknown key",
         ),
         (
             lambda c: c["plugins"].append(
                 {
                     "name": "n",
-                    "module": "tests.plugin_needs_secret",
+                    "module": "tests.support.secret_plugin",
                     "settings": {"api_token": "${RESAYIL_TEST_TOKEN}"},
                 }
             ),
@@ -116,7 +118,7 @@ def test_secret_from_the_environment_is_accepted_and_never_printed(tmp_path: Pat
     cfg["plugins"].append(
         {
             "name": "n",
-            "module": "tests.plugin_needs_secret",
+            "module": "tests.support.secret_plugin",
             "settings": {"api_token": "${RESAYIL_TEST_TOKEN}"},
         }
     )

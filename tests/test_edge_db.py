@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from edge import migrate
 from edge.db import Database, redact
 from tests.conftest import all_version_locations, base_config
-from tests.edge_helpers import StaticAuth
+from tests.support.auth import TokenAuth
 
 scratch = sa.Table(
     "edge_scratch", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True), sa.Column("note", sa.String(64))
@@ -45,7 +45,7 @@ def test_migrations_reach_every_head(db_url: str) -> None:
 
 async def test_readyz_reports_the_database(serve: Any, ollama: Any, db_url: str) -> None:
     cfg = base_config(ollama_url=ollama.url, database_url=db_url)
-    async with serve(cfg, plugins=[StaticAuth()]) as gw, gw.request("GET", "/readyz") as r:
+    async with serve(cfg, plugins=[TokenAuth()]) as gw, gw.request("GET", "/readyz") as r:
         body = await r.json()
     assert r.status == 200
     assert body["parts"]["database"] == {"ok": True, "dialect": "sqlite" if "sqlite" in db_url else "mysql"}

@@ -11,7 +11,9 @@ import pytest
 from edge.context import RequestContext
 from edge.hookspecs import hookimpl
 from tests.conftest import base_config
-from tests.edge_helpers import CHAT, Recorder, StaticAuth, auth_headers
+from tests.support.auth import TokenAuth, bearer
+from tests.support.bodies import CHAT
+from tests.support.recorder import Recorder
 
 
 @pytest.fixture
@@ -20,7 +22,7 @@ def cfg(ollama: Any, sqlite_url: str) -> dict[str, Any]:
 
 
 async def call(gw: Any, method: str, path: str, **kwargs: Any) -> tuple[int, dict[str, Any], Any]:
-    kwargs.setdefault("headers", auth_headers())
+    kwargs.setdefault("headers", bearer(1, "pro"))
     async with gw.request(method, path, **kwargs) as r:
         assert r.headers["content-type"].startswith("application/json"), await r.text()
         assert r.headers["x-request-id"]
@@ -58,7 +60,7 @@ async def test_bad_chat_bodies_are_400_with_param(
     serve: Any, cfg: dict[str, Any], body: bytes, param: str | None, code: str
 ) -> None:
     recorder = Recorder()
-    async with serve(cfg, plugins=[StaticAuth(), recorder]) as gw:
+    async with serve(cfg, plugins=[TokenAuth(), recorder]) as gw:
         status, data, headers = await call(gw, "POST", "/v1/chat/completions", data=body)
     assert status == 400
     assert data["error"]["type"] == "invalid_request_error"
@@ -68,7 +70,7 @@ async def test_bad_chat_bodies_are_400_with_param(
 
 
 async def test_bad_embeddings_input_is_400(serve: Any, cfg: dict[str, Any]) -> None:
-    async with serve(cfg, plugins=[StaticAuth()]) as gw:
+    async with serve(cfg, plugins=[TokenAuth()]) as gw:
         status, data, _ = await call(
             gw, "POST", "/v1/embeddings", json={"model": "qwen3-embedding:0.6b", "input": {"x": 1}}
         )
@@ -82,7 +84,7 @@ async def test_body_over_the_limit_is_413_announced_or_streamed(serve: Any, cfg:
         for i in range(0, len(big), 1000):
             yield big[i : i + 1000]
 
-    async with serve(cfg, plugins=[StaticAuth()]) as gw:
+    async with serve(cfg, plugins=[TokenAuth()]) as gw:
         status, data, _ = await call(gw, "POST", "/v1/chat/completions", data=big)
         assert (status, data["error"]["code"]) == (413, "request_too_large")
         status, data, _ = await call(gw, "POST", "/v1/chat/completions", data=chunked())
@@ -90,7 +92,7 @@ async def test_body_over_the_limit_is_413_announced_or_streamed(serve: Any, cfg:
 
 
 async def test_unknown_path_is_404_and_wrong_method_405(serve: Any, cfg: dict[str, Any]) -> None:
-    async with serve(cfg, plugins=[StaticAuth()]) as gw:
+    async with serve(cfg, plugins=[TokenAuth()]) as gw:
         status, data, _ = await call(gw, "POST", "/v1/completions-nope", json=CHAT)
         assert (status, data["error"]["code"]) == (404, "unknown_url")
         status, data, headers = await call(gw, "GET", "/v1/chat/completions")
@@ -127,7 +129,7 @@ async def test_open_access_serves_without_a_key_and_warns(
 
 
 async def test_wrong_key_is_401_before_the_body_is_judged(serve: Any, cfg: dict[str, Any]) -> None:
-    async with serve(cfg, plugins=[StaticAuth()]) as gw:
+    async with serve(cfg, plugins=[TokenAuth()]) as gw:
         status, data, _ = await call(
             gw, "POST", "/v1/chat/completions", data=b"{bad", headers={"Authorization": "Bearer wrong"}
         )
@@ -135,19 +137,19 @@ async def test_wrong_key_is_401_before_the_body_is_judged(serve: Any, cfg: dict[
 
 
 async def test_request_id_is_echoed_when_sane_and_generated_otherwise(serve: Any, cfg: dict[str, Any]) -> None:
-    async with serve(cfg, plugins=[StaticAuth()]) as gw:
+    async with serve(cfg, plugins=[TokenAuth()]) as gw:
         async with gw.request(
             "POST",
             "/v1/chat/completions",
             json=CHAT,
-            headers=auth_headers(**{"X-Request-Id": "client-abc.123"}),
+            headers={**bearer(1, "pro"), **{"X-Request-Id": "client-abc.123"}},
         ) as r:
             assert r.status == 200 and r.headers["x-request-id"] == "client-abc.123"
         async with gw.request(
             "POST",
             "/v1/chat/completions",
             json=CHAT,
-            headers=auth_headers(**{"X-Request-Id": "bad id\twith<html>"}),
+            headers={**bearer(1, "pro"), **{"X-Request-Id": "bad id\twith<html>"}},
         ) as r:
             assert r.headers["x-request-id"].startswith("req_")
         async with gw.request("GET", "/healthz") as r:
@@ -161,12 +163,12 @@ async def test_one_json_log_line_per_request_without_secrets_or_content(
     secret_text = "my secret prompt text"
     body = {**CHAT, "messages": [{"role": "user", "content": secret_text}]}
     with caplog.at_level(logging.INFO, logger="resayil.access"):
-        async with serve(cfg, plugins=[StaticAuth()]) as gw:
+        async with serve(cfg, plugins=[TokenAuth()]) as gw:
             async with gw.request(
                 "POST",
                 "/v1/chat/completions",
                 json=body,
-                headers=auth_headers(**{"X-Request-Id": "log-check-1"}),
+                headers={**bearer(1, "pro"), **{"X-Request-Id": "log-check-1"}},
             ) as r:
                 assert r.status == 200
     lines = [r for r in caplog.records if r.name == "resayil.access"]
@@ -205,11 +207,11 @@ async def test_client_address_comes_from_a_trusted_proxy_only(serve: Any, cfg: d
             seen.append(ctx.client_ip)
 
     spoof = {"X-Forwarded-For": "6.6.6.6, 203.0.113.9"}
-    async with serve(cfg, plugins=[StaticAuth(), Watch()]) as gw:
-        await call(gw, "GET", "/v1/models", headers=auth_headers(**spoof))
+    async with serve(cfg, plugins=[TokenAuth(), Watch()]) as gw:
+        await call(gw, "GET", "/v1/models", headers={**bearer(1, "pro"), **spoof})
     cfg["server"]["trusted_proxies"] = ["127.0.0.0/8"]
-    async with serve(cfg, plugins=[StaticAuth(), Watch()]) as gw:
-        await call(gw, "GET", "/v1/models", headers=auth_headers(**spoof))
-        await call(gw, "GET", "/v1/models", headers=auth_headers(**{"X-Forwarded-For": "not-an-ip"}))
+    async with serve(cfg, plugins=[TokenAuth(), Watch()]) as gw:
+        await call(gw, "GET", "/v1/models", headers={**bearer(1, "pro"), **spoof})
+        await call(gw, "GET", "/v1/models", headers={**bearer(1, "pro"), **{"X-Forwarded-For": "not-an-ip"}})
     # Untrusted peer: the header is ignored. Trusted: the right-most hop it did not add itself.
     assert seen == ["127.0.0.1", "203.0.113.9", "127.0.0.1"]

@@ -29,7 +29,7 @@ from edge.joblock import JobLock
 from edge.jobs import Job, JobRunner
 from edge.settings import ConfigError
 from tests.conftest import ROOT, base_config
-from tests.jobs_test_plugins import BLOCK_KEY, RUNS_KEY
+from tests.support.jobs import BLOCK_KEY, RUNS_KEY
 
 KUWAIT = ZoneInfo("Asia/Kuwait")
 
@@ -263,7 +263,7 @@ def cli(tmp_path: Path, redis_url: str, *args: str, **settings: Any) -> subproce
         redis_url=redis_url,
         plugins=[
             {"name": "credits"},
-            {"name": "jobs_test", "module": "tests.jobs_test_plugins", "settings": settings},
+            {"name": "jobs_test", "module": "tests.support.jobs", "settings": settings},
         ],
     )
     path = tmp_path / "gateway.yaml"
@@ -359,7 +359,7 @@ async def test_a_single_job_runs_once_per_due_run_across_processes_and_another_t
         ollama_url="http://127.0.0.1:9",
         database_url=mariadb_database,
         redis_url=redis_url,
-        plugins=[{"name": "jobs_test", "module": "tests.jobs_test_plugins", "settings": {"every_seconds": 1}}],
+        plugins=[{"name": "jobs_test", "module": "tests.support.jobs", "settings": {"every_seconds": 1}}],
     )
     config["server"]["log_level"] = "warning"
     path = tmp_path / "gateway.yaml"

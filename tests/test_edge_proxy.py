@@ -10,7 +10,9 @@ import orjson
 import pytest
 
 from tests.conftest import base_config
-from tests.edge_helpers import CHAT, Recorder, StaticAuth, auth_headers
+from tests.support.auth import TokenAuth, bearer
+from tests.support.bodies import CHAT
+from tests.support.recorder import Recorder
 
 
 @pytest.fixture
@@ -30,12 +32,12 @@ def sse_events(text: str) -> list[Any]:
 async def test_chat_is_relayed_with_every_field_kept(serve: Any, cfg: dict[str, Any], ollama: Any) -> None:
     body = {**CHAT, "temperature": 0.2, "max_tokens": 3, "seed": 7, "user": "u-1"}
     raw = orjson.dumps(body)
-    async with serve(cfg, plugins=[StaticAuth()]) as gw:
+    async with serve(cfg, plugins=[TokenAuth()]) as gw:
         async with gw.request(
             "POST",
             "/v1/chat/completions",
             data=raw,
-            headers=auth_headers(**{"Content-Type": "application/json"}),
+            headers={**bearer(1, "pro"), **{"Content-Type": "application/json"}},
         ) as r:
             assert r.status == 200
             data = await r.json()
@@ -52,9 +54,9 @@ async def test_stream_strips_the_usage_chunk_the_client_did_not_ask_for(
     serve: Any, cfg: dict[str, Any], ollama: Any
 ) -> None:
     recorder = Recorder()
-    async with serve(cfg, plugins=[StaticAuth(), recorder]) as gw:
+    async with serve(cfg, plugins=[TokenAuth(), recorder]) as gw:
         async with gw.request(
-            "POST", "/v1/chat/completions", json={**CHAT, "stream": True}, headers=auth_headers()
+            "POST", "/v1/chat/completions", json={**CHAT, "stream": True}, headers=bearer(1, "pro")
         ) as r:
             assert r.status == 200
             assert r.headers["content-type"].startswith("text/event-stream")
@@ -76,10 +78,10 @@ async def test_streams_and_answers_one_after_another_reuse_one_upstream_connecti
     """After `[DONE]` the end of the upstream's chunked body is read, so its kept-alive connection goes back
     to the pool instead of being closed: every stream would otherwise open a new connection to Ollama."""
     ollama.settings.end_delay = 0.02  # the body's end arrives after `[DONE]`, as from Ollama's Go server
-    async with serve(cfg, plugins=[StaticAuth()]) as gw:
+    async with serve(cfg, plugins=[TokenAuth()]) as gw:
         for stream in (True, True, False, True):
             async with gw.request(
-                "POST", "/v1/chat/completions", json={**CHAT, "stream": stream}, headers=auth_headers()
+                "POST", "/v1/chat/completions", json={**CHAT, "stream": stream}, headers=bearer(1, "pro")
             ) as r:
                 assert r.status == 200
                 await r.read()
@@ -91,8 +93,8 @@ async def test_streams_and_answers_one_after_another_reuse_one_upstream_connecti
 
 async def test_stream_keeps_the_usage_chunk_when_asked(serve: Any, cfg: dict[str, Any]) -> None:
     body = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
-    async with serve(cfg, plugins=[StaticAuth()]) as gw:
-        async with gw.request("POST", "/v1/chat/completions", json=body, headers=auth_headers()) as r:
+    async with serve(cfg, plugins=[TokenAuth()]) as gw:
+        async with gw.request("POST", "/v1/chat/completions", json=body, headers=bearer(1, "pro")) as r:
             events = sse_events(await r.text())
     usage_chunk = events[-2]
     assert usage_chunk["choices"] == [] and usage_chunk["usage"]["completion_tokens"] == 5
@@ -101,10 +103,10 @@ async def test_stream_keeps_the_usage_chunk_when_asked(serve: Any, cfg: dict[str
 async def test_stream_is_relayed_as_it_arrives_not_buffered(serve: Any, cfg: dict[str, Any], ollama: Any) -> None:
     ollama.settings.chunks = 4
     ollama.settings.chunk_interval = 0.25
-    async with serve(cfg, plugins=[StaticAuth()]) as gw:
+    async with serve(cfg, plugins=[TokenAuth()]) as gw:
         started = time.perf_counter()
         async with gw.request(
-            "POST", "/v1/chat/completions", json={**CHAT, "stream": True}, headers=auth_headers()
+            "POST", "/v1/chat/completions", json={**CHAT, "stream": True}, headers=bearer(1, "pro")
         ) as r:
             first = await r.content.readuntil(b"\n\n")
             first_at = time.perf_counter() - started
@@ -117,12 +119,12 @@ async def test_stream_is_relayed_as_it_arrives_not_buffered(serve: Any, cfg: dic
 
 async def test_embeddings_are_relayed(serve: Any, cfg: dict[str, Any]) -> None:
     recorder = Recorder()
-    async with serve(cfg, plugins=[StaticAuth(), recorder]) as gw:
+    async with serve(cfg, plugins=[TokenAuth(), recorder]) as gw:
         async with gw.request(
             "POST",
             "/v1/embeddings",
             json={"model": "qwen3-embedding:0.6b", "input": ["a", "بيت"]},
-            headers=auth_headers(),
+            headers=bearer(1, "pro"),
         ) as r:
             assert r.status == 200
             data = await r.json()
@@ -131,9 +133,9 @@ async def test_embeddings_are_relayed(serve: Any, cfg: dict[str, Any]) -> None:
 
 
 async def test_a_chat_model_is_not_an_embedding_model(serve: Any, cfg: dict[str, Any]) -> None:
-    async with serve(cfg, plugins=[StaticAuth()]) as gw:
+    async with serve(cfg, plugins=[TokenAuth()]) as gw:
         async with gw.request(
-            "POST", "/v1/embeddings", json={"model": "llama3.2:3b", "input": "x"}, headers=auth_headers()
+            "POST", "/v1/embeddings", json={"model": "llama3.2:3b", "input": "x"}, headers=bearer(1, "pro")
         ) as r:
             assert r.status == 404
             assert (await r.json())["error"]["code"] == "model_not_found"
@@ -141,17 +143,17 @@ async def test_a_chat_model_is_not_an_embedding_model(serve: Any, cfg: dict[str,
 
 async def test_models_lists_the_catalogue_without_hidden_models(serve: Any, cfg: dict[str, Any]) -> None:
     cfg["models"].append({"name": "bge-m3", "upstream": "ollama", "class": "embedding"})
-    async with serve(cfg, plugins=[StaticAuth()]) as gw:
-        async with gw.request("GET", "/v1/models", headers=auth_headers()) as r:
+    async with serve(cfg, plugins=[TokenAuth()]) as gw:
+        async with gw.request("GET", "/v1/models", headers=bearer(1, "pro")) as r:
             assert r.status == 200
             data = await r.json()
         async with gw.request(
-            "POST", "/v1/embeddings", json={"model": "bge-m3", "input": "x"}, headers=auth_headers()
+            "POST", "/v1/embeddings", json={"model": "bge-m3", "input": "x"}, headers=bearer(1, "pro")
         ) as r:
             hidden = await r.json()
             assert r.status == 404
         async with gw.request(
-            "POST", "/v1/embeddings", json={"model": "no-such", "input": "x"}, headers=auth_headers()
+            "POST", "/v1/embeddings", json={"model": "no-such", "input": "x"}, headers=bearer(1, "pro")
         ) as r:
             unknown = await r.json()
     ids = [m["id"] for m in data["data"]]
@@ -195,8 +197,8 @@ async def test_upstream_errors_are_retyped_by_status(
     ollama.settings.fail_status = status
     ollama.settings.fail_body = body
     recorder = Recorder()
-    async with serve(cfg, plugins=[StaticAuth(), recorder]) as gw:
-        async with gw.request("POST", "/v1/chat/completions", json=CHAT, headers=auth_headers()) as r:
+    async with serve(cfg, plugins=[TokenAuth(), recorder]) as gw:
+        async with gw.request("POST", "/v1/chat/completions", json=CHAT, headers=bearer(1, "pro")) as r:
             assert r.status == want_status
             assert r.headers["content-type"] == "application/json"
             error = (await r.json())["error"]
@@ -210,8 +212,8 @@ async def test_upstream_errors_are_retyped_by_status(
 
 async def test_unreachable_upstream_is_502(serve: Any, sqlite_url: str) -> None:
     cfg = base_config(ollama_url="http://127.0.0.1:9", database_url=sqlite_url)
-    async with serve(cfg, plugins=[StaticAuth()]) as gw:
-        async with gw.request("POST", "/v1/chat/completions", json=CHAT, headers=auth_headers()) as r:
+    async with serve(cfg, plugins=[TokenAuth()]) as gw:
+        async with gw.request("POST", "/v1/chat/completions", json=CHAT, headers=bearer(1, "pro")) as r:
             assert r.status == 502
             assert (await r.json())["error"]["code"] == "upstream_unreachable"
 
@@ -220,9 +222,9 @@ async def test_first_byte_timeout_is_504(serve: Any, cfg: dict[str, Any], ollama
     cfg["timeouts"]["first_byte"] = 0.3
     ollama.settings.latency = 2
     stream = {**CHAT, "stream": True}
-    async with serve(cfg, plugins=[StaticAuth()]) as gw:
+    async with serve(cfg, plugins=[TokenAuth()]) as gw:
         started = time.perf_counter()
-        async with gw.request("POST", "/v1/chat/completions", json=stream, headers=auth_headers()) as r:
+        async with gw.request("POST", "/v1/chat/completions", json=stream, headers=bearer(1, "pro")) as r:
             assert r.status == 504
             assert (await r.json())["error"]["code"] == "upstream_timeout"
             # The wait shows where it was: in the upstream's phase of `server-timing`, cut at the limit.
@@ -236,9 +238,9 @@ async def test_idle_timeout_mid_stream_ends_with_an_error_event(serve: Any, cfg:
     ollama.settings.chunks = 3
     ollama.settings.chunk_interval = 1.0
     recorder = Recorder()
-    async with serve(cfg, plugins=[StaticAuth(), recorder]) as gw:
+    async with serve(cfg, plugins=[TokenAuth(), recorder]) as gw:
         async with gw.request(
-            "POST", "/v1/chat/completions", json={**CHAT, "stream": True}, headers=auth_headers()
+            "POST", "/v1/chat/completions", json={**CHAT, "stream": True}, headers=bearer(1, "pro")
         ) as r:
             assert r.status == 200
             events = sse_events(await r.text())
@@ -254,9 +256,9 @@ async def test_upstream_cut_mid_stream_ends_with_an_error_event_and_settles_once
     ollama.settings.chunks = 6
     ollama.settings.abort_after = 2
     recorder = Recorder()
-    async with serve(cfg, plugins=[StaticAuth(), recorder]) as gw:
+    async with serve(cfg, plugins=[TokenAuth(), recorder]) as gw:
         async with gw.request(
-            "POST", "/v1/chat/completions", json={**CHAT, "stream": True}, headers=auth_headers()
+            "POST", "/v1/chat/completions", json={**CHAT, "stream": True}, headers=bearer(1, "pro")
         ) as r:
             assert r.status == 200
             events = sse_events(await r.text())
@@ -270,9 +272,9 @@ async def test_upstream_cut_mid_stream_ends_with_an_error_event_and_settles_once
 
 async def test_upstream_error_event_mid_stream_is_retyped(serve: Any, cfg: dict[str, Any], ollama: Any) -> None:
     ollama.settings.error_after = 1
-    async with serve(cfg, plugins=[StaticAuth()]) as gw:
+    async with serve(cfg, plugins=[TokenAuth()]) as gw:
         async with gw.request(
-            "POST", "/v1/chat/completions", json={**CHAT, "stream": True}, headers=auth_headers()
+            "POST", "/v1/chat/completions", json={**CHAT, "stream": True}, headers=bearer(1, "pro")
         ) as r:
             events = sse_events(await r.text())
     assert events[0]["choices"][0]["delta"]["content"] == "tok0 "
@@ -286,8 +288,8 @@ async def test_client_disconnect_mid_stream_settles_once_with_what_was_delivered
     ollama.settings.chunks = 50
     ollama.settings.chunk_interval = 0.05
     recorder = Recorder()
-    async with serve(cfg, plugins=[StaticAuth(), recorder]) as gw:
-        r = await gw.http.post(gw.url + "/v1/chat/completions", json={**CHAT, "stream": True}, headers=auth_headers())
+    async with serve(cfg, plugins=[TokenAuth(), recorder]) as gw:
+        r = await gw.http.post(gw.url + "/v1/chat/completions", json={**CHAT, "stream": True}, headers=bearer(1, "pro"))
         got = b""
         while got.count(b"\n\n") < 3:
             got += await r.content.readany()
@@ -310,9 +312,9 @@ async def test_stream_without_usage_is_counted_from_what_was_relayed(
     ollama.settings.missing_usage = True
     ollama.settings.chunks = 7
     recorder = Recorder()
-    async with serve(cfg, plugins=[StaticAuth(), recorder]) as gw:
+    async with serve(cfg, plugins=[TokenAuth(), recorder]) as gw:
         async with gw.request(
-            "POST", "/v1/chat/completions", json={**CHAT, "stream": True}, headers=auth_headers()
+            "POST", "/v1/chat/completions", json={**CHAT, "stream": True}, headers=bearer(1, "pro")
         ) as r:
             events = sse_events(await r.text())
     assert events[-1] == "[DONE]"
@@ -324,7 +326,7 @@ async def test_stream_without_usage_is_counted_from_what_was_relayed(
 async def test_the_gateway_never_asks_the_upstream_for_a_compressed_answer(
     serve: Any, cfg: dict[str, Any], ollama: Any
 ) -> None:
-    async with serve(cfg, plugins=[StaticAuth()]) as gw:
-        async with gw.request("POST", "/v1/chat/completions", json=CHAT, headers=auth_headers()) as r:
+    async with serve(cfg, plugins=[TokenAuth()]) as gw:
+        async with gw.request("POST", "/v1/chat/completions", json=CHAT, headers=bearer(1, "pro")) as r:
             assert r.status == 200
     assert "accept-encoding" not in ollama.served[-1]["headers"]

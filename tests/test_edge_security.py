@@ -13,8 +13,8 @@ from starlette.routing import BaseRoute, Route
 
 from edge.app import RequestId
 from edge.hookspecs import hookimpl
-from tests.auth_helpers import auth_plugin_entry
 from tests.conftest import base_config
+from tests.support.portal import auth_plugin_entry
 
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; "

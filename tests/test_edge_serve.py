@@ -8,8 +8,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.edge_helpers import CHAT
-from tests.servers import clean_env, gateway_process, until
+from tests.support.bodies import CHAT
+from tests.support.servers import clean_env, gateway_process, until
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,9 @@ from edge.context import RequestContext
 from edge.errors import TooManyRequests
 from edge.hookspecs import hookimpl
 from tests.conftest import base_config
-from tests.edge_helpers import CHAT, Recorder, StaticAuth, auth_headers
+from tests.support.auth import TokenAuth, bearer
+from tests.support.bodies import CHAT
+from tests.support.recorder import Recorder
 
 BILLED = ["read", "auth", "authorize", "reserve", "route", "upstream"]
 
@@ -54,10 +56,10 @@ class Slow:
 
 async def test_a_stream_reports_each_phase_before_its_first_byte(serve: Any, cfg: dict[str, Any], ollama: Any) -> None:
     ollama.settings.latency = 0.06  # the model's own time before it answers
-    async with serve(cfg, plugins=[StaticAuth(), Recorder(), Slow(route=0.04)]) as gw:
+    async with serve(cfg, plugins=[TokenAuth(), Recorder(), Slow(route=0.04)]) as gw:
         started = time.perf_counter()
         async with gw.request(
-            "POST", "/v1/chat/completions", json={**CHAT, "stream": True}, headers=auth_headers()
+            "POST", "/v1/chat/completions", json={**CHAT, "stream": True}, headers=bearer(1, "pro")
         ) as r:
             first_byte = time.perf_counter() - started
             assert r.status == 200
@@ -73,8 +75,8 @@ async def test_a_stream_reports_each_phase_before_its_first_byte(serve: Any, cfg
 
 
 async def test_a_whole_answer_reports_the_same_phases(serve: Any, cfg: dict[str, Any]) -> None:
-    async with serve(cfg, plugins=[StaticAuth(), Slow(authorize=0.03)]) as gw:
-        async with gw.request("POST", "/v1/chat/completions", json=CHAT, headers=auth_headers()) as r:
+    async with serve(cfg, plugins=[TokenAuth(), Slow(authorize=0.03)]) as gw:
+        async with gw.request("POST", "/v1/chat/completions", json=CHAT, headers=bearer(1, "pro")) as r:
             assert r.status == 200
             timing = dict(phases(r.headers["server-timing"]))
             assert (await r.json())["object"] == "chat.completion"
@@ -92,8 +94,8 @@ async def test_a_refusal_reports_the_phases_it_went_through(serve: Any, cfg: dic
                 "Rate limit reached for requests.", code="rate_limit_exceeded", headers={"retry-after": "7"}
             )
 
-    async with serve(cfg, plugins=[StaticAuth(), Limit()]) as gw:
-        async with gw.request("POST", "/v1/chat/completions", json=CHAT, headers=auth_headers()) as r:
+    async with serve(cfg, plugins=[TokenAuth(), Limit()]) as gw:
+        async with gw.request("POST", "/v1/chat/completions", json=CHAT, headers=bearer(1, "pro")) as r:
             assert r.status == 429
             assert r.headers["retry-after"] == "7"
             assert [name for name, _ in phases(r.headers["server-timing"])] == ["read", "auth"]
@@ -101,7 +103,7 @@ async def test_a_refusal_reports_the_phases_it_went_through(serve: Any, cfg: dic
         async with gw.request("POST", "/v1/chat/completions", json=CHAT) as r:
             assert r.status == 401
             assert [name for name, _ in phases(r.headers["server-timing"])] == ["read"]
-        async with gw.request("GET", "/v1/models", headers=auth_headers()) as r:
+        async with gw.request("GET", "/v1/models", headers=bearer(1, "pro")) as r:
             assert r.status == 429
             assert [name for name, _ in phases(r.headers["server-timing"])] == ["auth"]
 
@@ -125,8 +127,8 @@ async def test_a_retried_upstream_shows_both_attempts_and_the_log_adds_them_up(
     ollama.settings.fail_times = 1
     caplog.set_level(logging.INFO, logger="resayil.access")
     retry = RetryOnce()
-    async with serve(cfg, plugins=[StaticAuth(), retry]) as gw:
-        async with gw.request("POST", "/v1/chat/completions", json=CHAT, headers=auth_headers()) as r:
+    async with serve(cfg, plugins=[TokenAuth(), retry]) as gw:
+        async with gw.request("POST", "/v1/chat/completions", json=CHAT, headers=bearer(1, "pro")) as r:
             assert r.status == 200
             timing = phases(r.headers["server-timing"])
     assert retry.retried == 1

@@ -16,8 +16,9 @@ import orjson
 import pytest
 
 from tests.conftest import base_config
-from tests.credits_test_plugins import Plugin, bearer, chat_body, credits_config, table_rows, until_settled
-from tests.edge_helpers import StaticAuth, auth_headers
+from tests.support.auth import TokenAuth, bearer
+from tests.support.bodies import chat_body
+from tests.support.credits import credits_config, table_rows, until_settled
 
 JSON = {"content-type": "application/json"}
 
@@ -33,7 +34,7 @@ async def test_a_client_that_leaves_before_its_whole_answer_is_charged_its_bound
 ) -> None:
     ollama.settings.latency = 1.5  # the model works on it for 1.5 s before the whole answer exists
     body = chat_body("qwen2.5-coder:14b", max_tokens=200)
-    async with serve(credits_config(ollama_url=ollama.url, database_url=db_url), plugins=[Plugin()]) as served:
+    async with serve(credits_config(ollama_url=ollama.url, database_url=db_url), plugins=[TokenAuth()]) as served:
         credits = await funded(served, 21)
         with pytest.raises(asyncio.TimeoutError):
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.5)) as http:
@@ -56,7 +57,7 @@ async def test_a_client_that_leaves_while_queued_pays_nothing(sqlite_url: str, o
     config = credits_config(ollama_url=ollama.url, database_url=sqlite_url)
     config["upstreams"]["ollama"]["parallel"] = 1
     config["plugins"].append({"name": "failover", "settings": {}})
-    async with serve(config, plugins=[Plugin()]) as served:
+    async with serve(config, plugins=[TokenAuth()]) as served:
         credits = await funded(served, 22)
         url = served.url + "/v1/chat/completions"
         async with aiohttp.ClientSession() as first:
@@ -85,7 +86,7 @@ async def test_a_whole_answer_past_the_time_limit_is_a_504_charged_its_bound(
     config = credits_config(ollama_url=ollama.url, database_url=db_url)
     config["timeouts"].update(first_byte=0.2, total=0.6)
     body = chat_body(max_tokens=30)
-    async with serve(config, plugins=[Plugin()]) as served:
+    async with serve(config, plugins=[TokenAuth()]) as served:
         credits = await funded(served, 23)
         async with served.request("POST", "/v1/chat/completions", data=body, headers={**JSON, **bearer(23)}) as r:
             assert r.status == 504
@@ -103,7 +104,7 @@ async def test_a_whole_answer_may_take_longer_than_a_streams_first_byte(
     ollama.settings.latency = 0.5
     config = credits_config(ollama_url=ollama.url, database_url=sqlite_url)
     config["timeouts"].update(first_byte=0.2, total=5)
-    async with serve(config, plugins=[Plugin()]) as served:
+    async with serve(config, plugins=[TokenAuth()]) as served:
         await funded(served, 24)
         async with served.request(
             "POST", "/v1/chat/completions", data=chat_body(), headers={**JSON, **bearer(24)}
@@ -116,7 +117,7 @@ async def test_a_cut_streams_prompt_counts_the_tools_it_sent(sqlite_url: str, ol
     document = "نص طويل " * 2000  # 30,000 bytes of tool description the upstream reads as prompt
     tools = [{"type": "function", "function": {"name": "doc", "description": document, "parameters": {}}}]
     body = chat_body(stream=True, max_tokens=60, tools=tools)
-    async with serve(credits_config(ollama_url=ollama.url, database_url=sqlite_url), plugins=[Plugin()]) as served:
+    async with serve(credits_config(ollama_url=ollama.url, database_url=sqlite_url), plugins=[TokenAuth()]) as served:
         await funded(served, 25)
         async with aiohttp.ClientSession() as http:
             r = await http.post(served.url + "/v1/chat/completions", data=body, headers={**JSON, **bearer(25)})
@@ -147,7 +148,7 @@ async def test_bodies_the_gateway_cannot_carry_are_refused_before_any_hold(
     db_url: str, ollama: Any, serve: Any, raw: str, param: str | None, code: str
 ) -> None:
     path = "/v1/embeddings" if "embedding" in raw else "/v1/chat/completions"
-    async with serve(credits_config(ollama_url=ollama.url, database_url=db_url), plugins=[Plugin()]) as served:
+    async with serve(credits_config(ollama_url=ollama.url, database_url=db_url), plugins=[TokenAuth()]) as served:
         credits = await funded(served, 26)
         async with served.request("POST", path, data=raw.encode(), headers={**JSON, **bearer(26)}) as r:
             assert r.status == 400
@@ -159,8 +160,8 @@ async def test_bodies_the_gateway_cannot_carry_are_refused_before_any_hold(
 
 async def test_the_debug_template_switch_never_reaches_the_upstream(ollama: Any, sqlite_url: str, serve: Any) -> None:
     body = {"model": "llama3.2:3b", "messages": [{"role": "user", "content": "hi"}], "_debug_render_only": True}
-    async with serve(base_config(ollama_url=ollama.url, database_url=sqlite_url), plugins=[StaticAuth()]) as gw:
-        async with gw.request("POST", "/v1/chat/completions", data=orjson.dumps(body), headers=auth_headers()) as r:
+    async with serve(base_config(ollama_url=ollama.url, database_url=sqlite_url), plugins=[TokenAuth()]) as gw:
+        async with gw.request("POST", "/v1/chat/completions", data=orjson.dumps(body), headers=bearer(1, "pro")) as r:
             assert r.status == 200
     assert "_debug_render_only" not in ollama.served[-1]["body"]
 
@@ -180,19 +181,19 @@ async def test_leaving_a_cloud_answer_early_keeps_its_place_in_the_daily_cap(
     serve: Any, ollama: Any, cloud: Any, sqlite_url: str
 ) -> None:
     """The review's attack: six cloud requests, each abandoned after a moment, against a cap of 2."""
-    from tests.failover_test_plugins import CLOUD_MODEL, TierAuth, failover_config
+    from tests.support.failover import CLOUD_MODEL, as_tier, failover_config
 
     cloud.settings.latency = 1.0
     config = failover_config(
         ollama_url=ollama.url, cloud_url=cloud.url, database_url=sqlite_url, redis_url=None, cloud_daily_cap=2
     )
     body = orjson.dumps({"model": CLOUD_MODEL, "messages": [{"role": "user", "content": "a long essay"}]})
-    async with serve(config, plugins=[TierAuth()]) as served:
+    async with serve(config, plugins=[TokenAuth()]) as served:
         for _ in range(6):
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.3)) as http:
                 url = served.url + "/v1/chat/completions"
                 try:
-                    async with http.post(url, data=body, headers={**JSON, "Authorization": "Bearer pro"}) as r:
+                    async with http.post(url, data=body, headers={**JSON, **as_tier("pro")}) as r:
                         if r.status != 200:
                             assert (await r.json())["error"]["code"] == "cloud_budget_exhausted"
                 except TimeoutError:

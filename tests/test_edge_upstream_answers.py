@@ -13,14 +13,18 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.credits_test_plugins import Plugin, bearer, chat_body, credits_config, table_rows, until_settled
+from tests.support.auth import TokenAuth, bearer
+from tests.support.bodies import chat_body
+from tests.support.credits import credits_config, table_rows, until_settled
 
 JSON = {"content-type": "application/json"}
 INTERNAL = "llama runner process has terminated: error loading model /usr/share/ollama/.ollama/models/blobs/sha256-9f"
 
 
 def post(served: Any, body: bytes, account: int) -> Any:
-    return served.request("POST", "/v1/chat/completions", data=body, headers={**JSON, **bearer(account, "basic", "en")})
+    return served.request(
+        "POST", "/v1/chat/completions", data=body, headers={**JSON, **bearer(account, "basic", locale="en")}
+    )
 
 
 async def funded(served: Any, account: int, milli: int = 1_000_000) -> Any:
@@ -44,7 +48,7 @@ async def test_an_upstream_200_that_is_not_an_answer_is_a_502_and_costs_nothing(
     db_url: str, ollama: Any, serve: Any, answer: bytes, content_type: str, stream: bool
 ) -> None:
     ollama.settings.answer_body, ollama.settings.answer_type = answer, content_type
-    async with serve(credits_config(ollama_url=ollama.url, database_url=db_url), plugins=[Plugin()]) as served:
+    async with serve(credits_config(ollama_url=ollama.url, database_url=db_url), plugins=[TokenAuth()]) as served:
         credits = await funded(served, 11)
         async with post(served, chat_body(stream=stream), 11) as r:
             assert r.status == 502
@@ -64,7 +68,7 @@ async def test_a_stream_that_turns_malformed_ends_with_an_error_event(sqlite_url
     ollama.settings.answer_type = "text/event-stream"
     for tail in (b"data: {not json\n\n", b'data: {"choices":"x"}\n\n', b"data: 5\n\n", b""):
         ollama.settings.answer_body = first + tail
-        async with serve(credits_config(ollama_url=ollama.url, database_url=sqlite_url), plugins=[Plugin()]) as s:
+        async with serve(credits_config(ollama_url=ollama.url, database_url=sqlite_url), plugins=[TokenAuth()]) as s:
             await funded(s, 12)
             async with post(s, chat_body(stream=True), 12) as r:
                 assert r.status == 200
@@ -93,7 +97,7 @@ async def test_upstream_usage_is_bounded_by_what_the_request_could_use(
     ollama.settings.usage = usage
     body = chat_body("qwen2.5-coder:14b", max_tokens=20, stream=stream, stream_options={"include_usage": True})
     bound = len(body) + 20
-    async with serve(credits_config(ollama_url=ollama.url, database_url=db_url), plugins=[Plugin()]) as served:
+    async with serve(credits_config(ollama_url=ollama.url, database_url=db_url), plugins=[TokenAuth()]) as served:
         credits = await funded(served, 13, 700_000)
         with caplog.at_level(logging.WARNING, logger="resayil.usage"):
             async with post(served, body, 13) as r:
@@ -113,7 +117,7 @@ async def test_upstream_usage_is_bounded_by_what_the_request_could_use(
 
 
 async def test_another_accounts_bad_usage_does_not_touch_a_good_request(db_url: str, ollama: Any, serve: Any) -> None:
-    async with serve(credits_config(ollama_url=ollama.url, database_url=db_url), plugins=[Plugin()]) as served:
+    async with serve(credits_config(ollama_url=ollama.url, database_url=db_url), plugins=[TokenAuth()]) as served:
         credits = await funded(served, 14)
         await funded(served, 15)
         ollama.settings.usage = {"prompt_tokens": 1e30, "completion_tokens": 1e30}
@@ -137,7 +141,7 @@ async def test_upstream_internals_stay_in_the_log_and_the_row_keeps_the_status(
     db_url: str, ollama: Any, serve: Any, status: int, expected: int, code: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     ollama.settings.fail_status, ollama.settings.fail_body = status, INTERNAL
-    async with serve(credits_config(ollama_url=ollama.url, database_url=db_url), plugins=[Plugin()]) as served:
+    async with serve(credits_config(ollama_url=ollama.url, database_url=db_url), plugins=[TokenAuth()]) as served:
         await funded(served, 16)
         with caplog.at_level(logging.WARNING, logger="resayil.upstream"):
             async with post(served, chat_body(), 16) as r:
@@ -156,7 +160,7 @@ async def test_upstream_internals_stay_in_the_log_and_the_row_keeps_the_status(
 
 async def test_an_in_stream_upstream_error_is_told_without_its_text(sqlite_url: str, ollama: Any, serve: Any) -> None:
     ollama.settings.error_after = 2
-    async with serve(credits_config(ollama_url=ollama.url, database_url=sqlite_url), plugins=[Plugin()]) as served:
+    async with serve(credits_config(ollama_url=ollama.url, database_url=sqlite_url), plugins=[TokenAuth()]) as served:
         await funded(served, 17)
         async with post(served, chat_body(stream=True), 17) as r:
             text = await r.text()

@@ -16,7 +16,9 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.credits_test_plugins import Plugin, bearer, chat_body, credits_config, table_rows, until_settled
+from tests.support.auth import TokenAuth, bearer
+from tests.support.bodies import chat_body
+from tests.support.credits import credits_config, table_rows, until_settled
 from tests.test_credits_concurrency import gateway_processes, reconcile, setup
 
 JSON = {"content-type": "application/json"}
@@ -25,7 +27,7 @@ CHAT = "chat/completions"
 
 
 def post(served: Any, body: bytes, account: int, tier: str = "basic", path: str = "/v1/chat/completions") -> Any:
-    return served.request("POST", path, data=body, headers={**JSON, **bearer(account, tier, "en")})
+    return served.request("POST", path, data=body, headers={**JSON, **bearer(account, tier, locale="en")})
 
 
 async def test_max_completion_tokens_alone_caps_what_the_upstream_generates(
@@ -34,7 +36,7 @@ async def test_max_completion_tokens_alone_caps_what_the_upstream_generates(
     ollama.settings.chunks = 1500  # the upstream would generate 1,500 tokens if nothing capped it
     body = chat_body("qwen2.5-coder:14b", max_completion_tokens=64)
     hold = len(body) + 64
-    async with serve(credits_config(ollama_url=ollama.url, database_url=db_url), plugins=[Plugin()]) as served:
+    async with serve(credits_config(ollama_url=ollama.url, database_url=db_url), plugins=[TokenAuth()]) as served:
         credits = served.gateway.plugin("credits")
         await credits.grant(account_id=5, amount_milli=hold * 8, kind="grant", reference="seed-5")
 
@@ -84,7 +86,7 @@ AMBIGUOUS = [
 async def test_another_spelling_of_a_field_the_upstream_reads_is_refused(
     db_url: str, ollama: Any, serve: Any, endpoint: str, raw: str, key: str
 ) -> None:
-    async with serve(credits_config(ollama_url=ollama.url, database_url=db_url), plugins=[Plugin()]) as served:
+    async with serve(credits_config(ollama_url=ollama.url, database_url=db_url), plugins=[TokenAuth()]) as served:
         credits = served.gateway.plugin("credits")
         await credits.grant(account_id=6, amount_milli=1_000_000, kind="grant", reference="seed-6")
         async with post(served, raw.encode(), 6, path=f"/v1/{endpoint}") as r:
@@ -107,7 +109,7 @@ async def test_duplicate_keys_reach_the_upstream_once_as_checked_held_and_logged
         f'{{"model":"qwen3:30b","messages":{MESSAGES},"max_tokens":3000,'
         f'"model":"llama3.2:3b","max_tokens":10,"stream":true,"stream":false}}'
     ).encode()
-    async with serve(credits_config(ollama_url=ollama.url, database_url=db_url), plugins=[Plugin()]) as served:
+    async with serve(credits_config(ollama_url=ollama.url, database_url=db_url), plugins=[TokenAuth()]) as served:
         await served.gateway.plugin("credits").grant(account_id=7, amount_milli=100_000, kind="grant", reference="s")
         async with post(served, raw, 7) as r:
             assert r.status == 200
@@ -122,7 +124,7 @@ async def test_duplicate_keys_reach_the_upstream_once_as_checked_held_and_logged
 
 async def test_a_basic_user_cannot_reach_a_larger_model_by_spelling(db_url: str, ollama: Any, serve: Any) -> None:
     raw = f'{{"model":"llama3.2:3b","messages":{MESSAGES},"mOdel":"qwen3:30b"}}'.encode()
-    async with serve(credits_config(ollama_url=ollama.url, database_url=db_url), plugins=[Plugin()]) as served:
+    async with serve(credits_config(ollama_url=ollama.url, database_url=db_url), plugins=[TokenAuth()]) as served:
         await served.gateway.plugin("credits").grant(account_id=8, amount_milli=100_000, kind="grant", reference="s")
         async with post(served, raw, 8) as r:
             assert r.status == 400
@@ -145,7 +147,7 @@ async def test_booleans_and_numbers_are_strict(
     sqlite_url: str, ollama: Any, serve: Any, extra: dict[str, Any], param: str
 ) -> None:
     body = chat_body(**extra)
-    async with serve(credits_config(ollama_url=ollama.url, database_url=sqlite_url), plugins=[Plugin()]) as served:
+    async with serve(credits_config(ollama_url=ollama.url, database_url=sqlite_url), plugins=[TokenAuth()]) as served:
         await served.gateway.plugin("credits").grant(account_id=9, amount_milli=100_000, kind="grant", reference="s")
         async with post(served, body, 9) as r:
             assert r.status == 400
@@ -158,7 +160,7 @@ async def test_a_stream_without_include_usage_gets_no_usage_chunk_and_is_billed(
     sqlite_url: str, ollama: Any, serve: Any
 ) -> None:
     body = chat_body(stream=True, stream_options={"include_usage": False})
-    async with serve(credits_config(ollama_url=ollama.url, database_url=sqlite_url), plugins=[Plugin()]) as served:
+    async with serve(credits_config(ollama_url=ollama.url, database_url=sqlite_url), plugins=[TokenAuth()]) as served:
         await served.gateway.plugin("credits").grant(account_id=4, amount_milli=100_000, kind="grant", reference="s")
         async with post(served, body, 4) as r:
             text = await r.text()
@@ -192,7 +194,7 @@ async def test_two_workers_on_mariadb_and_redis_never_generate_beyond_the_hold(
             async with aiohttp.ClientSession() as http:
 
                 async def one() -> tuple[int, Any]:
-                    async with http.post(url, data=body, headers={**JSON, **bearer(42, "basic", "en")}) as r:
+                    async with http.post(url, data=body, headers={**JSON, **bearer(42, "basic", locale="en")}) as r:
                         return r.status, orjson.loads(await r.read())
 
                 results = await asyncio.gather(*(one() for _ in range(8)))

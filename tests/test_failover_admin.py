@@ -7,8 +7,9 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from tests.auth_helpers import auth_plugin_entry, register_user
-from tests.failover_test_plugins import CLOUD_MODEL, TierAuth, assert_released, chat, failover_config
+from tests.support.auth import TokenAuth
+from tests.support.failover import CLOUD_MODEL, as_tier, assert_released, chat, failover_config
+from tests.support.portal import auth_plugin_entry, register_user
 
 
 def admin_config(ollama: Any, cloud: Any, db_url: str, redis_url: str, **settings: Any) -> dict[str, Any]:
@@ -30,7 +31,7 @@ async def test_admins_see_the_cloud_budget_and_every_upstream(
     ollama.settings.parallel = 1
     ollama.settings.latency = 0.5
     config = admin_config(ollama, cloud, db_url, redis_url, cloud_daily_cap=4, spill_depth=10)
-    async with serve(config, plugins=[TierAuth()]) as served:
+    async with serve(config, plugins=[TokenAuth()]) as served:
         admin = await register_user(served, admin=True)
         assert (await chat(served, "pro", model=CLOUD_MODEL)).status == 200
 
@@ -65,7 +66,7 @@ async def test_admins_see_the_cloud_budget_and_every_upstream(
 async def test_the_admin_views_are_closed_to_everyone_else(
     serve: Any, ollama: Any, cloud: Any, db_url: str, redis_url: str
 ) -> None:
-    async with serve(admin_config(ollama, cloud, db_url, redis_url), plugins=[TierAuth()]) as served:
+    async with serve(admin_config(ollama, cloud, db_url, redis_url), plugins=[TokenAuth()]) as served:
         user = await register_user(served, tier="enterprise")
         for path in ("/api/admin/cloud-budget", "/api/admin/upstreams"):
             status, body = await get(served, path)
@@ -79,6 +80,6 @@ async def test_without_the_auth_plugin_nobody_is_an_admin(
     serve: Any, ollama: Any, cloud: Any, sqlite_url: str, redis_url: str
 ) -> None:
     config = failover_config(ollama_url=ollama.url, cloud_url=cloud.url, database_url=sqlite_url, redis_url=redis_url)
-    async with serve(config, plugins=[TierAuth()]) as served:
-        status, body = await get(served, "/api/admin/upstreams", {"Authorization": "Bearer enterprise"})
+    async with serve(config, plugins=[TokenAuth()]) as served:
+        status, body = await get(served, "/api/admin/upstreams", as_tier("enterprise"))
         assert status == 403 and body["error"]["code"] == "admin_required"

@@ -6,15 +6,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from tests.credits_test_plugins import table_rows, until_settled
-from tests.failover_test_plugins import (
-    ACCOUNTS,
-    CLOUD_MODEL,
-    TierAuth,
-    assert_released,
-    chat,
-    failover_config,
-)
+from tests.support.auth import TokenAuth
+from tests.support.credits import table_rows, until_settled
+from tests.support.failover import ACCOUNTS, CLOUD_MODEL, assert_released, chat, failover_config
 
 START = 1_000_000
 
@@ -39,7 +33,7 @@ async def test_spilled_requests_are_billed_at_the_cloud_multiplier_and_recorded_
 ) -> None:
     ollama.settings.parallel = 1
     ollama.settings.latency = 0.3
-    async with serve(billed_config(ollama, cloud, db_url, redis_url), plugins=[TierAuth()]) as served:
+    async with serve(billed_config(ollama, cloud, db_url, redis_url), plugins=[TokenAuth()]) as served:
         await seed(served, "pro")
         replies = await asyncio.gather(*(chat(served, "pro", f"n={i}") for i in range(8)))
         assert [r.status for r in replies] == [200] * 8
@@ -73,7 +67,7 @@ async def test_refused_and_failed_requests_give_back_their_hold_and_their_slot(
     config = billed_config(
         ollama, cloud, db_url, redis_url, queue_max_wait_s=0.3, cloud_daily_cap=0, down_after_failures=100
     )
-    async with serve(config, plugins=[TierAuth()]) as served:
+    async with serve(config, plugins=[TokenAuth()]) as served:
         await seed(served, "basic", "pro")
         holder = asyncio.ensure_future(chat(served, "basic", "holder"))
         await asyncio.sleep(0.1)
@@ -107,7 +101,7 @@ async def test_the_slot_is_free_for_the_next_request_before_the_charge_is_writte
     ollama.settings.parallel = 1
     config = billed_config(ollama, cloud, db_url, redis_url)
     config["plugins"][0]["settings"] = {"lease_requests": 8, "settle_batch_ms": 1000}
-    async with serve(config, plugins=[TierAuth()]) as served:
+    async with serve(config, plugins=[TokenAuth()]) as served:
         await seed(served, "basic")
         first = await chat(served, "basic", "first")
         second = await chat(served, "basic", "second")

@@ -10,14 +10,9 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from plugins.failover.budget import CloudBudget, MemoryCounts
-from tests.failover_test_plugins import (
-    CLOUD_MODEL,
-    TierAuth,
-    Watch,
-    assert_released,
-    chat,
-    failover_config,
-)
+from tests.support.auth import TokenAuth
+from tests.support.failover import CLOUD_MODEL, assert_released, chat, failover_config
+from tests.support.recorder import Recorder
 
 
 @pytest.fixture(params=["redis", "memory"])
@@ -37,8 +32,8 @@ async def test_a_cap_of_5_under_50_concurrent_spill_overs_sends_exactly_5_to_clo
     config = failover_config(
         ollama_url=ollama.url, cloud_url=cloud.url, database_url=sqlite_url, redis_url=store, cloud_daily_cap=5
     )
-    watch = Watch()
-    async with serve(config, plugins=[TierAuth(), watch]) as served:
+    watch = Recorder()
+    async with serve(config, plugins=[TokenAuth(), watch]) as served:
         replies = await asyncio.gather(*(chat(served, "pro", f"n={i}") for i in range(50)))
 
         assert [r.status for r in replies] == [200] * 50
@@ -68,7 +63,7 @@ async def test_a_cap_of_5_under_50_concurrent_spill_overs_sends_exactly_5_to_clo
         assert len(cloud.served) == 5
         await served.gateway.drain()
         assert sorted(n for n, _ in watch.events if n.startswith("cloud.")) == ["cloud.budget_100", "cloud.budget_80"]
-        settled = await watch.until_settled(51)
+        settled = await watch.wait_settled(51)
         assert settled[-1].outcome == "refused" and settled[-1].error_code == "cloud_budget_exhausted"
         await assert_released(served)
 
@@ -80,13 +75,13 @@ async def test_a_cloud_request_that_fails_before_any_output_gives_its_count_back
     config = failover_config(
         ollama_url=ollama.url, cloud_url=cloud.url, database_url=sqlite_url, redis_url=store, cloud_daily_cap=1
     )
-    watch = Watch()
-    async with serve(config, plugins=[TierAuth(), watch]) as served:
+    watch = Recorder()
+    async with serve(config, plugins=[TokenAuth(), watch]) as served:
         plugin = served.gateway.plugin("failover")
         failed = await chat(served, "pro", model=CLOUD_MODEL)
         assert failed.status == 502 and failed.code == "upstream_error"
         assert cloud.failures == 2  # a 500 may be the request's own doing: one retry
-        (ctx,) = await watch.until_settled(1)
+        (ctx,) = await watch.wait_settled(1)
         assert ctx.extras["failover"].tried == ["cloud"] * 2
         assert (await plugin.budget_status())["used"] == 0
 

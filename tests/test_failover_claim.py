@@ -13,7 +13,9 @@ from edge.context import RequestContext
 from edge.errors import PaymentRequired
 from edge.hookspecs import hookimpl
 from plugins.ratelimit.windows import Limits, RedisWindows
-from tests.failover_test_plugins import TierAuth, Watch, assert_released, chat, failover_config
+from tests.support.auth import TokenAuth
+from tests.support.failover import assert_released, chat, failover_config
+from tests.support.recorder import Recorder
 
 
 class NoCreditForBasic:
@@ -60,13 +62,13 @@ async def test_the_window_and_the_slot_share_one_script_call_on_the_gateways_red
     calls, and the same answers."""
     own = None if same_redis else {"redis_url": redis_url.replace("127.0.0.1", "localhost")}
     config = claim_config(ollama, cloud, sqlite_url, redis_url, own)
-    async with serve(config, plugins=[TierAuth(), watch := Watch()]) as served:
+    async with serve(config, plugins=[TokenAuth(), watch := Recorder()]) as served:
         redis = served.gateway.redis
         await chat(served, "pro")  # loads the scripts
-        await watch.until_settled(1)
+        await watch.wait_settled(1)
         before = await script_calls(redis)
         replies = [await chat(served, "pro", f"n={i}") for i in range(3)]
-        await watch.until_settled(4)
+        await watch.wait_settled(4)
         calls = await script_calls(redis) - before
 
         assert [(r.status, r.route) for r in replies] == [(200, "local")] * 3
@@ -80,7 +82,7 @@ async def test_a_request_the_window_refuses_never_takes_a_place_in_line(
 ) -> None:
     """The one slot is busy and a Basic caller waits for it; the same caller's next request is over its
     limit of one a minute and gets 429 at once, without joining the line or touching the slot."""
-    async with serve(claim_config(slow_ollama, cloud, sqlite_url, redis_url), plugins=[TierAuth()]) as served:
+    async with serve(claim_config(slow_ollama, cloud, sqlite_url, redis_url), plugins=[TokenAuth()]) as served:
         failover = served.gateway.plugin("failover")
         busy = asyncio.ensure_future(chat(served, "pro", "busy"))
         await asyncio.sleep(0.1)
@@ -101,7 +103,7 @@ async def test_a_request_without_credit_is_refused_before_it_waits_and_gives_its
 ) -> None:
     """The window admits the request and the same script puts it in line behind the busy slot; its credits
     hold then refuses it with 402 at once, not after the wait, and its place is given back."""
-    plugins = [TierAuth(), NoCreditForBasic()]
+    plugins = [TokenAuth(), NoCreditForBasic()]
     async with serve(claim_config(slow_ollama, cloud, sqlite_url, redis_url), plugins=plugins) as served:
         busy = asyncio.ensure_future(chat(served, "pro", "busy"))
         await asyncio.sleep(0.1)

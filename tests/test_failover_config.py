@@ -10,7 +10,7 @@ import yaml
 from edge import config as config_module
 from edge.app import create_app
 from edge.settings import ConfigError
-from tests.failover_test_plugins import failover_config
+from tests.support.failover import failover_config
 
 # The entry proposed for config/gateway.example.yaml's `plugins:` list.
 EXAMPLE_ENTRY = """

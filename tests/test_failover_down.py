@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
-from tests.failover_test_plugins import TierAuth, Watch, assert_released, chat, failover_config
+from tests.support.auth import TokenAuth
+from tests.support.failover import assert_released, chat, failover_config
+from tests.support.recorder import Recorder
 
 
 @pytest.fixture(params=["redis", "memory"])
@@ -33,13 +35,13 @@ async def test_a_failing_local_upstream_is_retried_then_pro_spills_to_cloud(
     config = failover_config(
         ollama_url=ollama.url, cloud_url=cloud.url, database_url=sqlite_url, redis_url=store, down_after_failures=100
     )
-    watch = Watch()
-    async with serve(config, plugins=[TierAuth(), watch]) as served:
+    watch = Recorder()
+    async with serve(config, plugins=[TokenAuth(), watch]) as served:
         reply = await chat(served, "pro")
         assert (reply.status, reply.route, reply.fingerprint) == (200, "cloud", "fp_cloud")
         # A 500 may be the request's own doing: one retry, then the cloud.
         assert ollama.failures == 2 and len(cloud.served) == 1
-        (ctx,) = await watch.until_settled(1)
+        (ctx,) = await watch.wait_settled(1)
         assert ctx.extras["failover"].tried == ["ollama", "ollama", "cloud"]
         assert (ctx.route, ctx.multiplier, ctx.outcome) == ("cloud", 2, "ok")
         await assert_released(served)
@@ -58,7 +60,7 @@ async def test_a_busy_local_upstream_is_retried_then_basic_gets_503(
         retry_backoff_s=0.1,
         retry_backoff_max_s=0.4,
     )
-    async with serve(config, plugins=[TierAuth()]) as served:
+    async with serve(config, plugins=[TokenAuth()]) as served:
         reply = await chat(served, "basic")
         assert reply.status == 503 and reply.code == "upstream_unavailable"
         assert int(reply.headers["retry-after"]) >= 1
@@ -78,13 +80,13 @@ async def test_refused_connections_are_retried_then_spilled_or_answered_503(
         redis_url=store,
         down_after_failures=100,
     )
-    watch = Watch()
-    async with serve(config, plugins=[TierAuth(), watch]) as served:
+    watch = Recorder()
+    async with serve(config, plugins=[TokenAuth(), watch]) as served:
         pro = await chat(served, "enterprise")
         assert (pro.status, pro.route, pro.fingerprint) == (200, "cloud", "fp_cloud")
         basic = await chat(served, "basic")
         assert basic.status == 503 and basic.code == "upstream_unavailable"
-        first, second = await watch.until_settled(2)
+        first, second = await watch.wait_settled(2)
         assert first.extras["failover"].tried == ["ollama"] * 3 + ["cloud"]
         assert second.extras["failover"].tried == ["ollama"] * 3
         await assert_released(served)
@@ -102,7 +104,7 @@ async def test_pro_gets_the_upstreams_error_when_local_fails_it_and_the_cloud_ca
         down_after_failures=100,
         cloud_daily_cap=0,
     )
-    async with serve(config, plugins=[TierAuth()]) as served:
+    async with serve(config, plugins=[TokenAuth()]) as served:
         reply = await chat(served, "pro")
         assert reply.status == 502 and reply.code == "upstream_error"
         assert ollama.failures == 2 and cloud.served == []
@@ -121,7 +123,7 @@ async def test_an_upstream_that_fails_every_accounts_requests_is_marked_down_the
         down_after_accounts=3,
         down_cooldown_s=1.5,
     )
-    async with serve(config, plugins=[TierAuth()]) as served:
+    async with serve(config, plugins=[TokenAuth()]) as served:
         # Each request is tried twice and answered with the upstream's error; one account, however many
         # of its requests fail, and a second account do not mark it down...
         for tier in ("basic", "basic", "basic", "basic:2"):
@@ -180,7 +182,7 @@ async def test_requests_waiting_on_an_upstream_that_goes_down_stop_waiting(
         retry_backoff_max_s=0.6,
         queue_max_wait_s=30,
     )
-    async with serve(config, plugins=[TierAuth()]) as served:
+    async with serve(config, plugins=[TokenAuth()]) as served:
         started = time.monotonic()
         holder = asyncio.ensure_future(chat(served, "basic", "holder"))
         await asyncio.sleep(0.1)
@@ -202,7 +204,7 @@ async def test_an_unreachable_redis_is_a_clear_503_not_a_crash(
         database_url=sqlite_url,
         redis_url=closed_port_url().replace("http", "redis") + "/0",
     )
-    async with serve(config, plugins=[TierAuth()]) as served:
+    async with serve(config, plugins=[TokenAuth()]) as served:
         for tier in ("basic", "pro"):
             reply = await chat(served, tier)
             assert reply.status == 503 and reply.code == "queue_unavailable"

@@ -18,15 +18,9 @@ from typing import Any
 import pytest
 
 from plugins.failover.probe import PROBE_TEXT
-from tests.failover_test_plugins import (
-    LOCAL_MODEL,
-    TierAuth,
-    Watch,
-    assert_released,
-    chat,
-    failover_config,
-    served_texts,
-)
+from tests.support.auth import TokenAuth
+from tests.support.failover import LOCAL_MODEL, as_tier, assert_released, chat, failover_config, served_texts
+from tests.support.recorder import Recorder
 
 POISON = "CRASH"
 
@@ -50,20 +44,18 @@ async def test_a_poisoned_request_is_tried_twice_and_answered_as_the_upstreams_e
 ) -> None:
     ollama.settings.poison = POISON
     config = failover_config(ollama_url=ollama.url, cloud_url=cloud.url, database_url=sqlite_url, redis_url=store)
-    watch = Watch()
-    async with serve(config, plugins=[TierAuth(), watch]) as served:
+    watch = Recorder()
+    async with serve(config, plugins=[TokenAuth(), watch]) as served:
         reply = await chat(served, "basic", f"please {POISON} now")
         assert (reply.status, reply.code, reply.body["error"]["type"]) == (502, "upstream_error", "server_error")
         assert reply.headers["content-type"] == "application/json"
         # One retry (a runner that crashed once for another reason is served the second time), no more.
         assert poisoned_attempts(ollama) == 2
-        (ctx,) = await watch.until_settled(1)
+        (ctx,) = await watch.wait_settled(1)
         assert ctx.extras["failover"].tried == ["ollama", "ollama"]
         # Streamed, the same: the upstream failed before anything was sent, so the answer is a JSON error.
         body = {"model": LOCAL_MODEL, "stream": True, "messages": [{"role": "user", "content": POISON}]}
-        async with served.request(
-            "POST", "/v1/chat/completions", json=body, headers={"Authorization": "Bearer basic"}
-        ) as resp:
+        async with served.request("POST", "/v1/chat/completions", json=body, headers=as_tier("basic")) as resp:
             assert (resp.status, resp.headers["content-type"]) == (502, "application/json")
             assert (await resp.json())["error"]["code"] == "upstream_error"
         assert poisoned_attempts(ollama) == 4
@@ -80,7 +72,7 @@ async def test_one_customers_poisoned_requests_never_fail_another_customer(
     config = failover_config(
         ollama_url=ollama.url, cloud_url=cloud.url, database_url=sqlite_url, redis_url=store, parallel=32
     )
-    async with serve(config, plugins=[TierAuth()]) as served:
+    async with serve(config, plugins=[TokenAuth()]) as served:
         # The Basic plan's whole minute (10 requests): six at once, beside other customers' requests...
         attack = [asyncio.ensure_future(chat(served, "basic", f"{POISON} #{i}")) for i in range(6)]
         others = [chat(served, tier, f"ordinary #{i}") for i in range(2) for tier in ("basic:2", "pro", "enterprise")]
@@ -113,7 +105,7 @@ async def test_a_pro_customers_poisoned_request_spills_to_the_cloud_and_leaves_t
 ) -> None:
     ollama.settings.poison = POISON
     config = failover_config(ollama_url=ollama.url, cloud_url=cloud.url, database_url=sqlite_url, redis_url=store)
-    async with serve(config, plugins=[TierAuth()]) as served:
+    async with serve(config, plugins=[TokenAuth()]) as served:
         for i in range(5):
             reply = await chat(served, "pro", f"{POISON} #{i}")
             assert (reply.status, reply.route, reply.fingerprint) == (200, "cloud", "fp_cloud")
@@ -134,7 +126,7 @@ async def test_poisoned_requests_from_many_accounts_call_for_a_probe_that_keeps_
     config = failover_config(
         ollama_url=ollama.url, cloud_url=cloud.url, database_url=sqlite_url, redis_url=store, parallel=32
     )
-    async with serve(config, plugins=[TierAuth()]) as served:
+    async with serve(config, plugins=[TokenAuth()]) as served:
         for wave in range(3):
             attack = [chat(served, f"basic:{n}", f"{POISON} {wave}/{n}") for n in range(1, 7)]
             others = [chat(served, who, f"ordinary {wave}") for who in ("pro", "enterprise", "basic")]
@@ -164,7 +156,7 @@ async def test_timeouts_count_once_per_account_and_mark_the_upstream_down_only_a
         probe_timeout_s=0.3,
     )
     config["timeouts"]["total"] = 0.15  # a whole answer may take up to `total` (first_byte is for streams)
-    async with serve(config, plugins=[TierAuth()]) as served:
+    async with serve(config, plugins=[TokenAuth()]) as served:
         replies = await asyncio.gather(*(chat(served, "basic", f"long #{i}") for i in range(5)))
         assert [(r.status, r.code) for r in replies] == [(504, "upstream_timeout")] * 5
         pair = await asyncio.gather(chat(served, "basic:2", "long"), chat(served, "basic", "long again"))
@@ -210,7 +202,7 @@ async def test_a_connection_dropped_after_the_request_went_out_counts_as_the_req
     upstream = HangingUp()
     async with upstream.serving() as url:
         config = failover_config(ollama_url=url, cloud_url=cloud.url, database_url=sqlite_url, redis_url=store)
-        async with serve(config, plugins=[TierAuth()]) as served:
+        async with serve(config, plugins=[TokenAuth()]) as served:
             for i in range(4):
                 reply = await chat(served, "basic", f"panics the server #{i}")
                 assert (reply.status, reply.code) == (502, "upstream_unreachable")
@@ -229,7 +221,7 @@ async def test_a_broken_model_chosen_by_the_failing_requests_does_not_take_the_u
     config = failover_config(
         ollama_url=ollama.url, cloud_url=cloud.url, database_url=sqlite_url, redis_url=store, parallel=8
     )
-    async with serve(config, plugins=[TierAuth()]) as served:
+    async with serve(config, plugins=[TokenAuth()]) as served:
         first = await chat(served, "basic", "ordinary")
         assert (first.status, first.route) == (200, "local")
         attack = [chat(served, f"pro:{n}", "hello", model="qwen3:30b") for n in range(1, 5)]

@@ -24,8 +24,8 @@ import pytest
 import yaml
 
 from tests.conftest import MARIADB, need
-from tests.failover_test_plugins import LOCAL_MODEL, failover_config
-from tests.servers import clean_env, fake_ollama_process, gateway_process
+from tests.support.failover import LOCAL_MODEL, PROCESS_PLUGINS, failover_config
+from tests.support.servers import clean_env, fake_ollama_process, gateway_process
 
 pytestmark = pytest.mark.slow
 
@@ -92,7 +92,7 @@ async def test_poisoned_requests_on_two_workers_leave_the_model_to_the_others_an
         )
         config["server"].update(workers=2, log_level="warning")
         config["plugins"][:0] = [
-            {"name": "failover_test", "module": "tests.failover_test_plugins"},
+            *PROCESS_PLUGINS,
             {"name": "ratelimit"},
         ]
         path = tmp_path / "gateway.yaml"

@@ -24,7 +24,7 @@ import pytest
 import redis.asyncio as aioredis
 import yaml
 
-from tests.failover_test_plugins import EVENTS_KEY, chat, failover_config
+from tests.support.failover import EVENTS_KEY, PROCESS_PLUGINS, chat, failover_config
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -103,7 +103,7 @@ async def gateways(tmp_path: Path, redis_url: str, ollama: Any, cloud: Any) -> A
             ollama_url=ollama.url, cloud_url=cloud.url, database_url=database, redis_url=redis_url, **settings
         )
         config["server"]["log_level"] = "warning"
-        config["plugins"].insert(0, {"name": "failover_test", "module": "tests.failover_test_plugins"})
+        config["plugins"][:0] = PROCESS_PLUGINS
         path = tmp_path / "gateway.yaml"
         path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
         migrate = await asyncio.create_subprocess_exec(

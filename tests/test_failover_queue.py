@@ -7,17 +7,17 @@ from typing import Any
 
 import pytest
 
-from tests.failover_test_plugins import (
+from tests.support.auth import TokenAuth
+from tests.support.failover import (
     CLOUD_MODEL,
     LOCAL_MODEL,
-    TierAuth,
-    Watch,
     assert_released,
     chat,
     failover_config,
     served_texts,
     staggered,
 )
+from tests.support.recorder import Recorder
 
 
 @pytest.fixture(params=["redis", "memory"])
@@ -42,8 +42,8 @@ def config_for(ollama: Any, cloud: Any, sqlite_url: str, store: str | None, **se
 async def test_pro_requests_spill_to_cloud_when_more_than_three_wait(
     serve: Any, slow_ollama: Any, cloud: Any, sqlite_url: str, store: str | None
 ) -> None:
-    watch = Watch()
-    async with serve(config_for(slow_ollama, cloud, sqlite_url, store), plugins=[TierAuth(), watch]) as served:
+    watch = Recorder()
+    async with serve(config_for(slow_ollama, cloud, sqlite_url, store), plugins=[TokenAuth(), watch]) as served:
         replies = await asyncio.gather(*(chat(served, "pro", f"n={i}") for i in range(8)))
 
         assert [r.status for r in replies] == [200] * 8
@@ -59,7 +59,7 @@ async def test_pro_requests_spill_to_cloud_when_more_than_three_wait(
         assert max(r.elapsed for r in spilled) < 0.3
         assert max(r.elapsed for r in local) > 1.2
 
-        settled = await watch.until_settled(8)
+        settled = await watch.wait_settled(8)
         assert sorted((c.route, c.multiplier, c.upstream_model) for c in settled) == sorted(
             [("cloud", 2, CLOUD_MODEL)] * 3 + [("local", 1, LOCAL_MODEL)] * 5
         )
@@ -72,7 +72,7 @@ async def test_basic_never_spills_and_is_served_in_arrival_order(
     serve: Any, slow_ollama: Any, cloud: Any, sqlite_url: str, store: str | None
 ) -> None:
     slow_ollama.settings.latency = 0.15
-    async with serve(config_for(slow_ollama, cloud, sqlite_url, store), plugins=[TierAuth()]) as served:
+    async with serve(config_for(slow_ollama, cloud, sqlite_url, store), plugins=[TokenAuth()]) as served:
         # 50 ms apart: a pause of the test's own loop (it serves the gateway too) must not swap two arrivals.
         replies = await staggered([chat(served, "basic", f"b{i}") for i in range(8)], gap=0.05)
 
@@ -89,7 +89,7 @@ async def test_enterprise_then_pro_are_served_before_basic_that_arrived_first(
 ) -> None:
     # A deep spill threshold keeps everyone local, so only the order of the line is under test.
     config = config_for(slow_ollama, cloud, sqlite_url, store, spill_depth=50)
-    async with serve(config, plugins=[TierAuth()]) as served:
+    async with serve(config, plugins=[TokenAuth()]) as served:
         calls = [chat(served, "basic", f"b{i}") for i in range(3)]
         calls += [chat(served, "pro", f"p{i}") for i in range(2)]
         calls += [chat(served, "enterprise", f"e{i}") for i in range(2)]
@@ -105,7 +105,7 @@ async def test_queue_depth_by_tier_is_visible_while_requests_wait(
     serve: Any, slow_ollama: Any, cloud: Any, sqlite_url: str, store: str | None
 ) -> None:
     config = config_for(slow_ollama, cloud, sqlite_url, store, spill_depth=50)
-    async with serve(config, plugins=[TierAuth()]) as served:
+    async with serve(config, plugins=[TokenAuth()]) as served:
         plugin = served.gateway.plugin("failover")
         holder = asyncio.ensure_future(chat(served, "basic", "holder"))
         await asyncio.sleep(0.05)  # it holds the one slot; the others wait
@@ -131,8 +131,8 @@ async def test_a_request_waiting_longer_than_the_maximum_gets_503_and_leaves_the
 ) -> None:
     slow_ollama.settings.latency = 1.5
     config = config_for(slow_ollama, cloud, sqlite_url, store, queue_max_wait_s=0.4)
-    watch = Watch()
-    async with serve(config, plugins=[TierAuth(), watch]) as served:
+    watch = Recorder()
+    async with serve(config, plugins=[TokenAuth(), watch]) as served:
         plugin = served.gateway.plugin("failover")
         first = asyncio.ensure_future(chat(served, "basic", "first"))
         await asyncio.sleep(0.1)
@@ -146,7 +146,7 @@ async def test_a_request_waiting_longer_than_the_maximum_gets_503_and_leaves_the
         assert (snap.in_use, snap.waiting) == (1, {})  # the first still runs; nobody waits any more
         assert (await first).status == 200
         assert served_texts(slow_ollama) == ["first"]
-        assert sorted(c.outcome for c in await watch.until_settled(2)) == ["ok", "refused"]
+        assert sorted(c.outcome for c in await watch.wait_settled(2)) == ["ok", "refused"]
         await assert_released(served)
 
 
@@ -154,8 +154,8 @@ async def test_clients_that_leave_give_back_their_place_and_their_slot(
     serve: Any, slow_ollama: Any, cloud: Any, sqlite_url: str, store: str | None
 ) -> None:
     slow_ollama.settings.latency = 0.6
-    watch = Watch()
-    async with serve(config_for(slow_ollama, cloud, sqlite_url, store), plugins=[TierAuth(), watch]) as served:
+    watch = Recorder()
+    async with serve(config_for(slow_ollama, cloud, sqlite_url, store), plugins=[TokenAuth(), watch]) as served:
         holder = asyncio.ensure_future(chat(served, "basic", "holder"))
         await asyncio.sleep(0.1)
         waiter = asyncio.ensure_future(chat(served, "basic", "waiter"))
@@ -163,7 +163,7 @@ async def test_clients_that_leave_give_back_their_place_and_their_slot(
         waiter.cancel()
         holder.cancel()
         await asyncio.gather(holder, waiter, return_exceptions=True)
-        assert [c.outcome for c in await watch.until_settled(2)] == ["client_gone", "client_gone"]
+        assert [c.outcome for c in await watch.wait_settled(2)] == ["client_gone", "client_gone"]
         await assert_released(served)
 
         # The freed slot serves the next caller at once, not after a lease runs out.
@@ -176,11 +176,11 @@ async def test_clients_that_leave_give_back_their_place_and_their_slot(
 async def test_cloud_models_requested_directly_go_to_cloud_and_count_against_the_cap(
     serve: Any, ollama: Any, cloud: Any, sqlite_url: str, store: str | None
 ) -> None:
-    watch = Watch()
-    async with serve(config_for(ollama, cloud, sqlite_url, store), plugins=[TierAuth(), watch]) as served:
+    watch = Recorder()
+    async with serve(config_for(ollama, cloud, sqlite_url, store), plugins=[TokenAuth(), watch]) as served:
         reply = await chat(served, "enterprise", model=CLOUD_MODEL)
         assert (reply.status, reply.route, reply.fingerprint) == (200, "cloud", "fp_cloud")
-        (ctx,) = await watch.until_settled(1)
+        (ctx,) = await watch.wait_settled(1)
         assert (ctx.route, ctx.multiplier) == ("cloud", 2)
         assert (await served.gateway.plugin("failover").budget.status())["used"] == 1
         assert ollama.served == []
@@ -193,7 +193,7 @@ async def test_without_a_cloud_key_pro_waits_locally_instead_of_spilling(
     slow_ollama.settings.latency = 0.1
     config = config_for(slow_ollama, cloud, sqlite_url, store)
     config["upstreams"]["cloud"]["api_key"] = None  # the example config's default: cloud not set up
-    async with serve(config, plugins=[TierAuth()]) as served:
+    async with serve(config, plugins=[TokenAuth()]) as served:
         replies = await asyncio.gather(*(chat(served, "pro", f"n={i}") for i in range(8)))
         assert [(r.status, r.route) for r in replies] == [(200, "local")] * 8
         assert cloud.served == [] and len(slow_ollama.served) == 8

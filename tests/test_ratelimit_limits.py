@@ -12,8 +12,10 @@ import redis.asyncio as aioredis
 
 from plugins.ratelimit.answers import duration
 from tests.conftest import TIERS, base_config
-from tests.plugins_for_tests import Plugin as TestAuth
-from tests.plugins_for_tests import bearer
+from tests.support.auth import TokenAuth, bearer
+
+# These tests read the English answers: their callers are English-speaking unless a test says otherwise.
+ENGLISH = TokenAuth.Settings(locale="en")
 
 CHAT = {"model": "llama3.2:3b", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 2}
 DURATION = re.compile(r"^(\d+ms|(\d+m)?\d+(\.\d{1,3})?s)$")
@@ -55,7 +57,7 @@ async def chat(gw: Any, headers: dict[str, str], body: dict[str, Any] | None = N
 async def test_basic_account_gets_ten_a_minute_then_429_with_openai_headers(
     serve: Any, ollama: Any, sqlite_url: str, storage: str | None
 ) -> None:
-    async with serve(config(ollama, sqlite_url, redis_url=storage), plugins=[TestAuth()]) as gw:
+    async with serve(config(ollama, sqlite_url, redis_url=storage), plugins=[TokenAuth(ENGLISH)]) as gw:
         for i in range(10):
             status, headers, _ = await chat(gw, bearer(1))
             assert status == 200
@@ -78,7 +80,7 @@ async def test_basic_account_gets_ten_a_minute_then_429_with_openai_headers(
 async def test_all_keys_of_an_account_share_one_window_and_accounts_do_not(
     serve: Any, ollama: Any, sqlite_url: str, storage: str | None
 ) -> None:
-    async with serve(config(ollama, sqlite_url, redis_url=storage), plugins=[TestAuth()]) as gw:
+    async with serve(config(ollama, sqlite_url, redis_url=storage), plugins=[TokenAuth(ENGLISH)]) as gw:
         statuses = [(await chat(gw, bearer(7, key=1 + i % 3)))[0] for i in range(11)]
         other, headers, _ = await chat(gw, bearer(8))
     assert statuses == [200] * 10 + [429]
@@ -86,7 +88,7 @@ async def test_all_keys_of_an_account_share_one_window_and_accounts_do_not(
 
 
 async def test_limits_follow_the_tier(serve: Any, ollama: Any, sqlite_url: str, storage: str | None) -> None:
-    async with serve(config(ollama, sqlite_url, redis_url=storage), plugins=[TestAuth()]) as gw:
+    async with serve(config(ollama, sqlite_url, redis_url=storage), plugins=[TokenAuth(ENGLISH)]) as gw:
         limits = {
             tier: (await chat(gw, bearer(n, tier)))[1]["x-ratelimit-limit-requests"]
             for n, tier in enumerate(("basic", "pro", "enterprise"), start=1)
@@ -97,7 +99,7 @@ async def test_limits_follow_the_tier(serve: Any, ollama: Any, sqlite_url: str, 
 async def test_models_list_counts_and_carries_the_headers(
     serve: Any, ollama: Any, sqlite_url: str, storage: str | None
 ) -> None:
-    async with serve(config(ollama, sqlite_url, redis_url=storage), plugins=[TestAuth()]) as gw:
+    async with serve(config(ollama, sqlite_url, redis_url=storage), plugins=[TokenAuth(ENGLISH)]) as gw:
         async with gw.request("GET", "/v1/models", headers=bearer(3)) as r:
             assert r.status == 200
             assert r.headers["x-ratelimit-remaining-requests"] == "9"
@@ -118,7 +120,7 @@ async def test_no_account_means_no_limit(serve: Any, ollama: Any, sqlite_url: st
 async def test_the_window_moves(serve: Any, ollama: Any, sqlite_url: str, storage: str | None) -> None:
     tiers = {"basic": {**TIERS["basic"], "requests_per_minute": 3}}
     cfg = config(ollama, sqlite_url, redis_url=storage, tiers=tiers, window_seconds=2)
-    async with serve(cfg, plugins=[TestAuth()]) as gw:
+    async with serve(cfg, plugins=[TokenAuth(ENGLISH)]) as gw:
         first = [(await chat(gw, bearer(1)))[0]]
         await asyncio.sleep(0.5)
         first += [(await chat(gw, bearer(1)))[0] for _ in range(2)]
@@ -138,14 +140,14 @@ async def test_the_window_moves(serve: Any, ollama: Any, sqlite_url: str, storag
 
 
 async def test_a_burst_admits_exactly_the_limit(serve: Any, ollama: Any, sqlite_url: str, storage: str | None) -> None:
-    async with serve(config(ollama, sqlite_url, redis_url=storage), plugins=[TestAuth()]) as gw:
+    async with serve(config(ollama, sqlite_url, redis_url=storage), plugins=[TokenAuth(ENGLISH)]) as gw:
         results = await asyncio.gather(*(chat(gw, bearer(5)) for _ in range(50)))
     statuses = sorted(status for status, _, _ in results)
     assert statuses == [200] * 10 + [429] * 40
 
 
 async def test_refusal_speaks_the_callers_language(serve: Any, ollama: Any, sqlite_url: str) -> None:
-    async with serve(config(ollama, sqlite_url), plugins=[TestAuth()]) as gw:
+    async with serve(config(ollama, sqlite_url), plugins=[TokenAuth(ENGLISH)]) as gw:
         for _ in range(10):
             await chat(gw, bearer(1, locale="ar"))
         status, _, body = await chat(gw, bearer(1, locale="ar"))
@@ -162,7 +164,7 @@ async def test_tokens_per_minute_count_the_request_bound_at_admission(
     # "hello" is 5 bytes: 2 tokens of prompt, 4 for the message, 40 of completion budget: 46 per request.
     body = {**CHAT, "max_tokens": 40}
     cfg = config(ollama, sqlite_url, redis_url=storage, tiers=TOKEN_TIERS)
-    async with serve(cfg, plugins=[TestAuth()]) as gw:
+    async with serve(cfg, plugins=[TokenAuth(ENGLISH)]) as gw:
         first = await chat(gw, bearer(1), body)
         second = await chat(gw, bearer(1), body)
         third = await chat(gw, bearer(1), body)
@@ -184,7 +186,7 @@ async def test_a_request_larger_than_the_token_limit_is_told_so(
     serve: Any, ollama: Any, sqlite_url: str, storage: str | None
 ) -> None:
     cfg = config(ollama, sqlite_url, redis_url=storage, tiers=TOKEN_TIERS)
-    async with serve(cfg, plugins=[TestAuth()]) as gw:
+    async with serve(cfg, plugins=[TokenAuth(ENGLISH)]) as gw:
         status, headers, body = await chat(gw, bearer(1), {**CHAT, "max_tokens": 500})
     assert status == 429
     assert "may use up to 506 tokens" in body["error"]["message"]
@@ -202,7 +204,7 @@ async def test_one_redis_round_trip_per_request(serve: Any, ollama: Any, sqlite_
             async for command in m.listen():
                 seen.append(command)
 
-    async with serve(config(ollama, sqlite_url, redis_url=redis_url), plugins=[TestAuth()]) as gw:
+    async with serve(config(ollama, sqlite_url, redis_url=redis_url), plugins=[TokenAuth(ENGLISH)]) as gw:
         await chat(gw, bearer(1))  # loads the script once
         ready = asyncio.Event()
         watcher = asyncio.create_task(watch(ready))
@@ -232,7 +234,7 @@ def test_durations_are_written_the_way_openai_writes_them() -> None:
 async def test_the_shared_window_lives_in_redis_under_the_account(
     serve: Any, ollama: Any, sqlite_url: str, redis_url: str
 ) -> None:
-    async with serve(config(ollama, sqlite_url, redis_url=redis_url), plugins=[TestAuth()]) as gw:
+    async with serve(config(ollama, sqlite_url, redis_url=redis_url), plugins=[TokenAuth(ENGLISH)]) as gw:
         for _ in range(3):
             await chat(gw, bearer(42, key=2))
     client = aioredis.Redis.from_url(redis_url)

@@ -9,8 +9,10 @@ from typing import Any
 import pytest
 
 from tests.conftest import base_config
-from tests.plugins_for_tests import Plugin as TestAuth
-from tests.plugins_for_tests import bearer
+from tests.support.auth import TokenAuth, bearer
+
+# These tests read the English answers: their callers are English-speaking unless a test says otherwise.
+ENGLISH = TokenAuth.Settings(locale="en")
 
 CHAT = {"model": "llama3.2:3b", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 2}
 # Nothing listens on port 1: every connection is refused at once.
@@ -38,7 +40,7 @@ async def test_fail_closed_is_the_default_503_and_not_ready(
     serve: Any, ollama: Any, sqlite_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     # retry_seconds 0: every request tries Redis again, and still the log speaks once.
-    async with serve(config(ollama, sqlite_url, retry_seconds=0), plugins=[TestAuth()]) as gw:
+    async with serve(config(ollama, sqlite_url, retry_seconds=0), plugins=[TokenAuth(ENGLISH)]) as gw:
         results = [await chat(gw) for _ in range(5)]
         async with gw.request("GET", "/readyz") as r:
             ready_status, ready = r.status, await r.json()
@@ -65,7 +67,7 @@ async def test_fail_open_keeps_serving_with_per_process_limits(
     serve: Any, ollama: Any, sqlite_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     cfg = config(ollama, sqlite_url, on_redis_error="fail_open", retry_seconds=0)
-    async with serve(cfg, plugins=[TestAuth()]) as gw:
+    async with serve(cfg, plugins=[TokenAuth(ENGLISH)]) as gw:
         results = [await chat(gw) for _ in range(11)]
         async with gw.request("GET", "/readyz") as r:
             ready_status, ready = r.status, await r.json()
@@ -87,7 +89,7 @@ async def test_the_outage_is_logged_again_after_the_interval(
     serve: Any, ollama: Any, sqlite_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     cfg = config(ollama, sqlite_url, retry_seconds=0, log_interval_seconds=0.3)
-    async with serve(cfg, plugins=[TestAuth()]) as gw:
+    async with serve(cfg, plugins=[TokenAuth(ENGLISH)]) as gw:
         for _ in range(3):
             await chat(gw)
         await asyncio.sleep(0.35)
@@ -142,7 +144,7 @@ async def test_redis_going_away_and_coming_back(
     await switch.up()
     db = redis_url.rsplit("/", 1)[1]
     cfg = config(ollama, sqlite_url, redis_url=f"redis://127.0.0.1:{switch.port}/{db}", retry_seconds=0.3)
-    async with serve(cfg, plugins=[TestAuth()]) as gw:
+    async with serve(cfg, plugins=[TokenAuth(ENGLISH)]) as gw:
         assert (await chat(gw))[0] == 200
         await switch.down()
         down = [(await chat(gw))[0] for _ in range(3)]

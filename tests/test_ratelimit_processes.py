@@ -13,8 +13,8 @@ import redis.asyncio as aioredis
 import yaml
 
 from tests.conftest import base_config
-from tests.plugins_for_tests import bearer
-from tests.servers import clean_env, gateway_process
+from tests.support.auth import bearer
+from tests.support.servers import clean_env, gateway_process
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +26,10 @@ def write_config(path: Path, *, ollama_url: str, redis_url: str, database: Path)
         ollama_url=ollama_url,
         database_url=f"sqlite+aiosqlite:///{database}",
         redis_url=redis_url,
-        plugins=[{"name": "test_auth", "module": "tests.plugins_for_tests"}, {"name": "ratelimit"}],
+        plugins=[
+            {"name": "test_auth", "module": "tests.support.auth", "settings": {"locale": "en", "pid_header": True}},
+            {"name": "ratelimit"},
+        ],
         workers=2,
         log_level="warning",
     )

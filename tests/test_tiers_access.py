@@ -10,8 +10,10 @@ import pytest
 from edge.context import RequestContext
 from edge.hookspecs import hookimpl
 from tests.conftest import base_config
-from tests.plugins_for_tests import Plugin as TestAuth
-from tests.plugins_for_tests import bearer
+from tests.support.auth import TokenAuth, bearer
+
+# These tests read the English answers: their callers are English-speaking unless a test says otherwise.
+ENGLISH = TokenAuth.Settings(locale="en")
 
 BASIC_MODELS = ["llama3.2:3b", "qwen2.5-coder:14b", "qwen3-embedding:0.6b"]
 ALL_MODELS = ["llama3.2:3b", "qwen2.5-coder:14b", "qwen3:30b", "deepseek-v3.1:671b-cloud", "qwen3-embedding:0.6b"]
@@ -69,7 +71,7 @@ async def post(gw: Any, path: str, body: dict[str, Any], headers: dict[str, str]
 
 
 async def test_each_plan_lists_only_its_models(serve: Any, cfg: dict[str, Any]) -> None:
-    async with serve(cfg, plugins=[TestAuth()]) as gw:
+    async with serve(cfg, plugins=[TokenAuth(ENGLISH)]) as gw:
         basic = await model_ids(gw, bearer(1, "basic"))
         pro = await model_ids(gw, bearer(2, "pro"))
         enterprise = await model_ids(gw, bearer(3, "enterprise"))
@@ -81,7 +83,7 @@ async def test_each_plan_lists_only_its_models(serve: Any, cfg: dict[str, Any]) 
 async def test_a_model_outside_the_plan_is_403_naming_the_plans_that_include_it(
     serve: Any, cfg: dict[str, Any], ollama: Any, cloud: Any
 ) -> None:
-    async with serve(cfg, plugins=[TestAuth()]) as gw:
+    async with serve(cfg, plugins=[TokenAuth(ENGLISH)]) as gw:
         large = await post(gw, "/v1/chat/completions", chat_body("qwen3:30b"), bearer(1))
         in_cloud = await post(gw, "/v1/chat/completions", chat_body("deepseek-v3.1:671b-cloud"), bearer(1))
         arabic = await post(gw, "/v1/chat/completions", chat_body("qwen3:30b"), bearer(1, locale="ar"))
@@ -113,7 +115,7 @@ async def test_a_model_outside_the_plan_is_403_naming_the_plans_that_include_it(
 async def test_hidden_models_answer_exactly_like_models_that_do_not_exist(
     serve: Any, cfg: dict[str, Any], ollama: Any
 ) -> None:
-    async with serve(cfg, plugins=[TestAuth()]) as gw:
+    async with serve(cfg, plugins=[TokenAuth(ENGLISH)]) as gw:
         listed = await model_ids(gw, bearer(3, "enterprise"))
         missing = await post(gw, "/v1/chat/completions", chat_body("no-such-model"), bearer(3, "enterprise"))
         hidden = await post(gw, "/v1/chat/completions", chat_body("glm-4.7-flash"), bearer(3, "enterprise"))
@@ -138,7 +140,7 @@ async def test_an_expired_plan_falls_back_to_basic_for_every_later_plugin(serve:
     seen = TierSeen()
     past = int(time.time()) - 60
     future = int(time.time()) + 3600
-    async with serve(cfg, plugins=[TestAuth(), seen]) as gw:
+    async with serve(cfg, plugins=[TokenAuth(ENGLISH), seen]) as gw:
         lapsed = bearer(2, "pro", plan_expires_at=past)
         listed = await model_ids(gw, lapsed)
         refused = await post(gw, "/v1/chat/completions", chat_body("qwen3:30b"), lapsed)
@@ -158,7 +160,7 @@ async def test_an_expired_plan_falls_back_to_basic_for_every_later_plugin(serve:
 
 async def test_a_tier_the_config_does_not_know_gets_the_fallback(serve: Any, cfg: dict[str, Any]) -> None:
     cfg["fallback_tier"] = "pro"
-    async with serve(cfg, plugins=[TestAuth()]) as gw:
+    async with serve(cfg, plugins=[TokenAuth(ENGLISH)]) as gw:
         listed = await model_ids(gw, bearer(5, "gold"))
     assert listed == ALL_MODELS
 

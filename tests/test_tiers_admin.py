@@ -9,8 +9,8 @@ import pytest
 import sqlalchemy as sa
 
 from plugins.auth_keys.tables import accounts
-from tests.auth_helpers import auth_plugin_entry, bearer, create_key, register_user
 from tests.conftest import base_config
+from tests.support.portal import auth_plugin_entry, bearer, create_key, register_user
 from tests.test_tiers_access import ALL_MODELS, BASIC_MODELS
 
 

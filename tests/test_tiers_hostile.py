@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from tests.auth_helpers import auth_plugin_entry, register_user
 from tests.conftest import base_config
+from tests.support.portal import auth_plugin_entry, register_user
 from tests.test_tiers_admin import patch, plan_row
 
 

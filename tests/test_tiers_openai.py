@@ -8,8 +8,8 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from tests.auth_helpers import auth_plugin_entry, create_key, register_user
 from tests.conftest import base_config
+from tests.support.portal import auth_plugin_entry, create_key, register_user
 from tests.test_tiers_access import BASIC_MODELS
 
 HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "مرحبا"}]

@@ -1,6 +1,6 @@
 """A plugin contributing jobs, for tests/test_edge_jobs.py: each run of `test.record` is recorded in a Redis list.
 
-Config: `{name: jobs_test, module: tests.jobs_test_plugins, settings: {every_seconds: 1}}` on a gateway
+Config: `{name: jobs_test, module: tests.support.jobs, settings: {every_seconds: 1}}` on a gateway
 with `redis_url`. While `block_key` exists a run blocks after recording itself (holding its lock), so a
 test can kill the process running it.
 """

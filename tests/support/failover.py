@@ -1,111 +1,41 @@
-"""Test-only plugins and helpers for the failover tests.
-
-`TierAuth` makes `Authorization: Bearer <tier>` a caller on that tier; `Watch` keeps settled contexts and
-published events. `Plugin` is both for gateway processes started by the tests (config
-`module: tests.failover_test_plugins`), with events pushed to a Redis list the test reads and the answering
-worker's pid in `x-test-pid`.
-"""
+"""Helpers for the failover tests: callers named by tier, one chat call, and checks that every slot is given
+back. Gateway processes take `TokenAuth` (with `pid_header`) and the `Recorder` (events to `EVENTS_KEY`)."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
-from edge.context import Principal, RequestContext
-from edge.hookspecs import hookimpl
+from tests.support.auth import bearer
 
 if TYPE_CHECKING:
-    from edge.gateway import Gateway
     from tests.conftest import Served
 
 ACCOUNTS = {"basic": 11, "pro": 12, "enterprise": 13}
 EVENTS_KEY = "test:failover:events"
 LOCAL_MODEL = "llama3.2:3b"
 CLOUD_MODEL = "deepseek-v3.1:671b-cloud"
+# For gateway processes: tier callers, the answering worker's pid in `x-test-pid`, events to a Redis list.
+PROCESS_PLUGINS = [
+    {"name": "test_auth", "module": "tests.support.auth", "settings": {"pid_header": True}},
+    {"name": "test_recorder", "module": "tests.support.recorder", "settings": {"events_list": EVENTS_KEY}},
+]
 
 
-def principal_for(ctx: RequestContext) -> Principal | None:
-    """`Bearer pro` is account 12 on Pro; `Bearer basic:3` is another account on Basic (11003)."""
-    token = ctx.headers.get("authorization", "").removeprefix("Bearer ").strip()
-    tier, _, n = token.partition(":")
-    if tier not in ACCOUNTS or (n and not n.isdigit()):
-        return None
+def as_tier(who: str) -> dict[str, str]:
+    """Headers of a caller named by tier: `pro` is account 12 on Pro; `basic:3` another account on Basic
+    (11003)."""
+    tier, _, n = who.partition(":")
     account = ACCOUNTS[tier] * 1000 + int(n) if n else ACCOUNTS[tier]
-    return Principal(account_id=account, user_id=account, tier=tier, key_id=account)
-
-
-class TierAuth:
-    """`Authorization: Bearer pro` is account 12 on Pro, and so on for each tier (`pro:2` another one)."""
-
-    name = "tier_auth"
-
-    @hookimpl
-    async def resayil_authenticate(self, ctx: RequestContext) -> Principal | None:
-        return principal_for(ctx)
-
-
-class Watch:
-    """Records every settled request and every published event."""
-
-    name = "watch"
-
-    def __init__(self) -> None:
-        self.settled: list[RequestContext] = []
-        self.events: list[tuple[str, dict[str, Any]]] = []
-        self._changed = asyncio.Event()
-
-    @hookimpl
-    async def resayil_settle(self, ctx: RequestContext) -> None:
-        self.settled.append(ctx)
-        self._changed.set()
-
-    @hookimpl
-    async def resayil_event(self, name: str, payload: dict[str, Any]) -> None:
-        self.events.append((name, payload))
-
-    async def until_settled(self, count: int, *, within: float = 5.0) -> list[RequestContext]:
-        """The settled contexts once `count` requests settled (settle may finish after the reply)."""
-        try:
-            async with asyncio.timeout(within):
-                while len(self.settled) < count:
-                    self._changed.clear()
-                    await self._changed.wait()
-        except TimeoutError:
-            pass
-        assert len(self.settled) == count, f"{len(self.settled)} settled, expected {count}"
-        return self.settled
-
-    def names(self) -> list[str]:
-        return [name for name, _ in self.events]
-
-
-class Plugin:
-    """For `python -m edge serve` in tests: tier authentication, the worker's pid, events to a Redis list."""
-
-    @hookimpl
-    async def resayil_startup(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-
-    @hookimpl
-    async def resayil_authenticate(self, ctx: RequestContext) -> Principal | None:
-        ctx.response_headers["x-test-pid"] = str(os.getpid())  # which worker answered
-        return principal_for(ctx)
-
-    @hookimpl
-    async def resayil_event(self, name: str, payload: dict[str, Any]) -> None:
-        if self.gateway.redis is not None:
-            await self.gateway.redis.rpush(EVENTS_KEY, orjson.dumps({"name": name, **payload}))
+    return bearer(account, tier)
 
 
 def failover_config(
     *, ollama_url: str, cloud_url: str, database_url: str, redis_url: str | None, parallel: int = 1, **settings: Any
 ) -> dict[str, Any]:
     """base_config with one local slot and the failover plugin; fast retries unless a test says otherwise."""
-    from tests.conftest import base_config  # not at import: gateway processes load this module too
+    from tests.conftest import base_config
 
     config = base_config(ollama_url=ollama_url, cloud_url=cloud_url, database_url=database_url, redis_url=redis_url)
     config["upstreams"]["ollama"]["parallel"] = parallel
@@ -143,9 +73,9 @@ async def chat(
     body = {"model": model, "messages": [{"role": "user", "content": text}]}
     started = time.monotonic()
     if isinstance(served, str):
-        request = http.post(f"{served}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {tier}"})
+        request = http.post(f"{served}/v1/chat/completions", json=body, headers=as_tier(tier))
     else:
-        request = served.request("POST", "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {tier}"})
+        request = served.request("POST", "/v1/chat/completions", json=body, headers=as_tier(tier))
     async with request as resp:
         data = await resp.json(content_type=None)
         return Reply(resp.status, {k.lower(): v for k, v in resp.headers.items()}, data, started)
