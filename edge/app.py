@@ -17,6 +17,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from edge.asgi import Receive, Scope, Send
+from edge.clock import SYSTEM, Clock
 from edge.config import GatewayConfig
 from edge.errors import GatewayError, error_type_for
 from edge.forwarded import parse_networks, real_client
@@ -153,9 +154,10 @@ def build_web(gateway: Gateway) -> Any:
     return RequestId(SecurityHeaders(PathLimit(web), public_url=gateway.config.server.public_url))
 
 
-def create_app(config: GatewayConfig, *, plugins: Iterable[object] = ()) -> EdgeApp:
-    """Build a fresh app (and plugin manager) from a checked config; tests build one per test."""
-    return EdgeApp(Gateway(config, plugins=plugins))
+def create_app(config: GatewayConfig, *, plugins: Iterable[object] = (), clock: Clock = SYSTEM) -> EdgeApp:
+    """Build a fresh app (and plugin manager) from a checked config; tests build one per test (and may
+    give it a clock they move)."""
+    return EdgeApp(Gateway(config, plugins=plugins, clock=clock))
 
 
 def app_from_env() -> EdgeApp:

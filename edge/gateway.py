@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 
 from edge import defaults, jobs
 from edge.chain import Chain, build_manager
+from edge.clock import SYSTEM, Clock
 from edge.config import GatewayConfig
 from edge.context import Model, Upstream
 from edge.db import Database, redact
@@ -35,8 +36,9 @@ def catalogue(config: GatewayConfig) -> tuple[dict[str, Upstream], dict[str, Mod
 class Gateway:
     """Holds what every request and plugin shares. Pools open in `start` and close in `stop`."""
 
-    def __init__(self, config: GatewayConfig, *, plugins: Iterable[object] = ()) -> None:
+    def __init__(self, config: GatewayConfig, *, plugins: Iterable[object] = (), clock: Clock = SYSTEM) -> None:
         self.config = config
+        self.clock = clock
         self.pm: pluggy.PluginManager = build_manager(config, defaults=defaults.default_plugins(config), extra=plugins)
         self.chain = Chain(self.pm)
         self.upstreams, self.models = catalogue(config)

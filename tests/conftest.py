@@ -21,6 +21,7 @@ import uvicorn
 from edge import config as config_module
 from edge import migrate
 from edge.app import EdgeApp, create_app
+from edge.clock import SYSTEM, Clock
 from edge.gateway import Gateway
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -273,11 +274,12 @@ ServeFactory = Callable[..., Any]
 
 @pytest.fixture
 def serve() -> ServeFactory:
-    """`async with serve(config_dict, plugins=[...]) as gw:` builds a fresh app from the dict and serves it."""
+    """`async with serve(config_dict, plugins=[...]) as gw:` builds a fresh app from the dict and serves it;
+    `clock=` gives it a clock the test moves (tests.support.clock)."""
 
-    def factory(config: dict[str, Any], *, plugins: list[object] | None = None) -> Any:
+    def factory(config: dict[str, Any], *, plugins: list[object] | None = None, clock: Clock = SYSTEM) -> Any:
         checked = config_module.parse(config, env={})
-        return serve_app(create_app(checked, plugins=plugins or []))
+        return serve_app(create_app(checked, plugins=plugins or [], clock=clock))
 
     return factory
 

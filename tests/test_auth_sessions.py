@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 from typing import Any
@@ -16,6 +15,7 @@ from starlette.routing import BaseRoute, Route
 from edge.hookspecs import hookimpl
 from plugins.auth_keys.guards import require_admin, session_user
 from plugins.auth_keys.tables import sessions
+from tests.support.clock import ManualClock
 from tests.support.portal import PASSWORD, LoggedIn, auth_config, bearer, create_key, login, register_user
 
 
@@ -217,15 +217,16 @@ async def test_password_change_needs_the_current_one_and_ends_other_sessions(
 
 async def test_idle_expiry(ollama: Any, db_url: str, serve: Any) -> None:
     config = auth_config(ollama, db_url, session_idle_seconds=2)
-    async with serve(config) as served:
+    clock = ManualClock()
+    async with serve(config, clock=clock) as served:
         user = await register_user(served)
         await register_user(served)
         assert (await call(served, "GET", "/api/me", headers=user.headers))[0] == 200
-        await asyncio.sleep(3.2)
+        clock.advance(3.2)
         assert (await call(served, "GET", "/api/me", headers=user.headers))[0] == 401
         assert await session_count(served) == 1
     # Sessions nobody comes back for are purged when the gateway starts.
-    async with serve(config) as served:
+    async with serve(config, clock=clock) as served:
         assert await session_count(served) == 0
 
 
@@ -235,12 +236,13 @@ async def session_count(served: Any) -> int:
 
 
 async def test_absolute_expiry_despite_activity(ollama: Any, db_url: str, serve: Any) -> None:
-    async with serve(auth_config(ollama, db_url, session_absolute_seconds=3)) as served:
+    clock = ManualClock()
+    async with serve(auth_config(ollama, db_url, session_absolute_seconds=3), clock=clock) as served:
         user = await register_user(served)
         for _ in range(2):
             assert (await call(served, "GET", "/api/me", headers=user.headers))[0] == 200
-            await asyncio.sleep(1)
-        await asyncio.sleep(2.2)
+            clock.advance(1)
+        clock.advance(2.2)
         assert (await call(served, "GET", "/api/me", headers=user.headers))[0] == 401
 
 

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from edge.context import Principal, RequestContext
 from plugins.auth_keys.keys import secret_digest
 from plugins.auth_keys.tables import api_keys
+from tests.support.clock import ManualClock
 from tests.support.portal import auth_config, bearer, create_key, register_user, set_tier
 
 CHAT = {"model": "llama3.2:3b", "messages": [{"role": "user", "content": "مرحبا"}]}
@@ -83,7 +84,8 @@ async def test_the_principal_names_user_account_tier_key_and_scopes(ollama: Any,
 
 
 async def test_unknown_revoked_expired_and_malformed_keys_get_one_401(ollama: Any, db_url: str, serve: Any) -> None:
-    async with serve(auth_config(ollama, db_url)) as served:
+    clock = ManualClock()
+    async with serve(auth_config(ollama, db_url), clock=clock) as served:
         user = await register_user(served)
         live = await create_key(served, user)
         revoked = await create_key(served, user)
@@ -94,7 +96,7 @@ async def test_unknown_revoked_expired_and_malformed_keys_get_one_401(ollama: An
         key_ids = {k["prefix"]: k["id"] for k in (await _keys(served, user))}
         async with served.request("DELETE", f"/api/keys/{key_ids[revoked[:12]]}", headers=user.headers) as resp:
             assert resp.status == 200
-        await asyncio.sleep(max(0.0, datetime.fromisoformat(soon).timestamp() - time.time()) + 1.1)
+        clock.advance(max(0.0, datetime.fromisoformat(soon).timestamp() - clock.time()) + 1.1)
 
         near_miss = live[:-1] + ("A" if live[-1] != "A" else "B")
         answers = []
@@ -265,7 +267,8 @@ async def _set_last_used(served: Any, value: datetime) -> None:
 
 async def test_last_used_at_is_written_at_most_once_an_interval(ollama: Any, db_url: str, serve: Any) -> None:
     sentinel = datetime(2000, 1, 1)
-    async with serve(auth_config(ollama, db_url, last_used_interval_seconds=2)) as served:
+    clock = ManualClock()
+    async with serve(auth_config(ollama, db_url, last_used_interval_seconds=2), clock=clock) as served:
         user = await register_user(served)
         secret = await create_key(served, user)
         assert await _last_used(served) is None
@@ -278,7 +281,7 @@ async def test_last_used_at_is_written_at_most_once_an_interval(ollama: Any, db_
         assert (await call(served, "GET", "/v1/models", secret))[0] == 200
         await served.gateway.drain()
         assert await _last_used(served) == sentinel
-        await asyncio.sleep(2.1)
+        clock.advance(2.1)
         assert (await call(served, "GET", "/v1/models", secret))[0] == 200
         await served.gateway.drain()
         assert await _last_used(served) != sentinel

@@ -11,11 +11,11 @@ Portal routes guard themselves with `plugins.auth_keys.guards.session_user` / `r
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edge.clock import SYSTEM, Clock
 from edge.context import Principal, RequestContext
 from edge.errors import Forbidden, Unauthorized
 from edge.hookspecs import hookimpl
@@ -110,6 +110,7 @@ class Plugin:
         )
         self.cache = KeyCache(ttl_seconds=s.key_cache_seconds)
         self._touched: dict[int, float] = {}
+        self.clock: Clock = SYSTEM  # the gateway's, from startup
         self._gateway: Gateway | None = None
         self._sessions: SessionStore | None = None
         self._users: UserStore | None = None
@@ -167,8 +168,12 @@ class Plugin:
             raise ConfigError(f"plugins.auth_keys.settings.registration_tier: no tier named {s.registration_tier!r}")
         self._gateway = gateway
         db = gateway.database
+        self.clock = gateway.clock
         self._sessions = SessionStore(
-            database=db, idle_seconds=s.session_idle_seconds, absolute_seconds=s.session_absolute_seconds
+            database=db,
+            idle_seconds=s.session_idle_seconds,
+            absolute_seconds=s.session_absolute_seconds,
+            clock=gateway.clock,
         )
         self._users = UserStore(database=db)
         self._keys = KeyStore(database=db)
@@ -238,9 +243,9 @@ class Plugin:
             raise invalid_key()
         digest = secret_digest(token)
         entry = self.cache.entries.get(digest)
-        if entry is None or entry.stale_at <= time.monotonic():
+        if entry is None or entry.stale_at <= self.clock.monotonic():
             entry = await self._load(digest)
-        if entry is None or (entry.expires_at is not None and entry.expires_at <= time.time()):
+        if entry is None or (entry.expires_at is not None and entry.expires_at <= self.clock.time()):
             raise invalid_key()
         principal = entry.principal
         self._touch(principal.key_id)
@@ -287,14 +292,19 @@ class Plugin:
         if record is None:
             return None
         return self.cache.put(
-            digest, principal=record.principal, expires_at=record.expires_at, generation=generation, keep=self.bus.live
+            digest,
+            principal=record.principal,
+            expires_at=record.expires_at,
+            generation=generation,
+            now=self.clock.monotonic(),
+            keep=self.bus.live,
         )
 
     def _touch(self, key_id: int | None) -> None:
         """Write `last_used_at` at most once an interval per key, off the request path."""
         if key_id is None:
             return
-        now = time.monotonic()
+        now = self.clock.monotonic()
         last = self._touched.get(key_id)
         if last is not None and now - last < self.settings.last_used_interval_seconds:
             return
@@ -310,6 +320,6 @@ class Plugin:
             # Other workers touch the same key: the first to claim the interval writes it.
             if redis is not None and not await redis.set(f"resayil:auth:used:{key_id}", b"1", nx=True, ex=interval):
                 return
-            await self.keys.touch(key_id=key_id, when=utcnow())
+            await self.keys.touch(key_id=key_id, when=utcnow(self.clock))
         except Exception:
             log.exception("could not record last_used_at", extra={"fields": {"key": key_id}})

@@ -1,14 +1,19 @@
-"""UTC-naive timestamps as the database keeps them, and their ISO 8601 / unix forms for APIs."""
+"""UTC-naive timestamps as the database keeps them, and their ISO 8601 / unix forms for APIs.
+
+`utcnow` reads the gateway's clock when given one (`edge.clock`), so expiry tests move time instead of
+sleeping; without one it reads the system clock."""
 
 from __future__ import annotations
 
 import calendar
 from datetime import UTC, datetime
 
+from edge.clock import SYSTEM, Clock
 
-def utcnow() -> datetime:
+
+def utcnow(clock: Clock = SYSTEM) -> datetime:
     # Whole seconds: MariaDB's DATETIME drops fractions, so both databases then hold the same value.
-    return datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+    return datetime.fromtimestamp(int(clock.time()), UTC).replace(tzinfo=None)
 
 
 def iso(value: datetime | None) -> str | None:

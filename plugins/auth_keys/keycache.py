@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -40,10 +39,18 @@ class KeyCache:
         self.generation = 0
 
     def put(
-        self, digest: str, *, principal: Principal, expires_at: int | None, generation: int, keep: bool = True
+        self,
+        digest: str,
+        *,
+        principal: Principal,
+        expires_at: int | None,
+        generation: int,
+        now: float,
+        keep: bool = True,
     ) -> Entry:
-        """The entry for a fresh look-up; kept only when `keep` and no invalidation came in between."""
-        entry = Entry(principal, expires_at, time.monotonic() + self.ttl)
+        """The entry for a fresh look-up at monotonic `now`; kept only when `keep` and no invalidation came
+        in between."""
+        entry = Entry(principal, expires_at, now + self.ttl)
         if keep and generation == self.generation:
             if len(self.entries) >= MAX_ENTRIES:
                 self.entries.clear()

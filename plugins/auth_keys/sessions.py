@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
+from edge.clock import Clock
 from edge.db import Database
 from plugins.auth_keys.clock import unix, utcnow
 from plugins.auth_keys.tables import accounts, sessions, users
@@ -56,8 +57,9 @@ def csrf_for(token: str) -> str:
 class SessionStore:
     """Creates, loads, refreshes and ends sessions, with idle and absolute expiry."""
 
-    def __init__(self, *, database: Database, idle_seconds: int, absolute_seconds: int) -> None:
+    def __init__(self, *, database: Database, idle_seconds: int, absolute_seconds: int, clock: Clock) -> None:
         self.db = database
+        self.clock = clock
         self.idle = timedelta(seconds=idle_seconds)
         self.absolute = timedelta(seconds=absolute_seconds)
         # Refresh last_seen_at now and then rather than on every request, but often enough for short idles.
@@ -72,7 +74,7 @@ class SessionStore:
         """Start a session and return (cookie token, CSRF token). A session the browser already
         presented is ended first, so a planted session id never survives a login."""
         token = secrets.token_urlsafe(32)
-        now = utcnow()
+        now = utcnow(self.clock)
         async with self.db.begin() as conn:
             if replacing and _TOKEN.match(replacing):
                 await conn.execute(sa.delete(sessions).where(sessions.c.id == digest(replacing)))
@@ -121,7 +123,7 @@ class SessionStore:
             )
             .where(sessions.c.id == session_id)
         )
-        now = utcnow()
+        now = utcnow(self.clock)
         async with self.db.connect() as conn:
             row = (await conn.execute(query)).first()
         if row is None:
@@ -149,7 +151,7 @@ class SessionStore:
     async def purge_expired(self) -> int:
         """Delete every session past its idle or absolute expiry; returns how many."""
         async with self.db.begin() as conn:
-            result = await conn.execute(sa.delete(sessions).where(self._expired(utcnow())))
+            result = await conn.execute(sa.delete(sessions).where(self._expired(utcnow(self.clock))))
         return int(result.rowcount or 0)
 
     async def end(self, token: str) -> None:
