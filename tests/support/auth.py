@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from edge.context import Principal, RequestContext
 from edge.errors import Unauthorized
@@ -39,20 +40,11 @@ def token(
     return "test:" + ",".join(f"{name}={value}" for name, value in fields.items() if value is not None)
 
 
-def bearer(
-    account_id: int | None,
-    tier: str = "basic",
-    *,
-    user: int | None = None,
-    key: int | None = None,
-    locale: str | None = None,
-    plan_expires_at: int | None = None,
-    admin: bool = False,
-) -> dict[str, str]:
-    """`Authorization` headers for a caller of `account_id` (None: a principal that pays nothing) on `tier`.
-    Unnamed fields default to user `account*10`, key `account*100`, the authenticator's locale, no plan end."""
-    spelled = token(account_id, tier, user=user, key=key, locale=locale, plan_expires_at=plan_expires_at, admin=admin)
-    return {"Authorization": f"Bearer {spelled}"}
+def bearer(account_id: int | None, tier: str = "basic", **fields: Any) -> dict[str, str]:
+    """`Authorization` headers for a caller of `account_id` (None: a principal that pays nothing) on `tier`;
+    `fields` as `token` takes them. Unnamed fields default to user `account*10`, key `account*100`, the
+    authenticator's locale, no plan end, role user."""
+    return {"Authorization": f"Bearer {token(account_id, tier, **fields)}"}
 
 
 class TokenAuth:
