@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from tests.conftest import MARIADB, need
-from tests.support.failover import LOCAL_MODEL, PROCESS_PLUGINS, failover_config
+from tests.support.failover import LOCAL_MODEL, PROCESS_PLUGINS, as_tier, failover_config
 from tests.support.servers import clean_env, fake_ollama_process, gateway_process
 
 pytestmark = pytest.mark.slow
@@ -51,7 +51,7 @@ def fresh_mariadb() -> Iterator[str]:
 
 async def chat(http: aiohttp.ClientSession, url: str, who: str, text: str) -> tuple[int, Any, dict[str, str]]:
     body = {"model": LOCAL_MODEL, "messages": [{"role": "user", "content": text}]}
-    async with http.post(f"{url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {who}"}) as r:
+    async with http.post(f"{url}/v1/chat/completions", json=body, headers=as_tier(who)) as r:
         raw = await r.read()
         try:
             data = orjson.loads(raw)
