@@ -23,6 +23,11 @@ TEMPLATES = [CloudTemplate("resayil_credits_low", "ar", 2), CloudTemplate("resay
 RETRY = [130429, 131056, 131000, 131016]
 PERMANENT = [131026, 131050, 132001, 100]
 ALERT = [190, 368, 131031]
+CODE_OUTCOMES = (
+    [(c, Retry(str(c))) for c in RETRY]
+    + [(c, Permanent(str(c))) for c in PERMANENT]
+    + [(c, Alert(str(c))) for c in ALERT]
+)
 
 
 @pytest.fixture
@@ -106,12 +111,7 @@ async def test_resayil_sends_the_legacy_shape_and_a_custom_one(fake: FakeWhatsAp
     assert fake.accepted[-1]["body"] == {"phone": PHONE, "message": hostile.text, "language": "en"}
 
 
-@pytest.mark.parametrize(
-    ("code", "outcome"),
-    [(c, Retry(str(c))) for c in RETRY]
-    + [(c, Permanent(str(c))) for c in PERMANENT]
-    + [(c, Alert(str(c))) for c in ALERT],
-)
+@pytest.mark.parametrize(("code", "outcome"), CODE_OUTCOMES)
 async def test_resayil_error_codes(fake: FakeWhatsApp, http: aiohttp.ClientSession, code: int, outcome: object):
     fake.settings.fail_next = [code]
     assert await resayil(fake, http).send(message=MESSAGE) == outcome
@@ -178,12 +178,7 @@ async def test_cloud_parameters_are_made_acceptable(fake: FakeWhatsApp, http: ai
     assert fake.accepted[0]["params"] == ["a b c d", "-"]
 
 
-@pytest.mark.parametrize(
-    ("code", "outcome"),
-    [(c, Retry(str(c))) for c in RETRY]
-    + [(c, Permanent(str(c))) for c in PERMANENT]
-    + [(c, Alert(str(c))) for c in ALERT],
-)
+@pytest.mark.parametrize(("code", "outcome"), CODE_OUTCOMES)
 async def test_cloud_error_codes(fake: FakeWhatsApp, http: aiohttp.ClientSession, code: int, outcome: object):
     fake.settings.fail_next = [code]
     assert await cloud(fake, http).send(message=MESSAGE) == outcome

@@ -27,18 +27,22 @@ class Sent:
 
 
 @dataclass(frozen=True)
-class Retry:
+class Failed:
+    """A send that did not go out, and why; the subclass says what to do about it."""
+
     code: str
 
 
-@dataclass(frozen=True)
-class Permanent:
-    code: str
+class Retry(Failed):
+    pass
 
 
-@dataclass(frozen=True)
-class Alert:
-    code: str
+class Permanent(Failed):
+    pass
+
+
+class Alert(Failed):
+    pass
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,6 @@ import contextlib
 import hashlib
 import hmac
 import re
-import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +45,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from tests.fakes import process
 from tests.fakes.whatsapp_errors import CODES, graph_error, resayil_error
 
 __all__ = ["CloudTemplate", "FakeSettings", "FakeWhatsApp", "Received", "main", "run_fake"]
@@ -478,12 +477,8 @@ class FakeWhatsApp:
 @contextlib.asynccontextmanager
 async def run_fake(settings: FakeSettings | None = None, port: int = 0) -> AsyncIterator[FakeWhatsApp]:
     """Serve a :class:`FakeWhatsApp` on 127.0.0.1 (port 0 = a free port) for the duration of the block."""
-    fake = FakeWhatsApp(settings)
-    await fake.start("127.0.0.1", port)
-    try:
+    async with process.running(FakeWhatsApp(settings), port) as fake:
         yield fake
-    finally:
-        await fake.stop()
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -497,22 +492,6 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--template", action="append", default=[], help="NAME:LOCALE:PARAMS, an approved template")
     p.add_argument("--webhook-url", default=None, help="where status webhooks are posted")
     return p.parse_args(argv)
-
-
-async def _serve(settings: FakeSettings, host: str, port: int) -> None:
-    fake = FakeWhatsApp(settings)
-    await fake.start(host, port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    sys.stdout.write(f"ready {fake.url}\n")
-    sys.stdout.flush()
-    try:
-        await stop.wait()
-    finally:
-        await fake.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -530,7 +509,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         webhook_url=args.webhook_url,
     )
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(settings, args.host, args.port))
+        asyncio.run(process.serve(FakeWhatsApp(settings), args.host, args.port))
 
 
 if __name__ == "__main__":
