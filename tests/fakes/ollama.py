@@ -26,8 +26,6 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
-import signal
-import sys
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -38,7 +36,7 @@ from typing import TypedDict
 import orjson
 from aiohttp import web
 
-from tests.fakes import godecode
+from tests.fakes import godecode, process
 from tests.fakes.godecode import GoType
 
 __all__ = ["FakeOllama", "FakeSettings", "ServedRequest", "main", "run_fake"]
@@ -683,22 +681,6 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-async def _serve(settings: FakeSettings, host: str, port: int) -> None:
-    fake = FakeOllama(settings)
-    await fake.start(host, port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    sys.stdout.write(f"ready {fake.url}\n")
-    sys.stdout.flush()
-    try:
-        await stop.wait()
-    finally:
-        await fake.stop()
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parse_args(argv)
     settings = FakeSettings(
@@ -714,7 +696,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         usage=orjson.loads(args.usage) if args.usage else None,
     )
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(settings, args.host, args.port))
+        asyncio.run(process.serve(FakeOllama(settings), args.host, args.port))
 
 
 if __name__ == "__main__":
