@@ -16,7 +16,7 @@ from aiohttp import web
 
 from tests.conftest import ROOT
 from tests.fakes.whatsapp import CloudTemplate, FakeSettings, FakeWhatsApp, run_fake
-from tests.servers import free_port
+from tests.support.servers import free_port
 
 Json = dict[str, object]
 AUTH = {"Authorization": "Bearer test-token"}

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from edge.logs import JsonFormatter
 from tests.conftest import ROOT
-from tests.servers import free_port
+from tests.support.servers import free_port
 
 FAIL2BAN = ROOT / "config" / "fail2ban"
 
