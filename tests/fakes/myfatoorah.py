@@ -63,6 +63,7 @@ METHODS = {
 }
 TEST_CARDS = {"8888880000000001": ("kn", "09/30"), "5123450000000008": ("vm", "01/39")}
 MAX_URL = 254
+_BODY = web.RequestKey("myfatoorah_body", dict)
 _BLOCKED_PAGE = b"<html><head><title>403 - Forbidden</title></head><body><h1>403 - Forbidden: Access is denied.</h1>"
 _ERROR_PAGE = b"<html><head><title>Service Unavailable</title></head><body><h2>Service Unavailable</h2></body></html>"
 
@@ -225,10 +226,14 @@ class FakeMyFatoorah:
         self.url = f"http://{self._host}:{self._port}"
 
     async def go_down(self) -> None:
-        """Stop listening: connections are refused until `come_up`."""
+        """Stop listening and drop open connections: connections are refused until `come_up`."""
         if self._site is not None:
             site, self._site = self._site, None
             await site.stop()
+        server = self._runner.server if self._runner is not None else None
+        for connection in list(server.connections if server is not None else []):
+            if connection.transport is not None:
+                connection.transport.close()
 
     async def stop(self) -> None:
         await self.webhooks_sent()
@@ -265,7 +270,7 @@ class FakeMyFatoorah:
         if not isinstance(body, dict):
             return self._refusal(_Fail("", [("request", "A non-empty request body is required.")]))
         self.calls.append((request.path, body))
-        request["body"] = body
+        request[_BODY] = body
         try:
             return await handler(request)
         except _Fail as exc:
@@ -279,7 +284,7 @@ class FakeMyFatoorah:
         return web.Response(body=orjson.dumps(out), status=exc.status, content_type="application/json")
 
     async def _initiate(self, request: web.Request) -> web.StreamResponse:
-        body: JsonObject = request["body"]
+        body: JsonObject = request[_BODY]
         amount = _fils(body, "InvoiceAmount")
         assert amount is not None
         if body.get("CurrencyIso") != "KWD":
@@ -324,6 +329,7 @@ class FakeMyFatoorah:
         if mobile is not None and not mobile.isdigit():
             raise _Fail("", [("CustomerMobile", "The CustomerMobile must be digits only, at most 11.")])
         items = body.get("InvoiceItems")
+        stored: list[JsonObject] = []
         if items is not None:
             if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
                 raise _Fail("", [("InvoiceItems", "The InvoiceItems field is invalid.")])
@@ -333,8 +339,9 @@ class FakeMyFatoorah:
                 price = _fils(item, "UnitPrice")
                 if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity < 1 or price is None:
                     raise _Fail("", [("Quantity", "The Quantity must be a whole number above zero.")])
-                _text(item, "ItemName", required=True)
+                name = _text(item, "ItemName", required=True)
                 total += quantity * price
+                stored.append({"ItemName": name, "Quantity": quantity, "UnitPrice": _number(price)})
             if total != value:
                 raise _Fail("Invoice value should equal total items value!")
         number = next(self._numbers)
@@ -351,7 +358,7 @@ class FakeMyFatoorah:
             callback_url=urls["CallBackUrl"],
             error_url=urls["ErrorUrl"],
             method=method,
-            items=[dict(i) for i in items] if isinstance(items, list) else [],
+            items=stored if items is not None else [],
             created=datetime.now(UTC),
         )
         self.invoices[invoice.id] = invoice
@@ -359,7 +366,7 @@ class FakeMyFatoorah:
         return invoice
 
     async def _execute(self, request: web.Request) -> web.StreamResponse:
-        body: JsonObject = request["body"]
+        body: JsonObject = request[_BODY]
         method_id = body.get("PaymentMethodId")
         if isinstance(method_id, bool) or method_id not in METHODS:
             raise _Fail("", [("PaymentMethodId", "The PaymentMethodId is invalid.")])
@@ -376,7 +383,7 @@ class FakeMyFatoorah:
         return _envelope(data, "Invoice Created Successfully!")
 
     async def _send_payment(self, request: web.Request) -> web.StreamResponse:
-        body: JsonObject = request["body"]
+        body: JsonObject = request[_BODY]
         if body.get("NotificationOption") not in ("LNK", "SMS", "EML", "ALL"):
             raise _Fail("", [("NotificationOption", "The NotificationOption must be LNK, SMS, EML or ALL.")])
         invoice = self._new_invoice(body, method=None, link=True)
@@ -409,11 +416,11 @@ class FakeMyFatoorah:
             if len(self._status_calls) >= s.status_limit:
                 raise _Fail("Too many requests, please try again later.", status=429)
             self._status_calls.append(now)
-        invoice = self._find(request["body"], types=("InvoiceId", "PaymentId"))
+        invoice = self._find(request[_BODY], types=("InvoiceId", "PaymentId"))
         return _envelope(self.record(invoice), "")
 
     async def _refund(self, request: web.Request) -> web.StreamResponse:
-        body: JsonObject = request["body"]
+        body: JsonObject = request[_BODY]
         invoice = self._find(body, types=("InvoiceId", "PaymentId"))
         amount = _fils(body, "Amount")
         assert amount is not None
