@@ -10,15 +10,18 @@ import pytest
 
 from plugins.billing.gateway_client import NotConfigured, Refused, Throttled, Unreachable
 from plugins.billing.myfatoorah import MyFatoorahClient
-from tests.fakes.myfatoorah import DEFAULT_TOKEN, FakeMyFatoorah, run_fake
+from tests.fakes.myfatoorah import FakeMyFatoorah, FakeSettings, run_fake
 from tests.myfatoorah_helpers import checkout
 
 pytestmark = pytest.mark.asyncio
 
 
+TOKEN = "the-operators-live-token"
+
+
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeMyFatoorah]:
-    async with run_fake() as f:
+    async with run_fake(FakeSettings(token=TOKEN)) as f:
         yield f
 
 
@@ -28,7 +31,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield s
 
 
-def client(fake: FakeMyFatoorah, http: aiohttp.ClientSession, token: str | None = DEFAULT_TOKEN) -> MyFatoorahClient:
+def client(fake: FakeMyFatoorah, http: aiohttp.ClientSession, token: str | None = TOKEN) -> MyFatoorahClient:
     return MyFatoorahClient(session=http, base_url=fake.url, token=token, timeout_seconds=1, wait_seconds=0.01)
 
 
@@ -135,9 +138,9 @@ async def test_execute_and_refund_are_never_retried(fake: FakeMyFatoorah, http: 
 async def test_slow_down_and_throttled(fake: FakeMyFatoorah, http: aiohttp.ClientSession) -> None:
     fake.settings.latency = 2
     with pytest.raises(Unreachable):
-        await MyFatoorahClient(
-            session=http, base_url=fake.url, token=DEFAULT_TOKEN, timeout_seconds=0.2, attempts=1
-        ).status(key="1", key_type="InvoiceId")
+        await MyFatoorahClient(session=http, base_url=fake.url, token=TOKEN, timeout_seconds=0.2, attempts=1).status(
+            key="1", key_type="InvoiceId"
+        )
     await fake.go_down()
     with pytest.raises(Unreachable):
         await client(fake, http).status(key="1", key_type="InvoiceId")
@@ -172,4 +175,4 @@ async def test_token_never_logged(
         fake.settings.fail_status = None
         await mf.execute(request=checkout(), method_id=99)
     assert caplog.records
-    assert DEFAULT_TOKEN not in caplog.text and DEFAULT_TOKEN not in str(err.value) and DEFAULT_TOKEN not in repr(mf)
+    assert TOKEN not in caplog.text and TOKEN not in str(err.value) and TOKEN not in repr(mf)

@@ -34,8 +34,6 @@ import asyncio
 import contextlib
 import itertools
 import json
-import signal
-import sys
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -50,6 +48,7 @@ import orjson
 from aiohttp import web
 
 from tests.fakes import myfatoorah_events as events
+from tests.fakes import process
 
 __all__ = ["Delivery", "FakeMyFatoorah", "FakeSettings", "main", "run_fake"]
 
@@ -607,15 +606,9 @@ class FakeMyFatoorah:
 # --------------------------------------------------------------------------- entry points
 
 
-@contextlib.asynccontextmanager
-async def run_fake(settings: FakeSettings | None = None, port: int = 0) -> AsyncIterator[FakeMyFatoorah]:
+def run_fake(settings: FakeSettings | None = None, port: int = 0) -> contextlib.AbstractAsyncContextManager[FakeMyFatoorah]:
     """Serve a FakeMyFatoorah on 127.0.0.1 (port 0: a free port) for the duration of the block."""
-    fake = FakeMyFatoorah(settings)
-    await fake.start("127.0.0.1", port)
-    try:
-        yield fake
-    finally:
-        await fake.stop()
+    return process.running(FakeMyFatoorah(settings), port)
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -633,36 +626,22 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-async def _serve(settings: FakeSettings, host: str, port: int) -> None:
-    fake = FakeMyFatoorah(settings)
-    await fake.start(host, port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    sys.stdout.write(f"ready {fake.url} (token {settings.token})\n")
-    sys.stdout.flush()
-    try:
-        await stop.wait()
-    finally:
-        await fake.stop()
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parse_args(argv)
-    settings = FakeSettings(
-        token=args.token,
-        webhook_url=args.webhook_url,
-        webhook_secret=args.webhook_secret,
-        webhook_version=args.webhook_version,
-        webhook_copies=args.webhook_copies,
-        latency=args.latency,
-        decline=args.decline,
-        pending=args.pending,
+    fake = FakeMyFatoorah(
+        FakeSettings(
+            token=args.token,
+            webhook_url=args.webhook_url,
+            webhook_secret=args.webhook_secret,
+            webhook_version=args.webhook_version,
+            webhook_copies=args.webhook_copies,
+            latency=args.latency,
+            decline=args.decline,
+            pending=args.pending,
+        )
     )
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(settings, args.host, args.port))
+        asyncio.run(process.serve(fake, args.host, args.port))
 
 
 if __name__ == "__main__":
