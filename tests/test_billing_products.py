@@ -34,9 +34,9 @@ def test_default_catalogue_from_the_example_config() -> None:
         "price_fils": 12000,
         "currency": "KWD",
         "label": {"ar": "١٥٬٠٠٠ رصيد", "en": "15,000 credits"},
-        "price": {"ar": "١٢٫٠٠٠ د.ك.", "en": "KWD 12.000"},
+        "price": {"ar": "١٢٫٠٠٠ د.ك", "en": "12.000 KWD"},
     }
-    assert products[0].as_json()["tier"] == "basic" and products[0].price("ar") == "٢٫٥٠٠ د.ك."
+    assert products[0].as_json()["tier"] == "basic" and products[0].price("ar") == "٢٫٥٠٠ د.ك"
 
 
 def test_free_tier_is_not_sold_and_find_is_exact() -> None:
@@ -145,6 +145,6 @@ def test_parse_refuses_what_is_not_whole_fils(value: object) -> None:
 
 
 def test_user_facing_price_text() -> None:
-    assert price_text(1_234_567, locale="en") == "KWD 1,234.567"
-    assert price_text(1_234_567, locale="ar") == "١٬٢٣٤٫٥٦٧ د.ك."
-    assert price_text(0, locale="ar") == "٠٫٠٠٠ د.ك."
+    assert price_text(1_234_567, locale="en") == "1,234.567 KWD"
+    assert price_text(1_234_567, locale="ar") == "١٬٢٣٤٫٥٦٧ د.ك"
+    assert price_text(0, locale="ar") == "٠٫٠٠٠ د.ك"

@@ -334,7 +334,7 @@ async def test_slow_answers(fake: FakeMyFatoorah, http: aiohttp.ClientSession) -
 
 
 async def test_runs_standalone() -> None:
-    from tests.servers import free_port
+    from tests.support.servers import free_port
 
     port = free_port()
     proc = await asyncio.create_subprocess_exec(

@@ -1,15 +1,15 @@
 """KWD as integer fils (1 KWD = 1000 fils), turned into text only where it leaves the gateway.
 
 Two kinds of text: the MyFatoorah boundary, where an amount is a decimal number with exactly three places
-("5.000"), and what a user reads, in English ("KWD 5.000") or Arabic ("٥٫٠٠٠ د.ك."). Parsing accepts only
+("5.000"), and what a user reads, in English ("5.000 KWD") or Arabic ("٥٫٠٠٠ د.ك"). Parsing accepts only
 amounts that are a whole number of fils: 5.0005 is refused, never rounded, because a rounded amount is
 an amount nobody agreed to. Floats are refused outright: one that reached this point already lost
 exactness (parse provider JSON with `parse_float=Decimal`).
 
 Arabic uses Arabic-Indic digits with the Arabic decimal and group separators, the way CLDR's `ar-KW`
-locale writes numbers (and so `Intl.NumberFormat("ar-KW")` in the portal): that is what Kuwaiti banks,
-KNET receipts and government services show in Arabic text. Mixing Latin digits into an Arabic sentence
-would also make the bidirectional layout of "د.ك." around the number unpredictable.
+locale writes numbers (so `Intl.NumberFormat("ar-KW")` in the portal agrees, and so do the notify plugin's
+messages): what Kuwaiti banks, KNET receipts and government services show in Arabic text. Latin digits
+in an Arabic sentence would also make the bidirectional layout of "د.ك" around the number unpredictable.
 """
 
 from __future__ import annotations
@@ -95,9 +95,9 @@ def grouped(number: int, *, locale: Locale) -> str:
 
 
 def price_text(fils: int, *, locale: Locale) -> str:
-    """What a user reads: "KWD 12,000.000" in English, "١٢٬٠٠٠٫٠٠٠ د.ك." in Arabic (as ar-KW writes it)."""
+    """What a user reads: "12,000.000 KWD" in English, "١٢٬٠٠٠٫٠٠٠ د.ك" in Arabic (as the notify plugin writes it)."""
     whole, part = divmod(checked_fils(fils), FILS_PER_KWD)
     number = f"{whole:,}.{part:03d}"
     if locale == "ar":
-        return f"{number.translate(_ARABIC_DIGITS)} د.ك."
-    return f"{CURRENCY} {number}"
+        return f"{number.translate(_ARABIC_DIGITS)} د.ك"
+    return f"{number} {CURRENCY}"

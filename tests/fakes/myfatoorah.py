@@ -36,7 +36,7 @@ import itertools
 import json
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -606,7 +606,9 @@ class FakeMyFatoorah:
 # --------------------------------------------------------------------------- entry points
 
 
-def run_fake(settings: FakeSettings | None = None, port: int = 0) -> contextlib.AbstractAsyncContextManager[FakeMyFatoorah]:
+def run_fake(
+    settings: FakeSettings | None = None, port: int = 0
+) -> contextlib.AbstractAsyncContextManager[FakeMyFatoorah]:
     """Serve a FakeMyFatoorah on 127.0.0.1 (port 0: a free port) for the duration of the block."""
     return process.running(FakeMyFatoorah(settings), port)
 
