@@ -11,7 +11,7 @@ import pytest
 from plugins.billing.gateway_client import NotConfigured, Refused, Throttled, Unreachable
 from plugins.billing.myfatoorah import MyFatoorahClient
 from tests.fakes.myfatoorah import FakeMyFatoorah, FakeSettings, run_fake
-from tests.myfatoorah_helpers import checkout
+from tests.support.myfatoorah import checkout
 
 pytestmark = pytest.mark.asyncio
 

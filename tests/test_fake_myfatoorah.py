@@ -16,7 +16,7 @@ import pytest
 from plugins.billing import webhooks
 from tests.fakes import myfatoorah_events as events
 from tests.fakes.myfatoorah import DEFAULT_TOKEN, FakeMyFatoorah, run_fake
-from tests.myfatoorah_helpers import Receiver, webhook_receiver
+from tests.support.myfatoorah import Receiver, webhook_receiver
 
 pytestmark = pytest.mark.asyncio
 
