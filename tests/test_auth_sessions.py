@@ -25,6 +25,7 @@ from tests.auth_helpers import (
     login,
     register_user,
 )
+from tests.inputs_helpers import field_codes
 
 
 def cookie(token: str) -> dict[str, str]:
@@ -167,7 +168,7 @@ async def test_profile_update(ollama: Any, db_url: str, serve: Any) -> None:
         assert (body["user"]["name"], body["user"]["locale"]) == ("Sara Ali", "en")
         status, body = await call(served, "PATCH", "/api/me", headers=user.headers, json={"locale": "de", "name": ""})
         assert status == 422
-        assert body["error"]["fields"] == {"name": "name_required", "locale": "locale_invalid"}
+        assert field_codes(body) == {"name": "name_required", "locale": "locale_invalid"}
 
 
 async def test_logout_ends_the_session_and_clears_the_cookie(ollama: Any, db_url: str, serve: Any) -> None:
@@ -198,7 +199,7 @@ async def test_password_change_needs_the_current_one_and_ends_other_sessions(
             headers=user.headers,
             json={"current_password": "wrong password", "new_password": new},
         )
-        assert (status, body["error"]["fields"]) == (422, {"current_password": "password_incorrect"})
+        assert (status, field_codes(body)) == (422, {"current_password": "password_incorrect"})
         status, body = await call(
             served,
             "POST",
@@ -206,7 +207,7 @@ async def test_password_change_needs_the_current_one_and_ends_other_sessions(
             headers=user.headers,
             json={"current_password": PASSWORD, "new_password": "short"},
         )
-        assert (status, body["error"]["fields"]) == (422, {"new_password": "password_too_short"})
+        assert (status, field_codes(body)) == (422, {"new_password": "password_too_short"})
         assert (await call(served, "GET", "/api/me", headers=cookie(other_session)))[0] == 200
 
         status, body = await call(

@@ -77,7 +77,6 @@ class Plugin:
         password_min_score: int = 3
         key_cache_seconds: int = 60
         last_used_interval_seconds: int = 60
-        max_body_bytes: int = 64 * 1024
         # The tier a new registration starts on; `enterprise` also announces `enterprise.registered`.
         registration_tier: str = "basic"
         # Argon2id cost (RFC 9106's second recommendation by default).
@@ -98,7 +97,6 @@ class Plugin:
             "register_attempts_per_name",
             "register_window_seconds",
             "key_cache_seconds",
-            "max_body_bytes",
         ):
             if getattr(s, name) < 1:
                 raise ConfigError(f"plugins.auth_keys.settings.{name}: must be at least 1")
