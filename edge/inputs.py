@@ -7,8 +7,9 @@ Every /api answer to bad fields has one shape, whichever plugin gives it:
 
 `fields` names every bad field at once, so a form can mark them all; codes are stable and machine-read (the
 portal translates them), messages are English for people reading raw answers. A body that is not a JSON
-object is 422 `invalid_json`; one longer than `api.max_body_bytes` is 413 `request_too_large`, refused while
-it is read, so neither a false Content-Length nor a chunked body makes a worker hold more than the limit.
+object is the same 422 with code `invalid_json` and `fields` empty. A body longer than `api.max_body_bytes`
+is 413 `request_too_large`, refused while it is read, so neither a false Content-Length nor a chunked body
+makes a worker hold more than the limit.
 """
 
 from __future__ import annotations
@@ -28,8 +29,12 @@ from edge.errors import BadRequest, GatewayError, Unprocessable
 T = TypeVar("T")
 Parser = Callable[[Any], T]
 
-# Characters that change how text displays without being text: controls and bidirectional overrides.
-_INVISIBLE = re.compile("[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069\ufeff]")
+# Characters that change how text displays without being text: controls, bidirectional overrides, isolates
+# and marks, zero-width spaces and soft hyphens (so "\u200b" is not a name). The zero-width (non-)joiners
+# stay: Persian and emoji sequences need them.
+_INVISIBLE = re.compile(
+    "[\u0000-\u001f\u007f-\u009f\u00ad\u061c\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]"
+)
 _SPACES = re.compile(r"\s+")
 # ASCII digits only: str.isdigit() also says yes to "²" (which int() refuses) and to other scripts' digits.
 _DIGITS = re.compile(r"[0-9]{1,19}")
@@ -120,10 +125,15 @@ def parse_object(body: bytes) -> dict[str, Any]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
-        raise Unprocessable("The body is not valid JSON.", code="invalid_json") from None
+        raise not_an_object("The body is not valid JSON.") from None
     if not isinstance(data, dict):
-        raise Unprocessable("The body must be a JSON object.", code="invalid_json")
+        raise not_an_object("The body must be a JSON object.")
     return data
+
+
+def not_an_object(message: str) -> GatewayError:
+    """The one 422 when there are no fields to name: `invalid_json`, with `fields` empty."""
+    return Unprocessable(message, code="invalid_json", extra={"fields": {}})
 
 
 # ---- typed readers: each returns a parser for `Form.take`, raising `<subject>_<problem>` codes ----------------
