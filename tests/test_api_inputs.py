@@ -123,8 +123,8 @@ async def test_wrong_types_bools_huge_numbers_and_unknown_fields_name_each_field
             ("POST", credits, {"delta_milli": 1.0, "reason": "r"}, {"delta_milli": "delta_milli_invalid"}),
             ("POST", credits, {"delta_milli": "5", "reason": "r"}, {"delta_milli": "delta_milli_invalid"}),
             ("POST", credits, {"delta_milli": 2**64, "reason": "r"}, {"delta_milli": "delta_milli_invalid"}),
-                # Past what a double holds: not a number JSON decoding accepts at all.
-                ("POST", credits, {"delta_milli": 10**400, "reason": "r"}, {}),
+            # Past what a double holds: not a number JSON decoding accepts at all.
+            ("POST", credits, {"delta_milli": 10**400, "reason": "r"}, {}),
             ("POST", credits, {"delta_milli": 10**16, "reason": "r"}, {"delta_milli": "delta_milli_out_of_range"}),
             ("POST", credits, {"delta_milli": -(2**63), "reason": "r"}, {"delta_milli": "delta_milli_out_of_range"}),
             ("POST", credits, {"delta_milli": 0, "reason": "r"}, {"delta_milli": "delta_milli_invalid"}),
