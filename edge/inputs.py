@@ -29,12 +29,10 @@ from edge.errors import BadRequest, GatewayError, Unprocessable
 T = TypeVar("T")
 Parser = Callable[[Any], T]
 
-# Characters that change how text displays without being text: controls, bidirectional overrides, isolates
-# and marks, zero-width spaces and soft hyphens (so "\u200b" is not a name). The zero-width (non-)joiners
-# stay: Persian and emoji sequences need them.
-_INVISIBLE = re.compile(
-    "[\u0000-\u001f\u007f-\u009f\u00ad\u061c\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]"
-)
+# Characters that change how text displays without being text: controls, bidirectional overrides and
+# isolates, zero-width spaces, word joiners and soft hyphens (so "\u200b" is not a name). The direction marks
+# (LRM, RLM, ALM) and the zero-width (non-)joiners stay: mixed Arabic and Latin text, Persian and emoji need them.
+_INVISIBLE = re.compile("[\u0000-\u001f\u007f-\u009f\u00ad\u200b\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
 _SPACES = re.compile(r"\s+")
 # ASCII digits only: str.isdigit() also says yes to "²" (which int() refuses) and to other scripts' digits.
 _DIGITS = re.compile(r"[0-9]{1,19}")
