@@ -77,6 +77,8 @@ class Plugin:
         password_min_score: int = 3
         key_cache_seconds: int = 60
         last_used_interval_seconds: int = 60
+        # Moved: every /api body now has the gateway's one limit, `api.max_body_bytes`. Refused with that name.
+        max_body_bytes: int | None = None
         # The tier a new registration starts on; `enterprise` also announces `enterprise.registered`.
         registration_tier: str = "basic"
         # Argon2id cost (RFC 9106's second recommendation by default).
@@ -86,6 +88,11 @@ class Plugin:
 
     def __init__(self, settings: Plugin.Settings) -> None:
         s = settings
+        if s.max_body_bytes is not None:
+            raise ConfigError(
+                "plugins.auth_keys.settings.max_body_bytes: moved to the gateway's `api.max_body_bytes`, "
+                "the one limit for every /api body"
+            )
         for name in (
             "session_idle_seconds",
             "session_absolute_seconds",
