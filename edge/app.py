@@ -12,14 +12,14 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from edge.asgi import Receive, Scope, Send
 from edge.clock import SYSTEM, Clock
 from edge.config import GatewayConfig
-from edge.errors import GatewayError, error_type_for
+from edge.errors import GatewayError
 from edge.forwarded import parse_networks, real_client
 from edge.gateway import Gateway
 from edge.handler import V1, new_request_id
@@ -34,9 +34,15 @@ _CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large",
 MAX_PATH = 2048
 
 
-def error_response(status: int, message: str, code: str | None, headers: dict[str, str] | None = None) -> Response:
-    body = {"error": {"message": message, "type": error_type_for(status), "param": None, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)
+def api_error(error: GatewayError) -> Response:
+    """THE answer to every failed call outside /v1 (the portal's API, its pages, health): the error's one
+    JSON body (`GatewayError.body`), its status and headers. Never HTML, never a traceback."""
+    return Response(
+        error.body_bytes(),
+        status_code=error.status,
+        media_type="application/json",
+        headers={k.decode("latin-1"): v.decode("latin-1") for k, v in error.response_headers()},
+    )
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -47,22 +53,19 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         message = f"Method {request.method} is not allowed on {request.url.path}."
     else:
         message = str(exc.detail)
-    return error_response(exc.status_code, message, _CODES.get(exc.status_code), dict(exc.headers or {}))
+    status = exc.status_code
+    code = _CODES.get(status, "invalid_request" if status < 500 else "server_error")
+    return api_error(GatewayError(message, status=status, code=code, headers=dict(exc.headers or {})))
 
 
 async def _gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
-    return Response(
-        exc.body_bytes(),
-        status_code=exc.status,
-        media_type="application/json",
-        headers={k.decode(): v.decode() for k, v in exc.response_headers()},
-    )
+    return api_error(exc)
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
     log.error("unexpected error on %s", request.url.path, exc_info=exc)
-    return error_response(500, "The server failed to handle this request; it has been logged.", "server_error")
+    return api_error(GatewayError("The server failed to handle this request; it has been logged."))
 
 
 class RequestId:
@@ -99,8 +102,8 @@ class PathLimit:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and len(scope["path"]) > MAX_PATH:
-            message = f"The path is longer than {MAX_PATH} characters."
-            await error_response(414, message, "uri_too_long")(scope, receive, send)
+            error = GatewayError(f"The path is longer than {MAX_PATH} characters.", status=414, code="uri_too_long")
+            await api_error(error)(scope, receive, send)
             return
         await self.app(scope, receive, send)
 

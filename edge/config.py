@@ -34,6 +34,14 @@ class ServerSettings:
 
 
 @dataclass
+class ApiSettings:
+    """The portal's JSON API (/api): what every plugin's routes share."""
+
+    # Every /api body, whichever plugin reads it (edge/inputs.py); the largest form today is a few KiB.
+    max_body_bytes: int = 64 * 1024
+
+
+@dataclass
 class TimeoutSettings:
     connect: float = 5.0
     first_byte: float = 120.0
@@ -99,6 +107,7 @@ class GatewayConfig:
     server: ServerSettings = field(default_factory=ServerSettings)
     database_url: str = "sqlite+aiosqlite:///var/resayil.db"
     redis_url: str | None = None
+    api: ApiSettings = field(default_factory=ApiSettings)
     timeouts: TimeoutSettings = field(default_factory=TimeoutSettings)
     upstreams: dict[str, UpstreamSettings] = field(default_factory=dict)
     models: list[ModelSettings] = field(default_factory=list)
@@ -125,6 +134,8 @@ class GatewayConfig:
                 raise ConfigError(f"server.trusted_proxies[{i}]: not an address or network: {item!r}") from None
         if self.server.max_body_bytes < 1024:
             raise ConfigError("server.max_body_bytes: must be at least 1024")
+        if self.api.max_body_bytes < 1024:
+            raise ConfigError("api.max_body_bytes: must be at least 1024")
         if not self.database_url.startswith(("sqlite+aiosqlite://", "mysql+aiomysql://")):
             raise ConfigError("database_url: must start with sqlite+aiosqlite:// or mysql+aiomysql://")
         for name, upstream in self.upstreams.items():

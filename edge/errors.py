@@ -1,4 +1,9 @@
-"""Typed gateway errors and the one renderer that turns them into OpenAI's error shape."""
+"""Typed gateway errors and the one renderer that turns them into OpenAI's error shape.
+
+`GatewayError.body` is the only place an error body is built: /v1 answers (`edge.asgi.send_error`), the
+error event that ends a failed stream (`edge.sse.error_event`) and every /api answer (`edge.app.api_error`,
+the 422 of `edge.inputs.invalid` included) are that body, so a client sees one shape everywhere.
+"""
 
 from __future__ import annotations
 
@@ -57,6 +62,7 @@ class GatewayError(Exception):
         self.extra = dict(extra or {})
 
     def body(self) -> dict[str, Any]:
+        """`{"error": {"message", "type", "param", "code", ...extra}}`, as OpenAI answers."""
         error: dict[str, Any] = {
             "message": self.message,
             "type": self.type,

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from plugins.auth_keys import strength
 from plugins.auth_keys.tables import accounts, api_keys, sessions, users
 from tests.conftest import Served
+from tests.support.inputs import field_codes
 from tests.support.portal import PASSWORD, auth_config, register_user, unique_email, unique_phone
 from tests.support.recorder import Recorder
 
@@ -105,7 +106,7 @@ async def test_missing_and_malformed_fields_get_422_with_codes(ollama: Any, db_u
         assert status == 422
         error = data["error"]
         assert error["type"] == "invalid_request_error" and isinstance(error["message"], str)
-        assert error["fields"] == {
+        assert field_codes(data) == {
             "name": "name_required",
             "email": "email_required",
             "phone": "phone_required",
@@ -132,7 +133,7 @@ async def test_missing_and_malformed_fields_get_422_with_codes(ollama: Any, db_u
         for override, field, code in cases:
             status, data, _ = await post(served, "/api/auth/register", form(**override))
             assert status == 422, (override, data)
-            assert data["error"]["fields"] == {field: code}, override
+            assert field_codes(data) == {field: code}, override
             assert data["error"]["code"] == code
         assert await user_rows(served) == []
 
@@ -154,7 +155,7 @@ async def test_email_and_phone_are_unique_after_normalisation(ollama: Any, db_ur
         for body, fields in variants:
             status, data, _ = await post(served, "/api/auth/register", body)
             assert status == 422, body
-            assert data["error"]["fields"] == fields
+            assert field_codes(data) == fields
         assert len(await user_rows(served)) == 1
 
 
@@ -213,7 +214,7 @@ async def test_sql_looking_confusable_and_long_inputs_are_stored_or_refused_clea
         for body in refused:
             status, data, _ = await post(served, "/api/auth/register", body)
             assert status == 422, data
-            assert set(data["error"]["fields"]) <= {"email", "phone", "name", "password"}
+            assert set(field_codes(data)) <= {"email", "phone", "name", "password"}
         async with served.gateway.database.connect() as conn:
             assert await conn.scalar(sa.select(sa.func.count()).select_from(users)) == 2
             assert await conn.scalar(sa.select(sa.func.count()).select_from(api_keys)) == 0
@@ -225,7 +226,7 @@ async def test_concurrent_registrations_with_one_email_create_one_user(ollama: A
         answers = await asyncio.gather(*(post(served, "/api/auth/register", form(email=email)) for _ in range(6)))
         statuses = sorted(status for status, _, _ in answers)
         assert statuses == [201, 422, 422, 422, 422, 422]
-        assert all(data["error"]["fields"] == {"email": "email_taken"} for status, data, _ in answers if status == 422)
+        assert all(field_codes(data) == {"email": "email_taken"} for status, data, _ in answers if status == 422)
         assert len(await user_rows(served)) == 1
         async with served.gateway.database.connect() as conn:
             assert await conn.scalar(sa.select(sa.func.count()).select_from(accounts)) == 1
@@ -272,14 +273,14 @@ async def test_probing_one_email_or_phone_is_limited_across_ips(ollama: Any, db_
             async with from_ip(served, f"127.0.0.{10 + i}") as prober:
                 status, data, resp = await post(prober, "/api/auth/register", form(email=spelling))
             if i < 2:
-                assert (status, data["error"]["fields"]) == (422, {"email": "email_taken"})
+                assert (status, field_codes(data)) == (422, {"email": "email_taken"})
             else:
                 assert_too_many(status, data, resp, window=3600)
         for i, spelling in enumerate(["98765432", "+965 9876 5432", "٩٨٧٦٥٤٣٢"]):
             async with from_ip(served, f"127.0.0.{20 + i}") as prober:
                 status, data, resp = await post(prober, "/api/auth/register", form(phone=spelling))
             if i < 2:
-                assert (status, data["error"]["fields"]) == (422, {"phone": "phone_taken"})
+                assert (status, field_codes(data)) == (422, {"phone": "phone_taken"})
             else:
                 assert_too_many(status, data, resp, window=3600)
 
@@ -289,10 +290,10 @@ async def test_a_case_folded_variant_of_an_email_is_taken(ollama: Any, db_url: s
         assert (await post(served, "/api/auth/register", form(email="boss@example.com")))[0] == 201
         for variant in ("BOSS@EXAMPLE.COM", "boß@example.com", "BOẞ@example.com", "boſs@example.com"):
             status, data, _ = await post(served, "/api/auth/register", form(email=variant))
-            assert (status, data["error"]["fields"]) == (422, {"email": "email_taken"}), variant
+            assert (status, field_codes(data)) == (422, {"email": "email_taken"}), variant
         # Accented letters are not folded away: such an address is refused, never taken as boss's.
         status, data, _ = await post(served, "/api/auth/register", form(email="bóss@example.com"))
-        assert (status, data["error"]["fields"]) == (422, {"email": "email_invalid"})
+        assert (status, field_codes(data)) == (422, {"email": "email_invalid"})
         assert len(await user_rows(served)) == 1
 
 
@@ -317,7 +318,7 @@ async def test_common_and_pattern_passwords_are_refused(ollama: Any, db_url: str
             status, data, _ = await post(served, "/api/auth/register", form(password=weak))
             assert status == 422, (weak, data)
             assert (data["error"]["code"], data["error"]["param"]) == ("password_too_weak", "password")
-            assert data["error"]["fields"] == {"password": "password_too_weak"}
+            assert field_codes(data) == {"password": "password_too_weak"}
         assert await user_rows(served) == []
         assert (await post(served, "/api/auth/register", form()))[0] == 201
 
@@ -340,7 +341,7 @@ async def test_passwords_made_of_the_email_or_phone_are_refused(ollama: Any, db_
             body = form(email=email, phone=phone, password=password)
             status, data, _ = await post(served, "/api/auth/register", body)
             assert status == 422, (password, data)
-            assert data["error"]["fields"] == {"password": "password_personal"}, password
+            assert field_codes(data) == {"password": "password_personal"}, password
         assert await user_rows(served) == []
         user = await register_user(served, email=email, phone=phone)
         # Changing to such a password is refused the same way, naming the field.
@@ -352,7 +353,7 @@ async def test_passwords_made_of_the_email_or_phone_are_refused(ollama: Any, db_
                 json={"current_password": PASSWORD, "new_password": new},
             ) as resp:
                 data = await resp.json()
-                assert (resp.status, data["error"]["fields"]) == (422, {"new_password": code}), new
+                assert (resp.status, field_codes(data)) == (422, {"new_password": code}), new
 
 
 def test_the_scorer_sees_a_bounded_prefix_so_no_password_is_slow_to_score() -> None:
@@ -379,12 +380,12 @@ async def test_a_weak_password_reveals_nothing_and_costs_only_the_ips_place(
         assert (await post(served, "/api/auth/register", form(email="owner@example.com")))[0] == 201
         # With a weak password nothing is looked up: a taken email is not named, so it cannot be probed.
         status, data, _ = await post(served, "/api/auth/register", form(email="owner@example.com", password="12345678"))
-        assert (status, data["error"]["fields"]) == (422, {"password": "password_too_weak"})
+        assert (status, field_codes(data)) == (422, {"password": "password_too_weak"})
         # Someone trying passwords for their own address is not locked out of it (2 a window),
         email = unique_email()
         for weak in ("password", "qwertyuiop", "iloveyou123"):
             status, data, _ = await post(served, "/api/auth/register", form(email=email, password=weak))
-            assert (status, data["error"]["fields"]) == (422, {"password": "password_too_weak"})
+            assert (status, field_codes(data)) == (422, {"password": "password_too_weak"})
         assert (await post(served, "/api/auth/register", form(email=email)))[0] == 201
         # but the scorer's work counts against the IP.
         status, data, resp = await post(served, "/api/auth/register", form(password="12345678"))

@@ -16,6 +16,7 @@ from edge.hookspecs import hookimpl
 from plugins.auth_keys.guards import require_admin, session_user
 from plugins.auth_keys.tables import sessions
 from tests.support.clock import ManualClock
+from tests.support.inputs import field_codes
 from tests.support.portal import PASSWORD, LoggedIn, auth_config, bearer, create_key, login, register_user
 
 
@@ -159,7 +160,7 @@ async def test_profile_update(ollama: Any, db_url: str, serve: Any) -> None:
         assert (body["user"]["name"], body["user"]["locale"]) == ("Sara Ali", "en")
         status, body = await call(served, "PATCH", "/api/me", headers=user.headers, json={"locale": "de", "name": ""})
         assert status == 422
-        assert body["error"]["fields"] == {"name": "name_required", "locale": "locale_invalid"}
+        assert field_codes(body) == {"name": "name_required", "locale": "locale_invalid"}
 
 
 async def test_logout_ends_the_session_and_clears_the_cookie(ollama: Any, db_url: str, serve: Any) -> None:
@@ -190,7 +191,7 @@ async def test_password_change_needs_the_current_one_and_ends_other_sessions(
             headers=user.headers,
             json={"current_password": "wrong password", "new_password": new},
         )
-        assert (status, body["error"]["fields"]) == (422, {"current_password": "password_incorrect"})
+        assert (status, field_codes(body)) == (422, {"current_password": "password_incorrect"})
         status, body = await call(
             served,
             "POST",
@@ -198,7 +199,7 @@ async def test_password_change_needs_the_current_one_and_ends_other_sessions(
             headers=user.headers,
             json={"current_password": PASSWORD, "new_password": "short"},
         )
-        assert (status, body["error"]["fields"]) == (422, {"new_password": "password_too_short"})
+        assert (status, field_codes(body)) == (422, {"new_password": "password_too_short"})
         assert (await call(served, "GET", "/api/me", headers=cookie(other_session)))[0] == 200
 
         status, body = await call(

@@ -46,6 +46,7 @@ def test_example_config_defaults_and_environment() -> None:
     }
     assert set(config.hidden_models) == {"glm-4.7-flash", "bge-m3", "nomic-embed-text"}
     assert (config.tiers["basic"].price_fils, config.tiers["pro"].monthly_credits) == (2500, 5000)
+    assert config.api.max_body_bytes == 64 * 1024
     env = {
         "RESAYIL_DATABASE_URL": "mysql+aiomysql://u:p@db:3306/r",
         "RESAYIL_REDIS_URL": "redis://r:6379/0",
@@ -81,6 +82,11 @@ def test_example_config_defaults_and_environment() -> None:
         (lambda c: c["models"][0].update(**{"class": "huge"}), "models[0].class: must be one of"),
         (lambda c: c["server"].update(workers=2), "server.workers: more than one worker needs shared state"),
         (lambda c: c.update(database_url="postgres://x"), "database_url: must start with"),
+        (lambda c: c.update(api={"max_body_bytes": 1023}), "api.max_body_bytes: must be at least 1024"),
+        (
+            lambda c: c["plugins"].append({"name": "auth_keys", "settings": {"max_body_bytes": 65536}}),
+            "plugins.auth_keys.settings.max_body_bytes: moved to the gateway's `api.max_body_bytes`",
+        ),
         (lambda c: c["plugins"].append({"name": "nope"}), "plugins.nope: no plugin module 'plugins.nope'"),
         (
             lambda c: c["plugins"].append(

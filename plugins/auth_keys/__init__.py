@@ -77,7 +77,8 @@ class Plugin:
         password_min_score: int = 3
         key_cache_seconds: int = 60
         last_used_interval_seconds: int = 60
-        max_body_bytes: int = 64 * 1024
+        # Moved: every /api body now has the gateway's one limit, `api.max_body_bytes`. Refused with that name.
+        max_body_bytes: int | None = None
         # The tier a new registration starts on; `enterprise` also announces `enterprise.registered`.
         registration_tier: str = "basic"
         # Argon2id cost (RFC 9106's second recommendation by default).
@@ -87,6 +88,11 @@ class Plugin:
 
     def __init__(self, settings: Plugin.Settings) -> None:
         s = settings
+        if s.max_body_bytes is not None:
+            raise ConfigError(
+                "plugins.auth_keys.settings.max_body_bytes: moved to the gateway's `api.max_body_bytes`, "
+                "the one limit for every /api body"
+            )
         for name in (
             "session_idle_seconds",
             "session_absolute_seconds",
@@ -98,7 +104,6 @@ class Plugin:
             "register_attempts_per_name",
             "register_window_seconds",
             "key_cache_seconds",
-            "max_body_bytes",
         ):
             if getattr(s, name) < 1:
                 raise ConfigError(f"plugins.auth_keys.settings.{name}: must be at least 1")

@@ -24,17 +24,5 @@ def unix(value: datetime | None) -> int | None:
     return None if value is None else calendar.timegm(value.timetuple())
 
 
-def parse_iso(text: str) -> datetime:
-    """An ISO 8601 instant as UTC-naive; a value without an offset is taken as UTC. Raises ValueError."""
-    parsed = datetime.fromisoformat(text.strip())
-    if parsed.tzinfo is not None:
-        try:
-            parsed = parsed.astimezone(UTC).replace(tzinfo=None)
-        except OverflowError:
-            # An offset that moves year 1 or 9999 out of datetime's range.
-            raise ValueError(f"{text!r} is outside the supported range") from None
-    return parsed.replace(microsecond=0)
-
-
 def iso_unix(value: int | None) -> str | None:
     return None if value is None else iso(datetime.fromtimestamp(value, UTC).replace(tzinfo=None))

@@ -14,8 +14,9 @@ import sys
 from typing import TYPE_CHECKING
 
 from edge.cli import Command
+from edge.inputs import FieldError
 from plugins.auth_keys import inputs, strength
-from plugins.auth_keys.inputs import MESSAGES, FieldError
+from plugins.auth_keys.inputs import MESSAGES
 from plugins.auth_keys.users import Taken
 
 if TYPE_CHECKING:

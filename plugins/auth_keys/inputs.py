@@ -1,27 +1,24 @@
-"""Reading portal JSON bodies and checking their fields into clean values or stable machine codes.
+"""auth_keys' own field rules: names, logins, emails, phones, passwords, locales, key scopes and expiry.
 
-A 422 names every bad field: `{"error": {..., "code": <first field's code>, "fields": {field: code}}}`.
-The portal translates the codes; the English messages are for people reading raw responses.
+The body limit, the form and the one 422 shape are the gateway's (`edge/inputs.py`); this module words its
+codes for people (`MESSAGES`) and keeps what a login name, a password or a key's scopes must be.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Any, TypeVar, cast
+from typing import Any
 
-import orjson
-from starlette.requests import Request
-
-from edge.asgi import too_large
-from edge.errors import BadRequest, GatewayError
+from edge.errors import GatewayError
+from edge.inputs import FieldError, Form, parse_instant
+from edge.inputs import invalid as invalid_fields
+from edge.inputs import text as text_field
 from plugins.auth_keys import passwords
-from plugins.auth_keys.clock import parse_iso, utcnow
+from plugins.auth_keys.clock import utcnow
 from plugins.auth_keys.phones import normalize_phone
-
-T = TypeVar("T")
 
 NAME_MAX = 100
 LOCALES = ("ar", "en")
@@ -33,7 +30,6 @@ KEY_YEARS_MAX = 10
 KEY_LIFETIME_MAX = timedelta(days=3653)
 
 MESSAGES = {
-    "invalid_json": "The body must be a JSON object.",
     "name_required": "Enter a name.",
     "name_too_long": f"The name is longer than {NAME_MAX} characters.",
     "email_required": "Enter an email address.",
@@ -56,87 +52,27 @@ MESSAGES = {
     "expires_at_too_far": f"`expires_at` must be at most {KEY_YEARS_MAX} years from now.",
 }
 
-# Characters that change how text displays without being text: controls and bidirectional overrides.
-_INVISIBLE = re.compile("[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069\ufeff]")
-_SPACES = re.compile(r"\s+")
 _ATOM = r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _EMAIL = re.compile(rf"^{_ATOM}(?:\.{_ATOM})*@(?:{_LABEL}\.)+(?:[a-z]{{2,63}}|xn--[a-z0-9-]{{1,59}})$")
 
 
-class FieldError(Exception):
-    def __init__(self, code: str) -> None:
-        super().__init__(code)
-        self.code = code
+def bad(code: str) -> FieldError:
+    return FieldError(code, MESSAGES.get(code, "This value is not valid."))
 
 
-def invalid(fields: dict[str, str]) -> GatewayError:
-    """The one 422 shape for bad fields."""
-    field, code = next(iter(fields.items()))
-    return GatewayError(
-        MESSAGES.get(code, "A field is not valid."), status=422, code=code, param=field, extra={"fields": dict(fields)}
-    )
+def form(data: Mapping[str, Any]) -> Form:
+    """A form whose errors are worded by `MESSAGES`."""
+    return Form(data, messages=MESSAGES)
 
 
-class Form:
-    """Collects every field's error before answering, so the portal can mark them all at once."""
-
-    def __init__(self, data: dict[str, Any]) -> None:
-        self.data = data
-        self.errors: dict[str, str] = {}
-
-    def take(self, field: str, parse: Callable[[Any], T]) -> T:
-        try:
-            return parse(self.data.get(field))
-        except FieldError as exc:
-            self.errors.setdefault(field, exc.code)
-            return cast(T, None)  # never used: `check` raises first
-
-    def fail(self, field: str, code: str) -> None:
-        self.errors.setdefault(field, code)
-
-    def check(self) -> None:
-        if self.errors:
-            raise invalid(self.errors)
+def invalid(fields: Mapping[str, str]) -> GatewayError:
+    """The one 422 for codes found after the form was checked (a taken email, a wrong current password)."""
+    return invalid_fields({field: bad(code) for field, code in fields.items()})
 
 
-async def read_json(request: Request, *, limit: int) -> dict[str, Any]:
-    """The body as a JSON object; 413 past `limit` bytes (checked before reading when announced)."""
-    length = request.headers.get("content-length")
-    if length is not None:
-        if not length.isdigit():
-            raise BadRequest("The Content-Length header is not a number.", code="invalid_content_length")
-        if int(length) > limit:
-            raise too_large(limit)
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_large(limit)
-    if not body.strip():
-        return {}
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise GatewayError("The body is not valid JSON.", status=422, code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise GatewayError(MESSAGES["invalid_json"], status=422, code="invalid_json")
-    return data
-
-
-def clean_text(value: str) -> str:
-    """NFKC, without invisible control and direction characters, single-spaced."""
-    text = _INVISIBLE.sub("", unicodedata.normalize("NFKC", value))
-    return _SPACES.sub(" ", text).strip()
-
-
-def name(value: Any) -> str:
-    if not isinstance(value, str) or not clean_text(value):
-        raise FieldError("name_required")
-    text = clean_text(value)
-    if len(text) > NAME_MAX:
-        raise FieldError("name_too_long")
-    return text
+# A person's or a key's name: `name_required`, `name_too_long`.
+name = text_field(subject="name", max_length=NAME_MAX)
 
 
 def login_key(value: str) -> str:
@@ -154,44 +90,44 @@ def login_key(value: str) -> str:
 
 def email(value: Any) -> str:
     if value is None or value == "":
-        raise FieldError("email_required")
+        raise bad("email_required")
     if not isinstance(value, str):
-        raise FieldError("email_invalid")
+        raise bad("email_invalid")
     text = login_key(value)
     # ASCII only: a look-alike letter from another script must not make a second "admin@...".
     if len(text) > 254 or not text.isascii() or not _EMAIL.match(text) or len(text.split("@")[0]) > 64:
-        raise FieldError("email_invalid")
+        raise bad("email_invalid")
     return text
 
 
 def phone(value: Any) -> str:
     if value is None or value == "":
-        raise FieldError("phone_required")
+        raise bad("phone_required")
     # The same form `login_key` gives a phone number.
     normalized = normalize_phone(value) if isinstance(value, str) else None
     if normalized is None:
-        raise FieldError("phone_invalid")
+        raise bad("phone_invalid")
     return normalized
 
 
 def password(value: Any) -> str:
     """A new password, NFKC-normalised so the same characters typed on another keyboard still match."""
     if value is None or value == "":
-        raise FieldError("password_required")
+        raise bad("password_required")
     if not isinstance(value, str):
-        raise FieldError("password_too_short")
+        raise bad("password_too_short")
     text = unicodedata.normalize("NFKC", value)
     if len(text) < passwords.MIN_LENGTH:
-        raise FieldError("password_too_short")
+        raise bad("password_too_short")
     if len(text) > passwords.MAX_LENGTH:
-        raise FieldError("password_too_long")
+        raise bad("password_too_long")
     return text
 
 
 def given_password(value: Any) -> str:
     """A password offered to be checked: only its presence matters here."""
     if not isinstance(value, str) or value == "":
-        raise FieldError("password_required")
+        raise bad("password_required")
     return unicodedata.normalize("NFKC", value[: passwords.MAX_LENGTH * 4])
 
 
@@ -199,14 +135,14 @@ def locale(value: Any) -> str:
     if value is None:
         return "ar"
     if not isinstance(value, str) or value.strip().lower() not in LOCALES:
-        raise FieldError("locale_invalid")
+        raise bad("locale_invalid")
     return value.strip().lower()
 
 
 def login(value: Any) -> str:
     """The login as typed (an email or a phone), in its normal form: see `login_key`."""
     if not isinstance(value, str) or not value.strip():
-        raise FieldError("login_required")
+        raise bad("login_required")
     return login_key(value.strip()[:254])
 
 
@@ -215,16 +151,16 @@ def expires_at(value: Any) -> datetime | None:
     if value is None:
         return None
     if not isinstance(value, str) or len(value) > 64:
-        raise FieldError("expires_at_invalid")
+        raise bad("expires_at_invalid")
     try:
-        when = parse_iso(value)
+        when = parse_instant(value)
     except ValueError:
-        raise FieldError("expires_at_invalid") from None
+        raise bad("expires_at_invalid") from None
     now = utcnow()
     if when <= now:
-        raise FieldError("expires_at_past")
+        raise bad("expires_at_past")
     if when > now + KEY_LIFETIME_MAX:
-        raise FieldError("expires_at_too_far")
+        raise bad("expires_at_too_far")
     return when
 
 
@@ -234,5 +170,5 @@ def scopes(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not value or not all(isinstance(s, str) and s in SCOPES for s in value):
-        raise FieldError("scopes_invalid")
+        raise bad("scopes_invalid")
     return tuple(s for s in SCOPES if s in value)

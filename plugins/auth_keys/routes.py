@@ -9,10 +9,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from edge.errors import GatewayError, NotFound
+from edge.inputs import Form, read_json
 from edge.security import over_https
 from plugins.auth_keys import inputs, strength
 from plugins.auth_keys.guards import check_csrf, optional_session_user, session_user
-from plugins.auth_keys.inputs import Form, invalid
+from plugins.auth_keys.inputs import invalid
 from plugins.auth_keys.sessions import COOKIE_NAME
 from plugins.auth_keys.throttle import Ticket, ip_bucket
 from plugins.auth_keys.users import Taken
@@ -58,13 +59,13 @@ def wrong_login() -> GatewayError:
 
 
 class AuthApi:
-    """The route handlers; each reads its body through one size-capped reader."""
+    """The route handlers; each reads its body through the gateway's one size-capped reader."""
 
     def __init__(self, plugin: Plugin) -> None:
         self.plugin = plugin
 
-    async def _body(self, request: Request) -> dict[str, Any]:
-        return await inputs.read_json(request, limit=self.plugin.settings.max_body_bytes)
+    async def _form(self, request: Request) -> Form:
+        return inputs.form(await read_json(request))
 
     def _secure(self, request: Request) -> bool:
         return over_https(request.scope, public_url=self.plugin.gateway.config.server.public_url)
@@ -113,7 +114,7 @@ class AuthApi:
 
     async def register(self, request: Request) -> Response:
         p = self.plugin
-        form = Form(await self._body(request))
+        form = await self._form(request)
         name = form.take("name", inputs.name)
         email = form.take("email", inputs.email)
         phone = form.take("phone", inputs.phone)
@@ -158,7 +159,7 @@ class AuthApi:
 
     async def login(self, request: Request) -> Response:
         p = self.plugin
-        form = Form(await self._body(request))
+        form = await self._form(request)
         login = form.take("login", inputs.login)
         password = form.take("password", inputs.given_password)
         form.check()
@@ -191,8 +192,8 @@ class AuthApi:
     async def update_me(self, request: Request) -> Response:
         p = self.plugin
         user = await session_user(request)
-        data = await self._body(request)
-        form = Form(data)
+        form = await self._form(request)
+        data = form.data
         values = {}
         if "name" in data:
             values["name"] = form.take("name", inputs.name)
@@ -207,7 +208,7 @@ class AuthApi:
     async def change_password(self, request: Request) -> Response:
         p = self.plugin
         user = await session_user(request)
-        form = Form(await self._body(request))
+        form = await self._form(request)
         current = form.take("current_password", inputs.given_password)
         new = form.take("new_password", inputs.password)
         form.check()
@@ -229,7 +230,7 @@ class AuthApi:
 
     async def create_key(self, request: Request) -> Response:
         user = await session_user(request)
-        form = Form(await self._body(request))
+        form = await self._form(request)
         name = form.take("name", inputs.name)
         scopes = form.take("scopes", inputs.scopes)
         expires_at = form.take("expires_at", inputs.expires_at)

@@ -6,18 +6,17 @@ import csv
 import io
 import logging
 import os
-import re
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import orjson
 import sqlalchemy as sa
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from edge.errors import BadRequest, GatewayError, NotFound, Unprocessable
+from edge.errors import GatewayError, NotFound
+from edge.inputs import Form, integer, query_number, read_json, text
 from plugins.credits import pricing, reports
 from plugins.credits.ledger import BalanceTooLow
 
@@ -29,8 +28,17 @@ log = logging.getLogger("resayil.credits")
 MAX_PAGE = 200
 MAX_DELTA_MILLI = 10**15
 BIGINT_MAX = 2**63 - 1
-# ASCII digits only: str.isdigit() also says yes to "²" (which int() refuses) and to other scripts' digits.
-_DIGITS = re.compile(r"[0-9]{1,19}")
+ADJUSTMENT_FIELDS = ("delta_milli", "reason")
+MESSAGES = {
+    "limit_invalid": f"Must be a whole number from 1 to {MAX_PAGE}.",
+    "cursor_invalid": "Must be the next_cursor of a previous page.",
+    "delta_milli_invalid": "Must be a non-zero whole number of milli-credits (1 credit = 1000).",
+    "delta_milli_out_of_range": "Must be a non-zero whole number of milli-credits (1 credit = 1000).",
+    "reason_required": "Say why, in 1 to 500 characters; it is kept in the audit trail.",
+    "reason_too_long": "Say why, in 1 to 500 characters; it is kept in the audit trail.",
+}
+_delta = integer(subject="delta_milli", low=-MAX_DELTA_MILLI, high=MAX_DELTA_MILLI)
+_reason = text(subject="reason", max_length=500)
 CSV_FIELDS = (
     "created_at",
     "request_id",
@@ -69,29 +77,22 @@ async def require_admin(request: Request) -> SessionUser:
 
 
 def page_args(request: Request, *, default: int = 50) -> tuple[int, int | None]:
-    """`limit` (1..200) and `cursor` from the query string, or 422 naming the bad one."""
-    fields: dict[str, str] = {}
+    """`limit` (1..200) and `cursor` from the query string, or the one 422 naming the bad one."""
+    form = Form(request.query_params, messages=MESSAGES)
     raw_limit = request.query_params.get("limit")
     limit = default
     if raw_limit is not None:
-        limit = _number(raw_limit, top=MAX_PAGE) or 0
+        limit = query_number(raw_limit, top=MAX_PAGE) or 0
         if limit < 1:
-            fields["limit"] = f"Must be a whole number from 1 to {MAX_PAGE}."
+            form.fail("limit", "limit_invalid")
     raw_cursor = request.query_params.get("cursor")
     cursor = None
     if raw_cursor:
-        cursor = _number(raw_cursor, top=BIGINT_MAX)
+        cursor = query_number(raw_cursor, top=BIGINT_MAX)
         if cursor is None:
-            fields["cursor"] = "Must be the next_cursor of a previous page."
-    if fields:
-        raise Unprocessable("Some query parameters are not valid.", extra={"fields": fields})
+            form.fail("cursor", "cursor_invalid")
+    form.check()
     return limit, cursor
-
-
-def _number(raw: str, *, top: int) -> int | None:
-    """A whole number from 0 to `top` written in ASCII digits, else None."""
-    value = int(raw) if _DIGITS.fullmatch(raw) else None
-    return value if value is not None and value <= top else None
 
 
 def account_arg(request: Request) -> int:
@@ -102,23 +103,16 @@ def account_arg(request: Request) -> int:
     return account_id
 
 
-def adjustment(body: Any) -> tuple[int, str]:
-    """(delta_milli, reason) from an admin's request body, or 422 with `fields`."""
-    if not isinstance(body, dict):
-        raise BadRequest("The request body must be a JSON object.", code="invalid_json")
-    fields = {
-        key: "Unknown field; send `delta_milli` and `reason`." for key in body if key not in ("delta_milli", "reason")
-    }
-    delta = body.get("delta_milli")
-    if isinstance(delta, bool) or not isinstance(delta, int) or delta == 0 or abs(delta) > MAX_DELTA_MILLI:
-        fields["delta_milli"] = "Must be a non-zero whole number of milli-credits (1 credit = 1000)."
-    reason = body.get("reason")
-    if not isinstance(reason, str) or not reason.strip() or len(reason.strip()) > 500:
-        fields["reason"] = "Say why, in 1 to 500 characters; it is kept in the audit trail."
-    if fields:
-        raise Unprocessable("Some fields are not valid.", extra={"fields": fields})
-    assert isinstance(delta, int) and isinstance(reason, str)
-    return delta, reason.strip()
+def adjustment(body: dict[str, Any]) -> tuple[int, str]:
+    """(delta_milli, reason) from an admin's request body, or the one 422 naming every bad field."""
+    form = Form(body, messages=MESSAGES)
+    form.only(ADJUSTMENT_FIELDS)
+    delta = form.take("delta_milli", _delta)
+    reason = form.take("reason", _reason)
+    if delta == 0:
+        form.fail("delta_milli", "delta_milli_invalid")
+    form.check()
+    return delta, reason
 
 
 def routes(plugin: Plugin) -> list[BaseRoute]:
@@ -158,11 +152,7 @@ def routes(plugin: Plugin) -> list[BaseRoute]:
     async def post_credits(request: Request) -> Response:
         admin = await require_admin(request)
         account_id = account_arg(request)
-        try:
-            body = orjson.loads(await request.body())
-        except orjson.JSONDecodeError:
-            raise BadRequest("We could not parse the JSON body of your request.", code="invalid_json") from None
-        delta, reason = adjustment(body)
+        delta, reason = adjustment(await read_json(request))
         await _existing_account(plugin, account_id)
         # An Idempotency-Key makes a retried click one adjustment, not two.
         key = request.headers.get("idempotency-key", "")[:64] or os.urandom(12).hex()

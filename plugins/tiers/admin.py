@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -11,8 +11,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from edge.errors import NotFound
+from edge.inputs import FieldError, Form, choice, instant, read_json
 from plugins.auth_keys.guards import require_admin
-from plugins.auth_keys.inputs import FieldError, Form, read_json
 from plugins.auth_keys.tables import accounts
 
 if TYPE_CHECKING:
@@ -31,52 +31,19 @@ def iso(moment: datetime | None) -> str | None:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment is not None else None
 
 
-def parse_moment(value: str) -> datetime:
-    """ISO 8601 to the UTC-naive datetime the database keeps; without an offset it is taken as UTC.
-    Raises ValueError outside `EARLIEST`..`LATEST`, including an offset that carries it past either end."""
-    moment = datetime.fromisoformat(value)
-    if moment.tzinfo is not None:
-        try:
-            moment = moment.astimezone(UTC).replace(tzinfo=None)
-        except OverflowError:
-            raise ValueError(f"{value!r} is outside the years 1-9999 in UTC") from None
-    moment = moment.replace(microsecond=0)
-    if not EARLIEST <= moment <= LATEST:
-        raise ValueError(f"{value!r} is outside {EARLIEST.isoformat()}..{LATEST.isoformat()}")
-    return moment
-
-
-def tier_field(tiers: dict[str, Any]) -> Any:
-    def parse(value: Any) -> str:
-        if not isinstance(value, str) or value not in tiers:
-            raise FieldError("tier_invalid")
-        return value
-
-    return parse
-
-
-def moment_field(value: Any) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        return parse_moment(value)
-    except (TypeError, ValueError):
-        raise FieldError("plan_expires_at_invalid") from None
-
-
 def changes(body: dict[str, Any], *, tiers: dict[str, Any]) -> dict[str, Any]:
-    """The columns to set from the request body, or 422 naming every bad field (auth_keys' shape)."""
+    """The columns to set from the request body, or the one 422 naming every bad field."""
     form = Form(body)
-    for key in body:
-        if key not in FIELDS:
-            form.fail(key, "field_unknown")
+    form.only(FIELDS)
     values: dict[str, Any] = {}
     if "tier" in body:
-        values["tier"] = form.take("tier", tier_field(tiers))
+        values["tier"] = form.take("tier", choice(subject="tier", options=tuple(tiers)))
     if "plan_expires_at" in body:
-        values["plan_expires_at"] = form.take("plan_expires_at", moment_field)
+        values["plan_expires_at"] = form.take(
+            "plan_expires_at", instant(subject="plan_expires_at", earliest=EARLIEST, latest=LATEST)
+        )
     if not body:
-        form.fail("tier", "tier_required")
+        form.fail("tier", FieldError("tier_required", "Send `tier`, `plan_expires_at` or both."))
     form.check()
     return values
 
@@ -85,7 +52,7 @@ def account_route(gateway: Gateway) -> Any:
     async def patch_account(request: Request) -> Response:
         admin = await require_admin(request)
         account_id = int(request.path_params["account_id"])
-        values = changes(await read_json(request, limit=16 * 1024), tiers=gateway.config.tiers)
+        values = changes(await read_json(request), tiers=gateway.config.tiers)
         async with gateway.database.begin() as conn:
             found = None
             if account_id <= MAX_ID:
