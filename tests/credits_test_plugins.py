@@ -6,10 +6,12 @@ Usable inline (`serve(config, plugins=[Plugin()])`) or from a config file as
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from edge.context import Principal, RequestContext
 from edge.errors import Unauthorized
+from edge.events import Event
 from edge.hookspecs import hookimpl
 
 
@@ -51,8 +53,8 @@ class Events:
         self.seen: list[tuple[str, dict[str, Any]]] = []
 
     @hookimpl
-    async def resayil_event(self, name: str, payload: dict[str, Any]) -> None:
-        self.seen.append((name, payload))
+    async def resayil_event(self, event: Event) -> None:
+        self.seen.append((event.event_name, dataclasses.asdict(event)))
 
     def named(self, name: str) -> list[dict[str, Any]]:
         return [payload for event, payload in self.seen if event == name]

@@ -9,6 +9,7 @@ worker's pid in `x-test-pid`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from edge.context import Principal, RequestContext
+from edge.events import Event
 from edge.hookspecs import hookimpl
 
 if TYPE_CHECKING:
@@ -64,8 +66,8 @@ class Watch:
         self._changed.set()
 
     @hookimpl
-    async def resayil_event(self, name: str, payload: dict[str, Any]) -> None:
-        self.events.append((name, payload))
+    async def resayil_event(self, event: Event) -> None:
+        self.events.append((event.event_name, dataclasses.asdict(event)))
 
     async def until_settled(self, count: int, *, within: float = 5.0) -> list[RequestContext]:
         """The settled contexts once `count` requests settled (settle may finish after the reply)."""
@@ -96,9 +98,11 @@ class Plugin:
         return principal_for(ctx)
 
     @hookimpl
-    async def resayil_event(self, name: str, payload: dict[str, Any]) -> None:
+    async def resayil_event(self, event: Event) -> None:
         if self.gateway.redis is not None:
-            await self.gateway.redis.rpush(EVENTS_KEY, orjson.dumps({"name": name, **payload}))
+            await self.gateway.redis.rpush(
+                EVENTS_KEY, orjson.dumps({"name": event.event_name, **dataclasses.asdict(event)})
+            )
 
 
 def failover_config(

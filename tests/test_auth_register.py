@@ -4,6 +4,7 @@ and clean 422/413 answers for bad, hostile and oversized input."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,6 +14,7 @@ import aiohttp
 import orjson
 import sqlalchemy as sa
 
+from edge.events import Event
 from edge.hookspecs import hookimpl
 from plugins.auth_keys import strength
 from plugins.auth_keys.tables import accounts, api_keys, sessions, users
@@ -27,8 +29,8 @@ class Events:
         self.seen: list[tuple[str, dict[str, Any]]] = []
 
     @hookimpl
-    async def resayil_event(self, name: str, payload: dict[str, Any]) -> None:
-        self.seen.append((name, payload))
+    async def resayil_event(self, event: Event) -> None:
+        self.seen.append((event.event_name, dataclasses.asdict(event)))
 
 
 async def post(served: Any, path: str, body: Any, **kwargs: Any) -> tuple[int, Any, Any]:
