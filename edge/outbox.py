@@ -27,6 +27,7 @@ import logging
 import os
 import secrets
 import socket
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -84,6 +85,8 @@ class Outbox:
         self.types = types
         self.settings = settings
         # Who holds a claim, for an operator reading the table: host, process, and a part no other worker has.
+        # UTC-naive; tests move it instead of sleeping through backoffs and leases.
+        self.clock: Callable[[], datetime] = utcnow
         self.worker = f"{socket.gethostname()[:32]}:{os.getpid()}:{secrets.token_hex(4)}"
 
     async def publish(self, *events: Event, conn: AsyncConnection | None = None) -> None:
@@ -91,7 +94,7 @@ class Outbox:
         back), else in a transaction of their own. Raises TypeError for an unregistered event type."""
         if not events:
             return
-        now = utcnow()
+        now = self.clock()
         rows = [
             {
                 "id": event.id,
@@ -154,7 +157,7 @@ class Outbox:
 
     async def _claim(self, *, ids: list[str] | None) -> list[sa.Row[tuple[object, ...]]]:
         """Claim rows for this worker with one conditional UPDATE, then read what it got."""
-        now = utcnow()
+        now = self.clock()
         token = f"{self.worker}:{secrets.token_hex(4)}"
         free = sa.and_(
             events.c.delivered_at.is_(None), sa.or_(events.c.claimed_until.is_(None), events.c.claimed_until < now)
@@ -206,7 +209,7 @@ class Outbox:
             )
         done += [plugin for plugin, failure in outcome.items() if failure is None]
         failures = [(plugin, failure) for plugin, failure in outcome.items() if failure is not None]
-        now = utcnow()
+        now = self.clock()
         values: dict[str, object] = {"attempts": attempts, "claimed_by": None, "claimed_until": None}
         values["delivered_to"] = orjson.dumps(done).decode()
         if failures:
@@ -225,7 +228,7 @@ class Outbox:
 
     async def prune(self) -> int:
         """Delete rows delivered longer than `retention_days` ago; returns how many."""
-        cutoff = utcnow() - timedelta(days=self.settings.retention_days)
+        cutoff = self.clock() - timedelta(days=self.settings.retention_days)
         pruned = 0
         while True:
             async with self.gateway.database.begin() as conn:
