@@ -6,6 +6,7 @@ from pluggy once at startup and the implementations are awaited here, one after 
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import inspect
 import logging
@@ -58,6 +59,25 @@ class Chain:
                 log.exception("hook %s failed in plugin %s", hook, plugin)
                 failures.append(exc)
         return failures
+
+    async def each_plugin(
+        self, hook: str, /, *, skip: frozenset[str], within_seconds: float, **kwargs: Any
+    ) -> dict[str, BaseException | None]:
+        """Run every implementation but those of the plugins in `skip`, each within `within_seconds`; return
+        each plugin's failure (logged), or None where it succeeded."""
+        outcome: dict[str, BaseException | None] = {}
+        for fn, args, plugin in self._impls[hook]:
+            if plugin in skip:
+                continue
+            try:
+                async with asyncio.timeout(within_seconds):
+                    await fn(**{a: kwargs[a] for a in args})
+            except Exception as exc:
+                log.exception("hook %s failed in plugin %s", hook, plugin)
+                outcome[plugin] = exc
+            else:
+                outcome[plugin] = None
+        return outcome
 
     async def collect(self, hook: str, /, **kwargs: Any) -> list[Any]:
         """Run every implementation and return the non-None results; failures are logged and skipped."""

@@ -50,6 +50,22 @@ class TimeoutSettings:
 
 
 @dataclass
+class EventSettings:
+    """How the outbox (edge/outbox.py) delivers and keeps domain events."""
+
+    dispatch_every_seconds: float = 2.0
+    # How long a worker's claim on an event lasts: one that dies while delivering holds it this long.
+    lease_seconds: float = 60.0
+    consumer_timeout_seconds: float = 20.0
+    # A failed delivery is tried again after this, doubling with each failure up to the maximum.
+    first_backoff_seconds: float = 2.0
+    max_backoff_seconds: float = 3600.0
+    batch: int = 50
+    # Delivered events are kept this long; undelivered ones until they are delivered.
+    retention_days: int = 7
+
+
+@dataclass
 class UpstreamSettings:
     base_url: str
     kind: Literal["local", "cloud"] = "local"
@@ -109,6 +125,7 @@ class GatewayConfig:
     redis_url: str | None = None
     api: ApiSettings = field(default_factory=ApiSettings)
     timeouts: TimeoutSettings = field(default_factory=TimeoutSettings)
+    events: EventSettings = field(default_factory=EventSettings)
     upstreams: dict[str, UpstreamSettings] = field(default_factory=dict)
     models: list[ModelSettings] = field(default_factory=list)
     hidden_models: list[str] = field(default_factory=list)
@@ -132,6 +149,16 @@ class GatewayConfig:
                 ipaddress.ip_network(item, strict=False)
             except ValueError:
                 raise ConfigError(f"server.trusted_proxies[{i}]: not an address or network: {item!r}") from None
+        e = self.events
+        if not 0 < e.dispatch_every_seconds <= 3600 or not 0 < e.consumer_timeout_seconds < e.lease_seconds:
+            raise ConfigError(
+                "events: dispatch_every_seconds must be 0-3600, and consumer_timeout_seconds positive and below "
+                "lease_seconds"
+            )
+        if not 0 < e.first_backoff_seconds <= e.max_backoff_seconds or not 1 <= e.batch <= 1000 or e.retention_days < 1:
+            raise ConfigError(
+                "events: backoff must be positive (first no more than max), batch 1-1000, retention_days at least 1"
+            )
         if self.server.max_body_bytes < 1024:
             raise ConfigError("server.max_body_bytes: must be at least 1024")
         if self.api.max_body_bytes < 1024:

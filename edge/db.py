@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -115,6 +115,8 @@ class Database:
         self.dialect = self.engine.dialect.name  # "sqlite" or "mysql"
         # MariaDB/MySQL only: stored procedures for the request path's money transactions, one round trip each.
         self.procedures: Procedures | None = None if self.is_sqlite else Procedures(url, size=pool_size)
+        # Connections inside `begin`, by id: what each wants run once its transaction has committed.
+        self._open: dict[int, list[Callable[[], None]] | None] = {}
 
     @property
     def is_sqlite(self) -> bool:
@@ -124,10 +126,29 @@ class Database:
     async def begin(self) -> AsyncIterator[AsyncConnection]:
         """A connection inside a transaction, committed on success and rolled back on error."""
         async with self.engine.connect() as conn:
-            async with conn.begin():
-                yield conn
+            key = id(conn)
+            self._open[key] = None
+            try:
+                async with conn.begin():
+                    yield conn
+            finally:
+                after = self._open.pop(key, None)
             if not self.is_sqlite:
                 conn.info[_CLEAN] = True
+        for callback in after or ():
+            callback()
+
+    def after_commit(self, conn: AsyncConnection, callback: Callable[[], None]) -> bool:
+        """Call `callback` (quick, synchronous) once the transaction `conn` is in commits, never when it
+        rolls back. False when `conn` did not come from `begin`: the caller cannot know when it commits."""
+        key = id(conn)
+        if key not in self._open:
+            return False
+        callbacks = self._open[key]
+        if callbacks is None:
+            callbacks = self._open[key] = []
+        callbacks.append(callback)
+        return True
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[AsyncConnection]:

@@ -11,6 +11,7 @@ import aiohttp
 from edge.config import GatewayConfig
 from edge.context import Principal, RequestContext
 from edge.hookspecs import hookimpl
+from edge.outbox import CoreEvents
 from edge.proxy import upstream_headers
 
 if TYPE_CHECKING:
@@ -91,7 +92,7 @@ class CoreReadiness:
 
 
 def default_plugins(config: GatewayConfig) -> list[object]:
-    plugins: list[object] = [DefaultRoute(), CoreReadiness()]
+    plugins: list[object] = [DefaultRoute(), CoreReadiness(), CoreEvents()]
     if config.server.open_access:
         log.warning("server.open_access is on: /v1 serves anyone without a key; never use this in production")
         plugins.append(OpenAccess())

@@ -21,6 +21,8 @@ from edge.clock import SYSTEM, Clock
 from edge.config import GatewayConfig
 from edge.context import Model, Upstream
 from edge.db import Database, redact
+from edge.events import EventTypes
+from edge.outbox import Outbox
 from edge.proxy import open_session
 
 log = logging.getLogger("resayil.gateway")
@@ -45,6 +47,8 @@ class Gateway:
         self.hidden_models = frozenset(config.hidden_models)
         self.tz = zoneinfo.ZoneInfo(config.timezone)
         self.jobs = jobs.collect(self)
+        # Domain events: `await gateway.events.publish(event, conn=conn)` (edge/outbox.py).
+        self.events = Outbox(self, EventTypes(self.chain.call("resayil_event_types")), config.events)
         self._runner: jobs.JobRunner | None = None
         self.db: Database | None = None
         self.redis: aioredis.Redis | None = None
@@ -106,10 +110,6 @@ class Gateway:
 
     def plugin_names(self) -> list[str]:
         return [name for name, _ in self.pm.list_name_plugin() if not name.startswith("default.")]
-
-    async def publish(self, name: str, payload: dict[str, Any]) -> None:
-        """Publish a domain event to every `resayil_event` implementation; failures are logged."""
-        await self.chain.all("resayil_event", name=name, payload=payload)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run work off the request path; `stop` waits for it."""

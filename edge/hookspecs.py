@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from edge.cli import Command
     from edge.context import Model, Principal, RequestContext
     from edge.errors import UpstreamFailure
+    from edge.events import Event
     from edge.gateway import Gateway
     from edge.jobs import Job
 
@@ -131,8 +132,17 @@ async def resayil_settle(ctx: RequestContext) -> None:
 
 
 @hookspec
-async def resayil_event(name: str, payload: dict[str, Any]) -> None:
-    """React to a domain event (`user.registered`, `credits.low`, ...). All run; failures are logged."""
+def resayil_event_types() -> list[type[Event]]:
+    """Return the `edge.events.Event` dataclasses the plugin publishes (each with its own `event_name`), so
+    any worker can read them back from the outbox. The core's are in `edge.events.CORE_EVENTS`."""
+
+
+@hookspec
+async def resayil_event(event: Event) -> None:
+    """React to a domain event (`edge/events.py`: a frozen dataclass such as `CreditsLow`), after the
+    transaction that published it committed, off the request path. At least once: de-duplicate on
+    `event.id`. Order is not guaranteed. Raising (or outlasting `events.consumer_timeout_seconds`) gets
+    the event again later, with backoff; the other implementations are not called again for it."""
 
 
 @hookspec

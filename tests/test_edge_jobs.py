@@ -289,9 +289,11 @@ def test_jobs_list_names_each_job_its_schedule_and_who_runs_it(tmp_path: Path, r
     result = cli(tmp_path, redis_url, "jobs", "list")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
-        "credits.sweep  every 30s                   single",
-        "test.record    every 1s                    single",
-        "test.daily     daily at 04:30 Asia/Kuwait  per-worker",
+        "credits.sweep    every 30s                   single",
+        "test.record      every 1s                    single",
+        "test.daily       daily at 04:30 Asia/Kuwait  per-worker",
+        "events.dispatch  every 2s                    single",
+        "events.prune     every 3600s                 single",
     ]
 
 
@@ -314,7 +316,8 @@ async def test_jobs_run_runs_a_job_once_now_and_says_how_it_went(tmp_path: Path,
 async def test_jobs_run_refuses_an_unknown_name_and_a_job_running_elsewhere(tmp_path: Path, redis_url: str) -> None:
     unknown = await asyncio.to_thread(cli, tmp_path, redis_url, "jobs", "run", "no.such.job")
     assert unknown.returncode == 2
-    assert "jobs run: no job named 'no.such.job' (jobs: credits.sweep, test.record, test.daily)\n" in unknown.stderr
+    known = "credits.sweep, test.record, test.daily, events.dispatch, events.prune"
+    assert f"jobs run: no job named 'no.such.job' (jobs: {known})\n" in unknown.stderr
     redis = aioredis.Redis.from_url(redis_url)
     await redis.set("resayil:jobs:test.record:lock", "other-host:4242:abc", px=60_000)
     await redis.aclose()

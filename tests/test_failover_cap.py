@@ -95,7 +95,7 @@ async def test_a_cloud_request_that_fails_before_any_output_gives_its_count_back
 async def test_the_budget_day_is_kuwaits_calendar_day() -> None:
     now = [datetime(2025, 1, 1, 20, 59, tzinfo=UTC)]
     budget = CloudBudget(
-        store=MemoryCounts(), cap=2, timezone="Asia/Kuwait", publish=lambda n, p: None, clock=lambda: now[0]
+        store=MemoryCounts(), cap=2, timezone="Asia/Kuwait", publish=lambda event: None, clock=lambda: now[0]
     )
     assert budget.today() == "2025-01-01"  # 23:59 in Kuwait
     assert budget.seconds_to_midnight() == 61
@@ -116,7 +116,7 @@ async def test_budget_alerts_fire_once_a_day_even_when_counts_are_given_back() -
         store=MemoryCounts(),
         cap=5,
         timezone="Asia/Kuwait",
-        publish=lambda n, p: published.append((n, p["used"])),
+        publish=lambda event: published.append((event.event_name, event.used)),
         clock=lambda: now[0],
     )
     for _ in range(4):

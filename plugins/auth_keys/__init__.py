@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from edge.clock import SYSTEM, Clock
 from edge.context import Principal, RequestContext
 from edge.errors import Forbidden, Unauthorized
+from edge.events import EnterpriseRegistered, Event, UserRegistered
 from edge.hookspecs import hookimpl
 from edge.settings import ConfigError
 from plugins.auth_keys import commands, routes, v1
@@ -30,6 +31,7 @@ from plugins.auth_keys.throttle import Throttle
 from plugins.auth_keys.users import UserStore
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
     from starlette.routing import BaseRoute
 
     from edge.cli import Command
@@ -284,10 +286,12 @@ class Plugin:
         """Forget the key (revoked or changed) on every worker."""
         await self.bus.publish(f"key:{int(key_id)}")
 
-    async def publish_registered(self, payload: dict[str, Any]) -> None:
-        await self.gateway.publish("user.registered", payload)
-        if payload.get("tier") == "enterprise":
-            await self.gateway.publish("enterprise.registered", payload)
+    async def publish_registered(self, conn: AsyncConnection, registration: dict[str, Any]) -> None:
+        """`user.registered` (and `enterprise.registered` on that plan), in the registration's transaction."""
+        found: list[Event] = [UserRegistered(**registration)]
+        if registration["tier"] == "enterprise":
+            found.append(EnterpriseRegistered(**registration))
+        await self.gateway.events.publish(*found, conn=conn)
 
     # ---- internals -------------------------------------------------------------------------------------
 

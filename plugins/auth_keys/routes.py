@@ -19,6 +19,8 @@ from plugins.auth_keys.throttle import Ticket, ip_bucket
 from plugins.auth_keys.users import Taken
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
     from plugins.auth_keys import Plugin
 
 NO_STORE = {"cache-control": "no-store"}
@@ -133,28 +135,31 @@ class AuthApi:
                     form.fail(field, code)
         form.check()
         tier = p.settings.registration_tier
+
+        async def announce(conn: AsyncConnection, *, user_id: int, account_id: int) -> None:
+            registration = {
+                "user_id": user_id,
+                "account_id": account_id,
+                "user_name": name,
+                "email": email,
+                "phone": phone,
+                "locale": locale,
+                "tier": tier,
+            }
+            await p.publish_registered(conn, registration)
+
         try:
-            user_id, account_id = await p.users.create(
+            user_id, _ = await p.users.create(
                 name=name,
                 email=email,
                 phone=phone,
                 password_hash=await p.passwords.hash(password),
                 locale=locale,
                 tier=tier,
+                announce=announce,
             )
         except Taken as exc:
             raise invalid(exc.fields) from None
-        await p.publish_registered(
-            {
-                "user_id": user_id,
-                "account_id": account_id,
-                "name": name,
-                "email": email,
-                "phone": phone,
-                "locale": locale,
-                "tier": tier,
-            }
-        )
         return await self._start_session(request, user_id=user_id, status=201)
 
     async def login(self, request: Request) -> Response:

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edge.db import Database
 from plugins.auth_keys.clock import iso, utcnow
 from plugins.auth_keys.tables import accounts, users
+
+
+class Announce(Protocol):
+    def __call__(self, conn: AsyncConnection, *, user_id: int, account_id: int) -> Awaitable[None]: ...
+
 
 _PROFILE = (
     users.c.id,
@@ -58,9 +65,21 @@ class UserStore:
         return fields
 
     async def create(
-        self, *, name: str, email: str, phone: str, password_hash: str, locale: str, tier: str, role: str = "user"
+        self,
+        *,
+        name: str,
+        email: str,
+        phone: str,
+        password_hash: str,
+        locale: str,
+        tier: str,
+        role: str = "user",
+        announce: Announce | None = None,
     ) -> tuple[int, int]:
-        """Create the account and its first user; returns (user_id, account_id). Raises Taken."""
+        """Create the account and its first user; returns (user_id, account_id). Raises Taken.
+
+        `announce(conn, user_id=, account_id=)` runs inside the creating transaction (to publish events that
+        exist exactly when the user does)."""
         now = utcnow()
         try:
             async with self.db.begin() as conn:
@@ -80,6 +99,8 @@ class UserStore:
                     )
                 )
                 user_id = int(result.inserted_primary_key[0])  # type: ignore[index]
+                if announce is not None:
+                    await announce(conn, user_id=user_id, account_id=account_id)
         except IntegrityError:
             # Lost a race with a concurrent registration: name what is taken now.
             raise Taken(await self.taken(email=email, phone=phone) or {"email": "email_taken"}) from None

@@ -20,11 +20,13 @@ from plugins.credits import messages, pricing, reports, settlement
 from plugins.credits.api import routes
 from plugins.credits.leases import Leases, Ticket
 from plugins.credits.ledger import DATABASE_ERRORS, Ledger
+from plugins.credits.notices import NOBODY, Notices, Owner
 from plugins.credits.reconcile import arguments, run_reconcile
 from plugins.credits.rows import Change, utcnow
 from plugins.credits.settlement import Hold
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
     from starlette.routing import BaseRoute
 
     from edge.gateway import Gateway
@@ -80,6 +82,7 @@ class Plugin:
         self._gateway: Gateway | None = None
         self._ledger: Ledger | None = None
         self._leases: Leases | None = None
+        self._notices: Notices | None = None
 
     @property
     def gateway(self) -> Gateway:
@@ -92,6 +95,12 @@ class Plugin:
         if self._ledger is None:
             raise RuntimeError("the credits plugin has not started")
         return self._ledger
+
+    @property
+    def notices(self) -> Notices:
+        if self._notices is None:
+            raise RuntimeError("the credits plugin has not started")
+        return self._notices
 
     @property
     def hold_seconds(self) -> float:
@@ -113,6 +122,13 @@ class Plugin:
             plans={name: pricing.plan_milli(gateway, name) for name in gateway.config.tiers},
             low_percent=self.settings.low_balance_percent,
         )
+        self._notices = Notices(
+            gateway,
+            plan_milli=self._ledger.plan_milli,
+            low_percent=self.settings.low_balance_percent,
+            top_up_url=self.top_up_url,
+        )
+        await self._notices.start()
         if self.settings.lease_requests:
             self._leases = Leases(
                 self._ledger,
@@ -242,22 +258,18 @@ class Plugin:
         principal = ctx.principal
         assert principal is not None
         url = self.top_up_url
-        if await self.ledger.mark_exhausted(account):
-            state = await self.ledger.state(account)
-            self._publish(
-                "credits.exhausted",
-                {
-                    "account_id": account,
-                    "balance_milli": state["balance_milli"],
-                    "available_milli": state["available_milli"],
-                    "needed_milli": needed_milli,
-                    "top_up_url": url,
-                    "tier": principal.tier,
-                    "locale": principal.locale,
-                    "user_id": principal.user_id,
-                    "model": ctx.model_name,
-                },
+
+        async def announce(conn: AsyncConnection) -> None:
+            await self.notices.exhausted(
+                conn,
+                account,
+                needed_milli=needed_milli,
+                model=ctx.model_name,
+                tier=principal.tier,
+                fallback=Owner(principal.user_id, principal.locale),
             )
+
+        await self.ledger.mark_exhausted(account, announce=announce)
         raise PaymentRequired(
             messages.insufficient(
                 locale=principal.locale, needed_milli=needed_milli, available_milli=available_milli, top_up_url=url
@@ -295,40 +307,10 @@ class Plugin:
         if change is None:
             log.info("hold already settled or released", extra={"fields": {"request_id": ctx.request_id}})
             return
-        principal = ctx.principal
-        self.announce_low(
-            hold.account_id,
-            change,
-            locale=principal.locale if principal else None,
-            user_id=principal.user_id if principal else None,
-        )
-
-    # ---- events --------------------------------------------------------------------------------------------
-
-    def announce_low(
-        self, account_id: int, change: Change, *, locale: str | None = None, user_id: int | None = None
-    ) -> None:
-        if not change.crossed_low:
-            return
-        plan = pricing.plan_milli(self.gateway, change.tier)
-        self._publish(
-            "credits.low",
-            {
-                "account_id": account_id,
-                "balance_milli": change.balance_milli,
-                "plan_credits_milli": plan,
-                "percent_remaining": pricing.percent(change.balance_milli, plan),
-                "threshold_percent": self.settings.low_balance_percent,
-                "tier": change.tier,
-                "locale": locale,
-                "user_id": user_id,
-                "top_up_url": self.top_up_url,
-            },
-        )
-
-    def _publish(self, name: str, payload: dict[str, Any]) -> None:
-        # Off the request path: a slow notifier must not hold up a response or a settlement.
-        self.gateway.spawn(self.gateway.publish(name, payload))
+        if change.crossed_low:
+            # Off the request path, after the settlement's commit (notices.py says what that guarantees).
+            caller = Owner(ctx.principal.user_id, ctx.principal.locale) if ctx.principal else NOBODY
+            self.gateway.spawn(self.notices.low_after_charge(hold.account_id, change, fallback=caller))
 
     # ---- what other plugins call ---------------------------------------------------------------------------
 
@@ -355,8 +337,8 @@ class Plugin:
             reference=reference,
             actor=None if actor is None else str(actor),
             reason=reason,
+            announce_low=lambda conn, change: self.notices.low(conn, account_id, change),
         )
-        self.announce_low(account_id, change)
         assert change.row is not None
         return {**change.row, "created": change.created}
 

@@ -150,10 +150,12 @@ class Ledger:
         reference: str,
         actor: str | None = None,
         reason: str | None = None,
+        announce_low: Callable[[AsyncConnection, Change], Awaitable[None]] | None = None,
     ) -> Change:
         """Add `amount_milli` (negative only for an adjustment, never below the available balance).
 
         Idempotent by (kind, reference): the same pair again returns the first row with `created=False`.
+        `announce_low(conn, change)` runs in the transaction when the balance crosses the low-credit line.
         """
         if kind not in CREDIT_KINDS:
             raise ValueError(f"unknown credit kind {kind!r}")
@@ -199,12 +201,18 @@ class Ledger:
                     reason=reason,
                 ),
             )
-            return Change(balance, state.tier, row, crossed_low=crossed)
+            change = Change(balance, state.tier, row, crossed_low=crossed)
+            if crossed and announce_low is not None:
+                await announce_low(conn, change)
+            return change
 
         return await self.transaction(work)
 
-    async def mark_exhausted(self, account_id: int) -> bool:
-        """Note that a request was refused; True only the first time since the last credit."""
+    async def mark_exhausted(
+        self, account_id: int, *, announce: Callable[[AsyncConnection], Awaitable[None]] | None = None
+    ) -> bool:
+        """Note that a request was refused; True only the first time since the last credit, and then
+        `announce(conn)` runs in the transaction that marks it."""
         # A plain read first: a client hammering an empty account must not queue on the row's write lock.
         async with self.db.connect() as conn:
             if (
@@ -222,7 +230,11 @@ class Ledger:
                 )
                 .values(exhausted_notified=True)
             )
-            return bool(marked.rowcount == 1)
+            if marked.rowcount != 1:
+                return False
+            if announce is not None:
+                await announce(conn)
+            return True
 
         return await self.transaction(work)
 

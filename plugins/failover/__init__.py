@@ -82,7 +82,9 @@ class Plugin:
         else:
             self.slots = MemorySlots(parallel=parallel)
             counts = MemoryCounts()
-        self.budget = CloudBudget(store=counts, cap=s.cloud_daily_cap, timezone=s.timezone, publish=self._publish)
+        self.budget = CloudBudget(
+            store=counts, cap=s.cloud_daily_cap, timezone=s.timezone, publish=gateway.events.publish_soon
+        )
         self.fallbacks = usable_fallbacks(gateway)
         self.health = Health(settings=s, slots=self.slots, gateway=gateway)
         self.router = Router(
@@ -100,9 +102,6 @@ class Plugin:
         """Stop the wake-up listener and the lease heartbeat."""
         if hasattr(self, "slots"):
             await self.slots.stop()
-
-    def _publish(self, name: str, payload: dict[str, Any]) -> None:
-        self.gateway.spawn(self.gateway.publish(name, payload))
 
     # ---- the request path (router.py) ----------------------------------------------------------------
 

@@ -3,18 +3,23 @@
 Checking the cap, counting, and claiming the alerts the count crosses are one step (a Lua script in
 Redis, or plain code in one process), so a burst can never push the count past the cap, and
 `cloud.budget_80` and `cloud.budget_100` are each claimed by exactly one request a day, 80 before 100.
+The claimed alert is then written to the outbox in a transaction of its own, off the request path (the
+count lives in Redis, so there is no database transaction to share): a worker killed between the claim
+and that write loses the alert for the day; once written it is delivered at least once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 import redis.asyncio as aioredis
 
+from edge.events import CloudBudget as CloudBudgetEvent
+from edge.events import CloudBudget80, CloudBudget100
 from plugins.failover.redis_slots import PREFIX
 
 ALERTS = (("cloud.budget_80", 80), ("cloud.budget_100", 100))
@@ -47,8 +52,9 @@ if tonumber(redis.call('GET', KEYS[1]) or '0') > 0 then return redis.call('DECR'
 return 0
 """
 
-# Fire-and-forget: the plugin hands events to the gateway's background work, off the request path.
-Publish = Callable[[str, dict[str, Any]], None]
+# Fire-and-forget: the plugin hands events to the outbox off the request path (`Outbox.publish_soon`).
+Publish = Callable[[CloudBudgetEvent], None]
+_EVENTS: dict[str, type[CloudBudgetEvent]] = {"cloud.budget_80": CloudBudget80, "cloud.budget_100": CloudBudget100}
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +160,8 @@ class CloudBudget:
         day = self.today()
         take = await self.store.take(day=day, cap=self.cap)
         for name in take.alerts:
-            self.publish(name, {"day": day, "used": take.used, "cap": self.cap, "percent": self.percent(take.used)})
+            percent = self.percent(take.used)
+            self.publish(_EVENTS[name](day=date.fromisoformat(day), used=take.used, cap=self.cap, percent=percent))
         return day if take.taken else None
 
     async def give_back(self, day: str) -> None:

@@ -11,6 +11,7 @@ seen is a finished one.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ import orjson
 
 from edge.context import RequestContext
 from edge.errors import PaymentRequired
+from edge.events import Event
 from edge.hookspecs import hookimpl
 
 if TYPE_CHECKING:
@@ -63,7 +65,8 @@ class Recorder:
         self._changed.set()
 
     @hookimpl
-    async def resayil_event(self, name: str, payload: dict[str, Any]) -> None:
+    async def resayil_event(self, event: Event) -> None:
+        name, payload = event.event_name, dataclasses.asdict(event)
         self.events.append((name, payload))
         self._changed.set()
         redis = self.gateway.redis if self.gateway is not None else None
