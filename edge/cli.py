@@ -57,9 +57,15 @@ def cmd_migrate(config: GatewayConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(config: GatewayConfig, args: argparse.Namespace) -> int:
+    from edge import defaults
+
     plugins = ", ".join(p.name for p in config.plugins if p.enabled) or "none"
-    version_locations(config)  # builds every plugin from its settings, so bad plugin settings fail here too
+    # Builds every plugin from its settings, so bad plugin settings fail here too.
+    pm = build_manager(config, defaults=defaults.default_plugins(config))
     print(f"config ok: {len(config.upstreams)} upstreams, {len(config.models)} models, plugins: {plugins}")
+    for notes in pm.hook.resayil_config_notes(config=config):
+        for note in notes or ():
+            print(f"note: {note}")
     return 0
 
 

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
     from edge.claims import RedisClaim
     from edge.cli import Command
+    from edge.config import GatewayConfig
     from edge.context import Model, Principal, RequestContext
     from edge.errors import UpstreamFailure
     from edge.events import Event
@@ -74,6 +75,12 @@ def resayil_migrations() -> str | None:
 @hookspec
 def resayil_commands() -> list[Command]:
     """Return CLI subcommands for `python -m edge` (for example `create-admin`, `reconcile`)."""
+
+
+@hookspec
+def resayil_config_notes(config: GatewayConfig) -> list[str] | None:
+    """Return lines `check-config` prints for the operator: what the config leaves switched off (for
+    example "payments are not configured"). Not errors: a config with notes still starts."""
 
 
 @hookspec

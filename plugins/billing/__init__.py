@@ -1,7 +1,147 @@
 """Billing: plans and credit packs paid in KWD through MyFatoorah, each paid order credited exactly once.
 
-Not a plugin yet. What is here does not depend on the plugin contract: the catalogue of products
-(`products.py`), integer fils at the boundaries (`money.py`), the payment provider's interface
-(`gateway_client.py`), its MyFatoorah v2 implementation (`myfatoorah.py`) and webhook verification
-(`webhooks.py`).
+The plugin is settings, lifecycle and hooks. The catalogue is `products.py`, amounts `money.py`, the
+provider's interface `gateway_client.py` and its v2 client `myfatoorah.py`, webhook signatures
+`webhooks.py`; orders are `tables.py`/`order_rows.py` under the state machine of `rules.py`; checkout
+`checkout.py`; confirming a payment `confirmation.py`; THE crediting transaction `crediting.py`; the
+pending-order job `pending.py`; the JSON API `routes.py` with its answers in `answers.py`.
 """
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edge.config import GatewayConfig
+from edge.events import Event
+from edge.hookspecs import hookimpl
+from edge.jobs import Job
+from edge.settings import ConfigError
+from plugins.billing import pending
+from plugins.billing.confirmation import Confirmer
+from plugins.billing.crediting import PlanRules
+from plugins.billing.events import BILLING_EVENTS
+from plugins.billing.myfatoorah import MyFatoorahClient
+from plugins.billing.products import DEFAULT_PACKS, PackSettings, Product, catalogue
+from plugins.billing.routes import routes
+
+if TYPE_CHECKING:
+    from starlette.routing import BaseRoute
+
+    from edge.gateway import Gateway
+
+NOT_CONFIGURED = "payments are not configured: set RESAYIL_MYFATOORAH_TOKEN (checkout answers 503 until then)"
+
+
+class Plugin:
+    """Sells plans and packs through MyFatoorah and credits each paid order once, whatever arrives in
+    whatever order: the payer's return, webhooks (v1, v2), or the pending-order job's own checks."""
+
+    @dataclass
+    class Settings:
+        # `${RESAYIL_MYFATOORAH_URL}`, `${RESAYIL_MYFATOORAH_TOKEN}`, `${RESAYIL_MYFATOORAH_WEBHOOK_SECRET}`
+        # in the YAML. Without a token the gateway starts and checkout answers 503.
+        myfatoorah_url: str = "https://apitest.myfatoorah.com"
+        token: str = ""
+        webhook_secret: str = ""
+        myfatoorah_timeout_seconds: float = 20.0
+        packs: list[PackSettings] = field(default_factory=lambda: list(DEFAULT_PACKS))
+        # A paid plan lasts this many days (a renewal adds them to the current expiry).
+        plan_days: int = 30
+        # Buying this tier publishes `enterprise.registered` (unless it renews a live one).
+        enterprise_tier: str = "enterprise"
+        # A pending order MyFatoorah still calls unpaid after this long becomes `expired`.
+        order_expiry_seconds: int = 86_400
+        max_pending_orders: int = 5
+        # The `billing.pending` job: how often it runs, how many orders it asks about per run at most,
+        # and the backoff between two asks about one order.
+        check_every_seconds: float = 60.0
+        max_status_calls_per_run: int = 20
+        first_check_seconds: float = 60.0
+        max_check_interval_seconds: float = 3600.0
+        # The portal's order result page, under server.public_url (`?order=…&result=…` is added).
+        result_path: str = "/#/billing/result"
+        seller_ar: str = "رسايل"
+        seller_en: str = "Resayil"
+
+    def __init__(self, settings: Plugin.Settings) -> None:
+        s = settings
+        if not 1 <= s.plan_days <= 3660 or s.order_expiry_seconds < 60 or not 1 <= s.max_pending_orders <= 100:
+            raise ConfigError(
+                "plugins.billing.settings: plan_days 1-3660, order_expiry_seconds >= 60, max_pending_orders 1-100"
+            )
+        if s.check_every_seconds <= 0 or s.first_check_seconds <= 0 or s.max_check_interval_seconds <= 0:
+            raise ConfigError("plugins.billing.settings: the check intervals must be positive")
+        if not 1 <= s.max_status_calls_per_run <= 1000:
+            raise ConfigError("plugins.billing.settings.max_status_calls_per_run: must be between 1 and 1000")
+        if not s.result_path.startswith("/"):
+            raise ConfigError("plugins.billing.settings.result_path: must start with '/'")
+        if not s.myfatoorah_url.startswith(("https://", "http://")):
+            raise ConfigError("plugins.billing.settings.myfatoorah_url: must be an http(s) URL")
+        self.settings = settings
+        self.rules = PlanRules(days=s.plan_days, enterprise_tier=s.enterprise_tier)
+        self._gateway: Gateway | None = None
+        self._client: MyFatoorahClient | None = None
+        self._confirmer: Confirmer | None = None
+        self.products: tuple[Product, ...] = ()
+
+    @property
+    def gateway(self) -> Gateway:
+        if self._gateway is None:
+            raise RuntimeError("the billing plugin has not started")
+        return self._gateway
+
+    @property
+    def client(self) -> MyFatoorahClient:
+        if self._client is None:
+            raise RuntimeError("the billing plugin has not started")
+        return self._client
+
+    @property
+    def confirmer(self) -> Confirmer:
+        if self._confirmer is None:
+            raise RuntimeError("the billing plugin has not started")
+        return self._confirmer
+
+    @hookimpl
+    async def resayil_startup(self, gateway: Gateway) -> None:
+        """Build the catalogue from the tiers and packs, and the MyFatoorah client on the shared session."""
+        self._gateway = gateway
+        self.products = catalogue(tiers=gateway.config.tiers, packs=self.settings.packs)
+        self._client = MyFatoorahClient(
+            session=gateway.session,
+            base_url=self.settings.myfatoorah_url,
+            token=self.settings.token or None,
+            timeout_seconds=self.settings.myfatoorah_timeout_seconds,
+        )
+        self._confirmer = Confirmer(gateway=gateway, client=self._client, rules=self.rules)
+
+    @hookimpl
+    def resayil_routes(self, gateway: Gateway) -> list[BaseRoute]:
+        return routes(self)
+
+    @hookimpl
+    def resayil_migrations(self) -> str:
+        return str(Path(__file__).parent / "migrations")
+
+    @hookimpl
+    def resayil_event_types(self) -> list[type[Event]]:
+        return list(BILLING_EVENTS)
+
+    @hookimpl
+    def resayil_jobs(self, gateway: Gateway) -> list[Job]:
+        return [Job("billing.pending", self._check_pending, every_seconds=self.settings.check_every_seconds)]
+
+    @hookimpl
+    def resayil_config_notes(self, config: GatewayConfig) -> list[str]:
+        notes = [] if self.settings.token else [NOT_CONFIGURED]
+        if self.settings.token and not self.settings.webhook_secret:
+            notes.append("no webhook secret: set RESAYIL_MYFATOORAH_WEBHOOK_SECRET, or every webhook answers 401")
+        return notes
+
+    async def _check_pending(self, gateway: Gateway) -> None:
+        await pending.check_pending(self)
+
+    async def check_soon(self, reference: str) -> None:
+        await pending.check_soon(self, reference)
