@@ -20,6 +20,7 @@ from starlette.routing import BaseRoute, Route
 from edge.errors import BadRequest, GatewayError, NotFound, Unprocessable
 from plugins.credits import pricing, reports
 from plugins.credits.ledger import BalanceTooLow
+from plugins.credits.tables import USAGE_SHOWN
 
 if TYPE_CHECKING:
     from plugins.auth_keys.sessions import SessionUser
@@ -31,27 +32,9 @@ MAX_DELTA_MILLI = 10**15
 BIGINT_MAX = 2**63 - 1
 # ASCII digits only: str.isdigit() also says yes to "²" (which int() refuses) and to other scripts' digits.
 _DIGITS = re.compile(r"[0-9]{1,19}")
-CSV_FIELDS = (
-    "created_at",
-    "request_id",
-    "model",
-    "endpoint",
-    "route",
-    "upstream",
-    "stream",
-    "prompt_tokens",
-    "completion_tokens",
-    "usage_source",
-    "multiplier",
-    "cost_milli",
-    "credits",
-    "status",
-    "outcome",
-    "latency_ms",
-    "ttft_ms",
-    "key_id",
-    "user_id",
-)
+# The usage row as shown, with its cost in credits beside `cost_milli`.
+_COST_AT = USAGE_SHOWN.index("cost_milli") + 1
+CSV_FIELDS = (*USAGE_SHOWN[:_COST_AT], "credits", *USAGE_SHOWN[_COST_AT:])
 
 
 # The portal's sessions belong to plugins/auth_keys, imported on first use so that the request path (and
