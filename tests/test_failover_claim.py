@@ -162,7 +162,7 @@ async def test_a_trylast_authorize_listed_before_the_limiter_refuses_before_any_
     config = claim_config(ollama, cloud, sqlite_url, redis_url)
     late = {"name": "late_refusal", "module": "tests.support.late_refusal", "settings": {"refuse_tier": "basic"}}
     config["plugins"] = [late, *config["plugins"]]
-    config["plugins"][-1]["settings"]["queue_max_wait_s"] = 1.0
+    config["plugins"][-1]["settings"]["queue_max_wait_seconds"] = 1.0
     async with serve(config, plugins=[TokenAuth()]) as served:
         refused = await chat(served, "basic", "refused late")
         failover = served.gateway.plugin("failover")
