@@ -20,6 +20,8 @@ from edge.config import GatewayConfig
 from edge.settings import ConfigError, build
 
 log = logging.getLogger("resayil.chain")
+# The names the built-in defaults are registered under.
+DEFAULT_PREFIX = "default."
 
 Impl = tuple[Callable[..., Awaitable[Any]], tuple[str, ...], str]
 
@@ -129,17 +131,20 @@ def load_plugin(name: str, module: str | None, settings: dict[str, Any]) -> obje
 def build_manager(
     config: GatewayConfig, *, defaults: Iterable[object], extra: Iterable[object] = ()
 ) -> pluggy.PluginManager:
-    """Register defaults first, then the configured plugins so the first listed runs first, then extras."""
+    """Register the configured plugins from the last listed to the first (so the first listed runs first),
+    then extras, then the defaults: pluggy runs a later registered `trylast` implementation after the
+    earlier ones, so the defaults, all `trylast`, run after everything (the order: `edge/hookspecs.py`)."""
     pm = pluggy.PluginManager("resayil")
     pm.add_hookspecs(hookspecs)
-    for plugin in defaults:
-        pm.register(plugin, name=f"default.{type(plugin).__name__}")
     enabled = [entry for entry in config.plugins if entry.enabled]
     for entry in reversed(enabled):
         pm.register(load_plugin(entry.name, entry.module, entry.settings), name=entry.name)
     for plugin in extra:
         pm.register(plugin, name=getattr(plugin, "name", None) or type(plugin).__name__)
+    for plugin in defaults:
+        pm.register(plugin, name=f"{DEFAULT_PREFIX}{type(plugin).__name__}")
     check_manager(pm)
+    check_order(pm)
     return pm
 
 
@@ -158,3 +163,28 @@ def check_manager(pm: pluggy.PluginManager) -> None:
         for impl in getattr(pm.hook, name).get_hookimpls():
             if not inspect.iscoroutinefunction(impl.function):
                 raise ConfigError(f"plugin {impl.plugin_name!r}: {name} must be an async def")
+
+
+def check_order(pm: pluggy.PluginManager) -> None:
+    """Refuse an order the edge depends on and does not have: a default that would run before a plugin's
+    implementation of the same hook (that implementation could no longer override it), or more than one
+    `resayil_admit` (one that refused after another ran a claim would leave the claim taken, unsettled)."""
+    for name in pm.hook.__dict__:
+        if not name.startswith("resayil_"):
+            continue
+        order = [impl.plugin_name for impl in reversed(getattr(pm.hook, name).get_hookimpls())]
+        seen_default = None
+        for plugin in order:
+            if plugin.startswith(DEFAULT_PREFIX):
+                seen_default = seen_default or plugin
+            elif seen_default is not None:
+                raise ConfigError(
+                    f"plugin {plugin!r}: its {name} would run after the built-in {seen_default!r}, which must "
+                    "run last so that any plugin can override it"
+                )
+    admits = [impl.plugin_name for impl in pm.hook.resayil_admit.get_hookimpls()]
+    if len(admits) > 1:
+        raise ConfigError(
+            f"plugins {', '.join(map(repr, sorted(admits)))}: only one plugin may implement resayil_admit, the "
+            "last check before reserve that runs other plugins' Redis claims; use resayil_authorize for the others"
+        )

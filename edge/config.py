@@ -43,10 +43,12 @@ class ApiSettings:
 
 @dataclass
 class TimeoutSettings:
-    connect: float = 5.0
-    first_byte: float = 120.0
-    idle: float = 60.0
-    total: float = 600.0
+    connect_seconds: float = 5.0
+    # Until the upstream's first byte of a stream (a whole answer's first byte may take `total_seconds`).
+    first_byte_seconds: float = 120.0
+    # Between two chunks of a stream.
+    idle_seconds: float = 60.0
+    total_seconds: float = 600.0
 
 
 @dataclass

@@ -1,4 +1,6 @@
-"""Built-in behaviour as ordinary plugins, registered first with `trylast` so any plugin can override it."""
+"""Built-in behaviour as ordinary plugins, all `trylast` and registered after every other plugin, so each
+runs after every other implementation of its hook and any plugin can override it (checked at startup:
+`edge.chain.check_order`)."""
 
 from __future__ import annotations
 

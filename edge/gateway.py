@@ -79,7 +79,7 @@ class Gateway:
             self.redis = aioredis.Redis.from_url(
                 self.config.redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
             )
-        self.http = open_session(connect_timeout=self.config.timeouts.connect)
+        self.http = open_session(connect_timeout=self.config.timeouts.connect_seconds)
         failures = await self.chain.all("resayil_startup", gateway=self)
         if failures:
             await self.stop()

@@ -1,7 +1,8 @@
-"""The /v1 request path: parse, authenticate, authorize, reserve, route, forward, settle.
+"""The /v1 request path: parse, authenticate, authorize, admit, reserve, route, forward, settle.
 
-Pure ASGI for speed. Settle runs exactly once whenever reserve ran, shielded from cancellation, and a
-watcher on `receive` cancels the upstream work as soon as the client goes away.
+Pure ASGI for speed. Settle runs exactly once whenever admit let a billed request through (so a Redis
+claim run in admit is always given back), shielded from cancellation, and a watcher on `receive` cancels
+the upstream work as soon as the client goes away.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
+
+from pluggy import HookCaller
 
 from edge import usage as usage_rules
 from edge.asgi import (
@@ -74,8 +77,8 @@ def phase_durations(ctx: RequestContext) -> Iterator[tuple[str, float]]:
 
 def server_timing(ctx: RequestContext) -> str:
     """The `server-timing` header, e.g. `read;dur=0.21, auth;dur=0.05, authorize;dur=0.45, reserve;dur=0.07,
-    route;dur=0.29, upstream;dur=0.83`: `route` includes any wait in the local queue, `upstream` is the
-    upstream's time to its response headers."""
+    route;dur=0.29, upstream;dur=0.83`: `authorize` includes the admit phase (the rate limit), `route`
+    includes any wait in the local queue, `upstream` is the upstream's time to its response headers."""
     return ", ".join([f"{phase};dur={ms:.2f}" for phase, ms in phase_durations(ctx)])
 
 
@@ -98,6 +101,10 @@ class V1:
         self.endpoints: dict[str, dict[str, Endpoint]] = {}
         # Without settle implementations (the bare core) there is nothing to shield from cancellation.
         self.settles = bool(self.chain.implementations("resayil_settle"))
+        # The admit phase, and the claims it may run (`resayil_redis_claim`), only when a plugin admits.
+        self.admits = bool(self.chain.implementations("resayil_admit"))
+        claims = self.chain.pm.hook.resayil_redis_claim
+        self.claims: HookCaller | None = claims if self.admits and claims.get_hookimpls() else None
         self._add(
             "/v1/chat/completions",
             Endpoint("chat", frozenset({"POST"}), parse=parse_chat, upstream_path="/chat/completions"),
@@ -157,6 +164,10 @@ class V1:
                 ctx.model = model
             ctx.mark("auth")
             await self.chain.each("resayil_authorize", ctx=ctx)
+            if self.admits:
+                # No await between a claim that ran and `_billed`'s settle-in-finally: it is always given back.
+                claim = self.claims(ctx=ctx) if self.claims is not None and endpoint.handler is None else None
+                await self.chain.each("resayil_admit", ctx=ctx, claim=claim)
             ctx.mark("authorize")
             if endpoint.handler is not None:
                 status, data = await endpoint.handler(ctx)

@@ -1,8 +1,20 @@
 """The whole plugin contract. A plugin is a class whose methods carry `@hookimpl` and these names.
 
-Request-path hooks are `async def`; the edge awaits each implementation in pluggy's order (the plugin
-listed first in the config runs first; `tryfirst`/`trylast` are respected). A hook vetoes by raising an
-`edge.errors.GatewayError`, never by returning a magic value.
+Request-path hooks are `async def`; the edge awaits each implementation in pluggy's order, which is:
+1. `tryfirst` implementations, the plugin listed first in the config first;
+2. plain implementations, the plugin listed first in the config first;
+3. `trylast` implementations in the REVERSE of the config's order: the plugin listed last runs first
+   (pluggy puts each newly registered `trylast` implementation at the very end, and the config's plugins
+   are registered from the last listed to the first);
+4. the built-in defaults (`edge/defaults.py`), registered after everything else, all `trylast`, so they
+   run after every other implementation of their hook.
+Extra plugins handed to `create_app` (tests) are registered after the configured ones: within each group
+they run before them. Startup refuses an order the core depends on and does not get (`edge/chain.py`:
+the defaults last, one `resayil_admit`). A hook vetoes by raising an `edge.errors.GatewayError`, never
+by returning a magic value.
+
+The request path: authenticate, authorize, admit (where another plugin's Redis claim may run), then
+reserve, route and forward, and settle exactly once whenever admit let the request through.
 """
 
 from __future__ import annotations
@@ -33,6 +45,7 @@ ASYNC_HOOKS = frozenset(
         "resayil_shutdown",
         "resayil_authenticate",
         "resayil_authorize",
+        "resayil_admit",
         "resayil_reserve",
         "resayil_route",
         "resayil_retry",
@@ -63,7 +76,7 @@ def resayil_routes(gateway: Gateway) -> list[BaseRoute]:
 def resayil_v1_endpoints(gateway: Gateway) -> dict[tuple[str, str], Any]:
     """Return extra `/v1` endpoints as `{(METHOD, path): async handler(ctx) -> (status, body)}`.
 
-    They run after authenticate and authorize, like the core endpoints, and are never billed.
+    They run after authenticate, authorize and admit, like the core endpoints, and are never billed.
     """
 
 
@@ -104,12 +117,23 @@ async def resayil_authorize(ctx: RequestContext) -> None:
     """Allow the request by returning, refuse it by raising (403, 404, 429...). May add response headers."""
 
 
+@hookspec
+async def resayil_admit(ctx: RequestContext, claim: RedisClaim | None) -> None:
+    """The last check before reserve, once every authorize passed: count the request against a shared
+    limit, or refuse it (429, 503). May add response headers. When `claim` is given, run it in the same
+    Redis call if the check admits the request and the call is on the gateway's Redis, and tell the claim
+    as `edge/claims.py` says; or leave it alone (its plugin then takes its step itself). The edge goes
+    straight on to reserve, so a claim that ran is always given back by settle. At most one plugin
+    implements this hook (checked at startup): nothing can refuse a request after its claim ran.
+    """
+
+
 @hookspec(firstresult=True)
 def resayil_redis_claim(ctx: RequestContext) -> RedisClaim | None:
-    """Offer a Redis step this request will need, to run inside the rate limiter's script on the gateway's
-    Redis (one round trip for both; `edge/claims.py`). The rate limiter asks from its `authorize`, which runs
-    last, and runs the claim only when it admits the request; a claim that ran is the offering plugin's to
-    give back in `settle`, which then runs whatever happens next. First result wins.
+    """Offer a Redis step this billed request will need, to run inside the `resayil_admit` implementation's
+    Redis call (one round trip for both; `edge/claims.py`). The edge asks once every authorize passed, and
+    only when some plugin implements `resayil_admit`. A claim that ran is the offering plugin's to give back
+    in `settle`, which then always runs. First result wins.
     """
 
 

@@ -65,6 +65,8 @@ events = sa.Table(
     sa.Column("delivered_to", sa.Text(), nullable=True),
     sa.Column("delivered_at", Moment, nullable=True),
     sa.Column("last_error", sa.String(500), nullable=True),
+    # The dispatcher's question: what is undelivered and due.
+    sa.Index("ix_events_pending", "delivered_at", "next_attempt_at"),
 )
 
 

@@ -49,11 +49,11 @@ class Forwarder:
         body, keep_usage = upstream_body(ctx)
         loop = asyncio.get_running_loop()
         t = self.timeouts
-        total_deadline = loop.time() + t.total
+        total_deadline = loop.time() + t.total_seconds
         resp: aiohttp.ClientResponse | None = None
         try:
-            # A whole answer's first byte comes only when its generation is over: it may take up to `total`.
-            first_byte = t.first_byte if ctx.stream else t.total
+            # A whole answer's first byte comes only when its generation is over: it may take up to `total_seconds`.
+            first_byte = t.first_byte_seconds if ctx.stream else t.total_seconds
             async with asyncio.timeout_at(min(total_deadline, loop.time() + first_byte)) as deadline:
                 ctx.sent_upstream = True
                 try:
@@ -138,7 +138,7 @@ class Forwarder:
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         relay = StreamRelay(keep_usage=keep_usage, request_id=ctx.request_id)
-        idle = self.timeouts.idle
+        idle = self.timeouts.idle_seconds
         started = False
         try:
             async for data in resp.content.iter_any():

@@ -1,13 +1,15 @@
 """Typed settings from plain YAML data: dataclasses in, one clear error naming the key out.
 
 Every config section, core or plugin, is a dataclass; `build` checks unknown keys, types and required
-values and raises `ConfigError` with the dotted path of the first bad key.
+values and raises `ConfigError` with the dotted path of the first bad key. A duration's name ends in its
+unit, `_seconds` or `_ms`; an old name (`_s`, or none) is refused with the new one in the message.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import types
+from collections.abc import Container
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 T = TypeVar("T")
@@ -43,6 +45,9 @@ def build(cls: type[T], data: Any, path: str) -> T:
     fields = {field_name(f): f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     for key in data:
         if key not in fields:
+            renamed = unit_suffixed(str(key), fields)
+            if renamed is not None:
+                raise ConfigError(f"{_join(path, str(key))}: renamed to {renamed} (durations name their unit)")
             raise ConfigError(f"{_join(path, str(key))}: unknown key")
     values: dict[str, Any] = {}
     for key, field in fields.items():
@@ -58,6 +63,16 @@ def build(cls: type[T], data: Any, path: str) -> T:
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{where}: required")
     return cls(**values)
+
+
+def unit_suffixed(key: str, fields: Container[str]) -> str | None:
+    """The name a duration setting has now that every one ends in `_seconds` or `_ms`, when `key` is its old
+    name (`down_window_s`, or a bare `connect`); None when `key` is no such name."""
+    stem = key.removesuffix("_s")
+    for name in (f"{stem}_seconds", f"{stem}_ms"):
+        if name in fields:
+            return name
+    return None
 
 
 def _optional(hint: Any) -> bool:

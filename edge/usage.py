@@ -60,7 +60,7 @@ def completion_chunks_of(answer: dict[str, Any]) -> int:
 
 def charge_the_bound(ctx: RequestContext, why: str) -> None:
     """Usage for a whole answer the upstream worked on and never delivered (the client left, or it took
-    longer than `timeouts.total`): nothing counted it, and it may have run all along, so it is charged
+    longer than `timeouts.total_seconds`): nothing counted it, and it may have run all along, so it is charged
     what it could use. Otherwise leaving before the answer would be a way to generate for free."""
     log.warning(why + ": charged its bound", extra={"fields": {"request_id": ctx.request_id}})
     ctx.usage = Usage(ctx.prompt_bound, ctx.completion_budget, BOUNDED)

@@ -154,7 +154,7 @@ def base_config(
         "server": {"public_url": "https://portal.example.test", **server},
         "database_url": database_url,
         "redis_url": redis_url,
-        "timeouts": {"connect": 2, "first_byte": 10, "idle": 5, "total": 30},
+        "timeouts": {"connect_seconds": 2, "first_byte_seconds": 10, "idle_seconds": 5, "total_seconds": 30},
         "upstreams": {
             "ollama": {"kind": "local", "base_url": f"{ollama_url}/v1", "parallel": 4},
             "cloud": {"kind": "cloud", "base_url": f"{cloud_url}/v1", "api_key": "cloud-test-key"},

@@ -134,6 +134,11 @@ async def test_usage_csv_has_a_header_and_every_row(db_url: str, ollama: Any, se
             text = await resp.text()
         status, _ = await call(served, "GET", "/api/usage.csv")
     assert status == 401
+    # The columns and their order are what users' spreadsheets rely on.
+    assert text.splitlines()[0] == (
+        "created_at,request_id,model,endpoint,route,upstream,stream,prompt_tokens,completion_tokens,usage_source,"
+        "multiplier,cost_milli,credits,status,outcome,latency_ms,ttft_ms,key_id,user_id"
+    )
     table = list(csv.DictReader(io.StringIO(text)))
     assert len(table) == 2
     assert table[0]["model"] == "llama3.2:3b" and table[0]["outcome"] == "ok"

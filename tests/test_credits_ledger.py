@@ -95,7 +95,7 @@ async def test_the_sweeper_releases_holds_left_by_a_crashed_worker(db_url: str, 
         held = (await plugin.balance(1))["reserved_milli"]
         assert held == len(lost.body) + 64
         (hold,) = await table_rows(served.gateway, "holds", account_id=1)
-        # The hold lives for timeouts.total (30 s here) plus the grace: a live request is never swept.
+        # The hold lives for timeouts.total_seconds (30 here) plus the grace: a live request is never swept.
         assert hold["expires_at"] >= utcnow() + timedelta(seconds=30 + 120 - 2)
         await asyncio.sleep(0.3)
         assert (await plugin.balance(1))["reserved_milli"] == held

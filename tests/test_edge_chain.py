@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pluggy
 import pytest
 
 from edge import config as config_module
+from edge import hookspecs
 from edge.app import create_app
+from edge.chain import check_order
 from edge.context import Principal, RequestContext
+from edge.defaults import DefaultRoute
 from edge.errors import Forbidden, GatewayError
 from edge.hookspecs import hookimpl
 from edge.settings import ConfigError
@@ -71,6 +75,51 @@ async def test_configured_plugins_run_in_the_order_listed(cfg: dict[str, Any]) -
     app = create_app(config_module.parse(cfg, env={}))
     assert app.gateway.chain.implementations("resayil_authorize") == ("one", "two")
     assert "off" not in app.gateway.plugin_names()
+
+
+def test_trylast_runs_in_the_reverse_of_the_config_order_and_the_defaults_after_everything(
+    cfg: dict[str, Any],
+) -> None:
+    """pluggy's real order, as `edge/hookspecs.py` states it: plain implementations in the config's order,
+    `trylast` ones in its reverse, the built-in defaults last even after a plugin's `trylast`."""
+
+    class LateRoute:
+        name = "late_route"
+
+        @hookimpl(trylast=True)
+        async def resayil_route(self, ctx: RequestContext) -> None: ...
+
+    cfg["plugins"] = [
+        {"name": "one", "module": "tests.support.sample_plugin"},
+        {"name": "late_a", "module": "tests.support.late_refusal"},
+        {"name": "late_b", "module": "tests.support.late_refusal"},
+        {"name": "two", "module": "tests.support.sample_plugin"},
+    ]
+    chain = create_app(config_module.parse(cfg, env={}), plugins=[LateRoute()]).gateway.chain
+    assert chain.implementations("resayil_authorize") == ("one", "two", "late_b", "late_a")
+    assert chain.implementations("resayil_route") == ("late_route", "default.DefaultRoute")
+
+
+def test_startup_refuses_a_second_admit_naming_both(cfg: dict[str, Any]) -> None:
+    """Admit runs other plugins' Redis claims; a second admit refusing after one ran would leak the claim."""
+    cfg["plugins"] = [{"name": "ratelimit"}, {"name": "ratelimit_again", "module": "plugins.ratelimit"}]
+    with pytest.raises(ConfigError, match="plugins 'ratelimit', 'ratelimit_again': only one plugin may implement"):
+        create_app(config_module.parse(cfg, env={}))
+
+
+def test_startup_refuses_a_default_that_would_run_before_a_plugin() -> None:
+    """The defaults are registered last so that this cannot happen; the check names both plugins if it does."""
+
+    class LateRoute:
+        @hookimpl(trylast=True)
+        async def resayil_route(self, ctx: RequestContext) -> None: ...
+
+    pm = pluggy.PluginManager("resayil")
+    pm.add_hookspecs(hookspecs)
+    pm.register(DefaultRoute(), name="default.DefaultRoute")
+    pm.register(LateRoute(), name="late_route")
+    with pytest.raises(ConfigError, match="plugin 'late_route': its resayil_route would run after the built-in "):
+        check_order(pm)
 
 
 async def test_first_authentication_result_wins(serve: Any, cfg: dict[str, Any]) -> None:

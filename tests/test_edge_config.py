@@ -77,7 +77,13 @@ def test_example_config_defaults_and_environment() -> None:
     [
         (lambda c: c["server"].update(prot=1), "server.prot: unknown key"),
         (lambda c: c["server"].update(port="eighty"), "server.port: expected a whole number"),
-        (lambda c: c["timeouts"].update(idle=[1]), "timeouts.idle: expected a number"),
+        (lambda c: c["timeouts"].update(idle_seconds=[1]), "timeouts.idle_seconds: expected a number"),
+        # A duration's name ends in its unit: an old name is refused with the new one.
+        (lambda c: c["timeouts"].update(idle=5), "timeouts.idle: renamed to idle_seconds"),
+        (
+            lambda c: c["plugins"].append({"name": "failover", "settings": {"down_window_s": 30}}),
+            "plugins.failover.settings.down_window_s: renamed to down_window_seconds",
+        ),
         (lambda c: c["models"][0].update(upstream="gpu9"), "models[0].upstream: no upstream named 'gpu9'"),
         (lambda c: c["models"][0].update(**{"class": "huge"}), "models[0].class: must be one of"),
         (lambda c: c["server"].update(workers=2), "server.workers: more than one worker needs shared state"),

@@ -219,7 +219,7 @@ async def test_unreachable_upstream_is_502(serve: Any, sqlite_url: str) -> None:
 
 
 async def test_first_byte_timeout_is_504(serve: Any, cfg: dict[str, Any], ollama: Any) -> None:
-    cfg["timeouts"]["first_byte"] = 0.3
+    cfg["timeouts"]["first_byte_seconds"] = 0.3
     ollama.settings.latency = 2
     stream = {**CHAT, "stream": True}
     async with serve(cfg, plugins=[TokenAuth()]) as gw:
@@ -234,7 +234,7 @@ async def test_first_byte_timeout_is_504(serve: Any, cfg: dict[str, Any], ollama
 
 
 async def test_idle_timeout_mid_stream_ends_with_an_error_event(serve: Any, cfg: dict[str, Any], ollama: Any) -> None:
-    cfg["timeouts"]["idle"] = 0.3
+    cfg["timeouts"]["idle_seconds"] = 0.3
     ollama.settings.chunks = 3
     ollama.settings.chunk_interval = 1.0
     recorder = Recorder()

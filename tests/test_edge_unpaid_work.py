@@ -84,7 +84,7 @@ async def test_a_whole_answer_past_the_time_limit_is_a_504_charged_its_bound(
 ) -> None:
     ollama.settings.latency = 1.5
     config = credits_config(ollama_url=ollama.url, database_url=db_url)
-    config["timeouts"].update(first_byte=0.2, total=0.6)
+    config["timeouts"].update(first_byte_seconds=0.2, total_seconds=0.6)
     body = chat_body(max_tokens=30)
     async with serve(config, plugins=[TokenAuth()]) as served:
         credits = await funded(served, 23)
@@ -103,7 +103,7 @@ async def test_a_whole_answer_may_take_longer_than_a_streams_first_byte(
 ) -> None:
     ollama.settings.latency = 0.5
     config = credits_config(ollama_url=ollama.url, database_url=sqlite_url)
-    config["timeouts"].update(first_byte=0.2, total=5)
+    config["timeouts"].update(first_byte_seconds=0.2, total_seconds=5)
     async with serve(config, plugins=[TokenAuth()]) as served:
         await funded(served, 24)
         async with served.request(

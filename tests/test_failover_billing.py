@@ -65,7 +65,7 @@ async def test_refused_and_failed_requests_give_back_their_hold_and_their_slot(
     ollama.settings.parallel = 1
     ollama.settings.latency = 1.0
     config = billed_config(
-        ollama, cloud, db_url, redis_url, queue_max_wait_s=0.3, cloud_daily_cap=0, down_after_failures=100
+        ollama, cloud, db_url, redis_url, queue_max_wait_seconds=0.3, cloud_daily_cap=0, down_after_failures=100
     )
     async with serve(config, plugins=[TokenAuth()]) as served:
         await seed(served, "basic", "pro")

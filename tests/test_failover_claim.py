@@ -150,3 +150,26 @@ async def test_a_claim_whose_script_fails_is_abandoned_not_accepted(redis_url: s
         assert not decision.admitted and told == []
     finally:
         await windows.close()
+
+
+async def test_a_trylast_authorize_listed_before_the_limiter_refuses_before_any_slot_is_claimed(
+    serve: Any, ollama: Any, cloud: Any, sqlite_url: str, redis_url: str
+) -> None:
+    """pluggy runs `trylast` implementations in the reverse of the config's order, so with the window in
+    authorize this refusal ran after the window's script had taken the one local slot, and nothing gave it
+    back. The window now runs in admit, after every authorize: the refused request never claims, and the
+    next caller gets the slot at once."""
+    config = claim_config(ollama, cloud, sqlite_url, redis_url)
+    late = {"name": "late_refusal", "module": "tests.support.late_refusal", "settings": {"refuse_tier": "basic"}}
+    config["plugins"] = [late, *config["plugins"]]
+    config["plugins"][-1]["settings"]["queue_max_wait_seconds"] = 1.0
+    async with serve(config, plugins=[TokenAuth()]) as served:
+        refused = await chat(served, "basic", "refused late")
+        failover = served.gateway.plugin("failover")
+        snapshot = await failover.slots.snapshot(upstream="ollama")
+        assert (refused.status, refused.code) == (403, "late_refusal")
+        assert (snapshot.in_use, snapshot.waiting) == (0, {})
+        assert "x-ratelimit-remaining-requests" not in refused.headers
+        after = await chat(served, "pro", "next")
+        assert (after.status, after.route) == (200, "local")
+        await assert_released(served)

@@ -18,7 +18,7 @@ EXAMPLE_ENTRY = """
   settings:
     spill_depth: ${RESAYIL_SPILL_DEPTH:-3}
     cloud_daily_cap: ${RESAYIL_CLOUD_DAILY_CAP:-500}
-    queue_max_wait_s: ${RESAYIL_QUEUE_MAX_WAIT_S:-120}
+    queue_max_wait_seconds: ${RESAYIL_QUEUE_MAX_WAIT_S:-120}
 """
 
 
@@ -31,7 +31,7 @@ def example_with_failover(env: dict[str, str]) -> Any:
 
 def test_the_example_config_reads_its_queue_settings_from_the_environment() -> None:
     defaults = example_with_failover({}).plugin("failover").settings
-    assert (defaults.spill_depth, defaults.cloud_daily_cap, defaults.queue_max_wait_s) == (3, 500, 120)
+    assert (defaults.spill_depth, defaults.cloud_daily_cap, defaults.queue_max_wait_seconds) == (3, 500, 120)
     gateway = example_with_failover(
         {
             "RESAYIL_SPILL_DEPTH": "5",
@@ -41,7 +41,7 @@ def test_the_example_config_reads_its_queue_settings_from_the_environment() -> N
         }
     )
     tuned = gateway.plugin("failover").settings
-    assert (tuned.spill_depth, tuned.cloud_daily_cap, tuned.queue_max_wait_s) == (5, 50, 30)
+    assert (tuned.spill_depth, tuned.cloud_daily_cap, tuned.queue_max_wait_seconds) == (5, 50, 30)
     assert gateway.upstreams["ollama"].settings.parallel == 2
 
 
@@ -49,12 +49,12 @@ def test_the_example_config_reads_its_queue_settings_from_the_environment() -> N
     ("setting", "value", "message"),
     [
         ("spill_depth", -1, "plugins.failover.settings.spill_depth: must be 0 or more"),
-        ("queue_max_wait_s", 0, "plugins.failover.settings.queue_max_wait_s: must be more than 0"),
+        ("queue_max_wait_seconds", 0, "plugins.failover.settings.queue_max_wait_seconds: must be more than 0"),
         ("retry_attempts", 0, "retry_attempts and down_after_failures must be 1 or more"),
         ("answer_retries", -1, "plugins.failover.settings.answer_retries: must be 0 or more"),
         ("down_after_accounts", 1, "plugins.failover.settings.down_after_accounts: must be 2 or more"),
-        ("down_window_s", 0, "plugins.failover.settings.down_window_s: must be more than 0"),
-        ("probe_timeout_s", 0, "plugins.failover.settings.probe_timeout_s: must be more than 0"),
+        ("down_window_seconds", 0, "plugins.failover.settings.down_window_seconds: must be more than 0"),
+        ("probe_timeout_seconds", 0, "plugins.failover.settings.probe_timeout_seconds: must be more than 0"),
         ("spill_threshold", 3, "plugins.failover.settings.spill_threshold: unknown key"),
         ("cloud_daily_cap", "many", "plugins.failover.settings.cloud_daily_cap: expected a whole number"),
     ],

@@ -57,8 +57,8 @@ async def test_a_busy_local_upstream_is_retried_then_basic_gets_503(
         database_url=sqlite_url,
         redis_url=store,
         down_after_failures=100,
-        retry_backoff_s=0.1,
-        retry_backoff_max_s=0.4,
+        retry_backoff_seconds=0.1,
+        retry_backoff_max_seconds=0.4,
     )
     async with serve(config, plugins=[TokenAuth()]) as served:
         reply = await chat(served, "basic")
@@ -121,7 +121,7 @@ async def test_an_upstream_that_fails_every_accounts_requests_is_marked_down_the
         database_url=sqlite_url,
         redis_url=store,
         down_after_accounts=3,
-        down_cooldown_s=1.5,
+        down_cooldown_seconds=1.5,
     )
     async with serve(config, plugins=[TokenAuth()]) as served:
         # Each request is tried twice and answered with the upstream's error; one account, however many
@@ -178,9 +178,9 @@ async def test_requests_waiting_on_an_upstream_that_goes_down_stop_waiting(
         database_url=sqlite_url,
         redis_url=store,
         down_after_failures=3,
-        retry_backoff_s=0.3,
-        retry_backoff_max_s=0.6,
-        queue_max_wait_s=30,
+        retry_backoff_seconds=0.3,
+        retry_backoff_max_seconds=0.6,
+        queue_max_wait_seconds=30,
     )
     async with serve(config, plugins=[TokenAuth()]) as served:
         started = time.monotonic()

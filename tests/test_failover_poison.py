@@ -153,9 +153,9 @@ async def test_timeouts_count_once_per_account_and_mark_the_upstream_down_only_a
         database_url=sqlite_url,
         redis_url=store,
         parallel=8,
-        probe_timeout_s=0.3,
+        probe_timeout_seconds=0.3,
     )
-    config["timeouts"]["total"] = 0.15  # a whole answer may take up to `total` (first_byte is for streams)
+    config["timeouts"]["total_seconds"] = 0.15  # a whole answer may take up to this (first_byte_seconds: streams)
     async with serve(config, plugins=[TokenAuth()]) as served:
         replies = await asyncio.gather(*(chat(served, "basic", f"long #{i}") for i in range(5)))
         assert [(r.status, r.code) for r in replies] == [(504, "upstream_timeout")] * 5

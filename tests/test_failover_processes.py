@@ -167,7 +167,7 @@ async def test_a_slot_held_by_a_killed_process_frees_itself_after_its_lease(
     ollama.settings.latency = 5.0
     redis = aioredis.Redis.from_url(redis_url)
     async with aiohttp.ClientSession() as http:
-        a, b = await gateways(2, http, slot_lease_s=1.5, poll_interval_s=0.2, queue_max_wait_s=20)
+        a, b = await gateways(2, http, slot_lease_seconds=1.5, poll_interval_seconds=0.2, queue_max_wait_seconds=20)
         holder = asyncio.ensure_future(chat(a.url, "basic", "holder", http=http))
         await asyncio.sleep(0.5)
         waiter = asyncio.ensure_future(chat(b.url, "basic", "waiter", http=http))

@@ -130,7 +130,7 @@ async def test_a_request_waiting_longer_than_the_maximum_gets_503_and_leaves_the
     serve: Any, slow_ollama: Any, cloud: Any, sqlite_url: str, store: str | None
 ) -> None:
     slow_ollama.settings.latency = 1.5
-    config = config_for(slow_ollama, cloud, sqlite_url, store, queue_max_wait_s=0.4)
+    config = config_for(slow_ollama, cloud, sqlite_url, store, queue_max_wait_seconds=0.4)
     watch = Recorder()
     async with serve(config, plugins=[TokenAuth(), watch]) as served:
         plugin = served.gateway.plugin("failover")

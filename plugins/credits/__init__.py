@@ -44,7 +44,7 @@ class Plugin:
         min_completion_tokens: int = 64
         # credits.low fires when the balance falls below this percentage of the plan's monthly credits.
         low_balance_percent: int = 20
-        # A hold lives for timeouts.total plus this grace; the sweeper releases it after that.
+        # A hold lives for timeouts.total_seconds plus this grace; the sweeper releases it after that.
         hold_grace_seconds: int = 120
         sweep_interval_seconds: float = 30.0
         # The calendar the usage chart and month totals count days in.
@@ -105,7 +105,7 @@ class Plugin:
     @property
     def hold_seconds(self) -> float:
         """How long a hold (or a silent worker's lease) lives before the sweeper releases it."""
-        return self.gateway.config.timeouts.total + self.settings.hold_grace_seconds
+        return self.gateway.config.timeouts.total_seconds + self.settings.hold_grace_seconds
 
     @property
     def top_up_url(self) -> str:

@@ -19,6 +19,7 @@ from edge.errors import GatewayError, NotFound
 from edge.inputs import Form, integer, query_number, read_json, text
 from plugins.credits import pricing, reports
 from plugins.credits.ledger import BalanceTooLow
+from plugins.credits.tables import USAGE_SHOWN
 
 if TYPE_CHECKING:
     from plugins.auth_keys.sessions import SessionUser
@@ -39,27 +40,9 @@ MESSAGES = {
 }
 _delta = integer(subject="delta_milli", low=-MAX_DELTA_MILLI, high=MAX_DELTA_MILLI)
 _reason = text(subject="reason", max_length=500)
-CSV_FIELDS = (
-    "created_at",
-    "request_id",
-    "model",
-    "endpoint",
-    "route",
-    "upstream",
-    "stream",
-    "prompt_tokens",
-    "completion_tokens",
-    "usage_source",
-    "multiplier",
-    "cost_milli",
-    "credits",
-    "status",
-    "outcome",
-    "latency_ms",
-    "ttft_ms",
-    "key_id",
-    "user_id",
-)
+# The usage row as shown, with its cost in credits beside `cost_milli`.
+_COST_AT = USAGE_SHOWN.index("cost_milli") + 1
+CSV_FIELDS = (*USAGE_SHOWN[:_COST_AT], "credits", *USAGE_SHOWN[_COST_AT:])
 
 
 # The portal's sessions belong to plugins/auth_keys, imported on first use so that the request path (and

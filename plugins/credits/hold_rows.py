@@ -67,25 +67,10 @@ _ADD_USAGE = usage.insert()
 _COST_USAGE = usage.update().where(usage.c.charge_id == sa.bindparam("b_charge", type_=usage.c.charge_id.type))
 
 
-# The usage row's columns in the order credits_settle takes them after its first seven parameters.
-_USAGE_ARGS = (
-    "request_id",
-    "user_id",
-    "key_id",
-    "model",
-    "endpoint",
-    "route",
-    "upstream",
-    "stream",
-    "prompt_tokens",
-    "completion_tokens",
-    "usage_source",
-    "multiplier",
-    "status",
-    "outcome",
-    "latency_ms",
-    "ttft_ms",
-    "day",
+# The usage row's columns in the order credits_settle takes them after its first seven parameters: the
+# table's order, without those the procedure fills in itself (the id, the hold, the account, the cost, the time).
+_USAGE_ARGS = tuple(
+    c.name for c in usage.columns if c.name not in ("id", "charge_id", "account_id", "cost_milli", "created_at")
 )
 
 

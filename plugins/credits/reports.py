@@ -10,29 +10,9 @@ import sqlalchemy as sa
 
 from edge.db import Database
 from plugins.credits.rows import iso, ledger_row
-from plugins.credits.tables import ledger, usage
+from plugins.credits.tables import USAGE_SHOWN, ledger, usage
 
-USAGE_FIELDS = (
-    "id",
-    "request_id",
-    "created_at",
-    "model",
-    "endpoint",
-    "route",
-    "upstream",
-    "stream",
-    "prompt_tokens",
-    "completion_tokens",
-    "usage_source",
-    "multiplier",
-    "cost_milli",
-    "status",
-    "outcome",
-    "latency_ms",
-    "ttft_ms",
-    "key_id",
-    "user_id",
-)
+USAGE_FIELDS = ("id", *USAGE_SHOWN)
 _USAGE_COLUMNS = [usage.c[name] for name in USAGE_FIELDS]
 
 

@@ -86,3 +86,12 @@ usage = sa.Table(
     sa.Index("ix_usage_records_account_id", "account_id", "id"),
     sa.Index("ix_usage_records_account_day", "account_id", "day"),
 )
+# The usage row as its account sees it, in the CSV export's column order (the API's items add `id`): when
+# and which request first, whose key and user last, the rest in the table's order. Its bookkeeping columns
+# (the id, the hold it settled, the account, the day the chart groups by) are not shown.
+_BOOKKEEPING, _FIRST, _LAST = (
+    ("id", "charge_id", "account_id", "day"),
+    ("created_at", "request_id"),
+    ("key_id", "user_id"),
+)
+USAGE_SHOWN = (*_FIRST, *(c.name for c in usage.columns if c.name not in (*_BOOKKEEPING, *_FIRST, *_LAST)), *_LAST)

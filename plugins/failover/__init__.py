@@ -33,18 +33,18 @@ class Plugin:
     class Settings:
         spill_depth: int = 3
         cloud_daily_cap: int = 500
-        queue_max_wait_s: float = 120.0
-        slot_lease_s: float = 30.0
-        poll_interval_s: float = 1.0
+        queue_max_wait_seconds: float = 120.0
+        slot_lease_seconds: float = 30.0
+        poll_interval_seconds: float = 1.0
         retry_attempts: int = 3
         answer_retries: int = 1
-        retry_backoff_s: float = 0.25
-        retry_backoff_max_s: float = 2.0
+        retry_backoff_seconds: float = 0.25
+        retry_backoff_max_seconds: float = 2.0
         down_after_failures: int = 3
         down_after_accounts: int = 3
-        down_window_s: float = 30.0
-        down_cooldown_s: float = 30.0
-        probe_timeout_s: float = 30.0
+        down_window_seconds: float = 30.0
+        down_cooldown_seconds: float = 30.0
+        probe_timeout_seconds: float = 30.0
         timezone: str = "Asia/Kuwait"
 
     def __init__(self, settings: Plugin.Settings) -> None:
@@ -52,8 +52,8 @@ class Plugin:
         for name in ("spill_depth", "cloud_daily_cap"):
             if getattr(s, name) < 0:
                 raise ConfigError(f"plugins.failover.settings.{name}: must be 0 or more")
-        positive = ("queue_max_wait_s", "slot_lease_s", "poll_interval_s", "down_window_s", "down_cooldown_s")
-        for name in (*positive, "probe_timeout_s"):
+        positive = ("queue_max_wait", "slot_lease", "poll_interval", "down_window", "down_cooldown", "probe_timeout")
+        for name in (f"{stem}_seconds" for stem in positive):
             if getattr(s, name) <= 0:
                 raise ConfigError(f"plugins.failover.settings.{name}: must be more than 0")
         if s.retry_attempts < 1 or s.down_after_failures < 1:
@@ -63,8 +63,10 @@ class Plugin:
         if s.down_after_accounts < 2:
             # One account's requests must never mark an upstream down for everyone else.
             raise ConfigError("plugins.failover.settings.down_after_accounts: must be 2 or more")
-        if s.retry_backoff_s < 0 or s.retry_backoff_max_s < s.retry_backoff_s:
-            raise ConfigError("plugins.failover.settings.retry_backoff_max_s: must be at least retry_backoff_s")
+        if s.retry_backoff_seconds < 0 or s.retry_backoff_max_seconds < s.retry_backoff_seconds:
+            raise ConfigError(
+                "plugins.failover.settings.retry_backoff_max_seconds: must be at least retry_backoff_seconds"
+            )
         self.settings = settings
 
     @hookimpl
@@ -76,7 +78,7 @@ class Plugin:
         counts: CountStore
         if gateway.redis is not None:
             self.slots: SlotStore = RedisSlots(
-                redis=gateway.redis, parallel=parallel, lease_s=s.slot_lease_s, poll_s=s.poll_interval_s
+                redis=gateway.redis, parallel=parallel, lease_s=s.slot_lease_seconds, poll_s=s.poll_interval_seconds
             )
             counts = RedisCounts(redis=gateway.redis)
         else:

@@ -27,5 +27,5 @@ class Attempt:
     tried: list[str] = field(default_factory=list)
     # Local upstreams that failed this request after receiving it: counted once, when the request settles.
     failed_on: set[str] = field(default_factory=set)
-    # The answer to a slot claim the rate limiter ran in `authorize` (`resayil_redis_claim`), for `route`.
+    # The answer to a slot claim the rate limiter ran in `admit` (`resayil_redis_claim`), for `route`.
     claimed: Entry | None = None

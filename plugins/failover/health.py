@@ -6,7 +6,7 @@ when configured, else this process):
 - A connection that cannot be opened (refused, no route, no such host, connect timeout) says nothing about
   the request, which never left: it says the upstream is unwell. Such an attempt is tried again up to
   `retry_attempts` in all, and each counts: `down_after_failures` of them with no success in between mark
-  the upstream down for `down_cooldown_s`, as they always did.
+  the upstream down for `down_cooldown_seconds`, as they always did.
 - Anything an upstream did with a request it received (an error status, a connection dropped after the
   request went out, a timeout) may be the request's own doing: an input that crashes Ollama's model runner
   is answered 500 every time, whoever sends it. Such a request is tried again at most `answer_retries`
@@ -14,14 +14,14 @@ when configured, else this process):
   a second failure of the same request is taken to be its input's). Those attempts never count. When the
   request is over, it counts once, for its account, on each local upstream that failed it and did not end
   up serving it; an account counts once however many of its requests fail. When `down_after_accounts`
-  accounts (at least 2) each had a request fail on it within `down_window_s`, with no success in between,
+  accounts (at least 2) each had a request fail on it within `down_window_seconds`, with no success in between,
   one worker (a lease in the store makes it one) probes the upstream (`probe.py`): the gateway's own
   one-token request to the same model, first in line for a slot. Served, the failures were the requests'
-  own and the count starts again; failed, refused or not answered within `probe_timeout_s`, the upstream is
+  own and the count starts again; failed, refused or not answered within `probe_timeout_seconds`, the upstream is
   marked down. So no customer, nor several accounts of one attacker, at any rate and in any burst, marks
   an upstream down for the others with inputs of their own; a dead or hung model runner still is.
-  A line that stays full for `probe_timeout_s` gives no verdict: something is being served. A probe takes
-  at most twice `probe_timeout_s` (its slot, then its answer), so it never holds up a shutdown for long.
+  A line that stays full for `probe_timeout_seconds` gives no verdict: something is being served. A probe takes
+  at most twice `probe_timeout_seconds` (its slot, then its answer), so it never holds up a shutdown for long.
 - A busy answer (429/503) is retried up to `retry_attempts` (it says the upstream will take the request
   later, nothing about the request) and counts like any other received request's failure.
 - A success on the upstream clears both counts; marking it down clears them too.
@@ -71,11 +71,13 @@ class Health:
         self.slots = slots
         self.gateway = gateway
         s = settings
-        self.backoff = Backoff(attempts=s.retry_attempts, base_s=s.retry_backoff_s, max_s=s.retry_backoff_max_s)
+        self.backoff = Backoff(
+            attempts=s.retry_attempts, base_s=s.retry_backoff_seconds, max_s=s.retry_backoff_max_seconds
+        )
         # The probe goes first in line: ahead of every tier.
         self.probe_priority = max((tier.priority for tier in gateway.config.tiers.values()), default=0) + 1
         # How long a probe may be under way (a wait for a slot, then up to two answers) before another may start.
-        self.probe_lease_s = 3 * s.probe_timeout_s + 5
+        self.probe_lease_s = 3 * s.probe_timeout_seconds + 5
         # Per worker, the model each local upstream last served: the probe's second opinion.
         self.last_served: dict[str, Model] = {}
 
@@ -88,7 +90,7 @@ class Health:
             return False
         s = self.settings
         return await self.slots.failed(
-            upstream=upstream.name, threshold=s.down_after_failures, cooldown_s=s.down_cooldown_s
+            upstream=upstream.name, threshold=s.down_after_failures, cooldown_s=s.down_cooldown_seconds
         )
 
     def delay(self, *, failures: int, kind: Kind) -> float | None:
@@ -118,14 +120,14 @@ class Health:
                 upstream=name,
                 account=str(ctx.principal.account_id),
                 threshold=s.down_after_accounts,
-                window_s=s.down_window_s,
+                window_s=s.down_window_seconds,
                 probe_s=self.probe_lease_s,
             )
             model = self._probe_model(name, ctx.model)
             if probe and model is not None:
                 self.gateway.spawn(self.probe(model))
             elif probe:
-                await self.slots.probed(upstream=name, healthy=True, cooldown_s=s.down_cooldown_s)
+                await self.slots.probed(upstream=name, healthy=True, cooldown_s=s.down_cooldown_seconds)
 
     def _probe_model(self, upstream: str, asked: Model | None) -> Model | None:
         """The model the failing request asked for, when it runs there; else any model of that upstream."""
@@ -144,10 +146,10 @@ class Health:
                     upstream=name, ticket=ticket, priority=self.probe_priority, spill_depth=None
                 )
                 if entry.state == "queued":
-                    entry = await self.slots.wait(upstream=name, ticket=ticket, max_wait_s=s.probe_timeout_s)
+                    entry = await self.slots.wait(upstream=name, ticket=ticket, max_wait_s=s.probe_timeout_seconds)
                 if entry.state == "acquired":
                     healthy = await answers(
-                        session=self.gateway.session, model=model, timeout_s=s.probe_timeout_s, request_id=ticket
+                        session=self.gateway.session, model=model, timeout_s=s.probe_timeout_seconds, request_id=ticket
                     )
                     # The failing requests chose the model (perhaps a large one that is slow to load, or one
                     # that is broken): the upstream is down only if a model it served lately fails too.
@@ -155,11 +157,14 @@ class Health:
                     if not healthy and served is not None and served is not model:
                         model = served
                         healthy = await answers(
-                            session=self.gateway.session, model=served, timeout_s=s.probe_timeout_s, request_id=ticket
+                            session=self.gateway.session,
+                            model=served,
+                            timeout_s=s.probe_timeout_seconds,
+                            request_id=ticket,
                         )
             finally:
                 await self.slots.release(upstream=name, ticket=ticket, healthy=healthy)
-            down = await self.slots.probed(upstream=name, healthy=healthy, cooldown_s=s.down_cooldown_s)
+            down = await self.slots.probed(upstream=name, healthy=healthy, cooldown_s=s.down_cooldown_seconds)
         except RedisError as exc:  # the probe's lease runs out and the next failing request probes again
             log.warning("failover probe could not report", extra={"fields": {"error": type(exc).__name__}})
             return

@@ -150,7 +150,7 @@ class Router:
             )
         if entry.state == "queued":
             entry = await self.slots.wait(
-                upstream=upstream, ticket=attempt.ticket, max_wait_s=self.settings.queue_max_wait_s
+                upstream=upstream, ticket=attempt.ticket, max_wait_s=self.settings.queue_max_wait_seconds
             )
         if entry.state == "acquired":
             self._use(ctx, model)
@@ -187,7 +187,7 @@ class Router:
             return True
         if kind == "answer":
             return None  # this request's own failure, as far as anyone can tell: not an outage for all
-        raise answers.unavailable(Entry("down", retry_after_s=self.settings.down_cooldown_s if down else 5))
+        raise answers.unavailable(Entry("down", retry_after_s=self.settings.down_cooldown_seconds if down else 5))
 
     async def settle(self, ctx: RequestContext) -> None:
         attempt = ctx.extras.get("failover")

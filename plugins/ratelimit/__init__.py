@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import redis.exceptions
-from pluggy import HookCaller
 
 from edge.claims import RedisClaim
 from edge.context import RequestContext
@@ -63,8 +62,8 @@ class Plugin:
         self.redis: RedisWindows | None = None
         self.memory: MemoryWindows | None = None
         self.outage: Outage | None = None
-        # `resayil_redis_claim`'s caller, when there are claims this limiter can run; else None.
-        self.claim: HookCaller | None = None
+        # Whether the window's script may run other plugins' claims: only on the gateway's own Redis.
+        self.runs_claims = False
 
     @hookimpl
     async def resayil_startup(self, gateway: Gateway) -> None:
@@ -85,10 +84,7 @@ class Plugin:
         if self.redis is None or s.on_redis_error == "fail_open":
             self.memory = MemoryWindows(window_seconds=s.window_seconds)
         # On the gateway's own Redis, other plugins' claims (`resayil_redis_claim`) ride in the window's script.
-        claims = gateway.chain.pm.hook.resayil_redis_claim
-        self.claim = (
-            claims if self.redis is not None and url == gateway.config.redis_url and claims.get_hookimpls() else None
-        )
+        self.runs_claims = self.redis is not None and url == gateway.config.redis_url
 
     @hookimpl
     async def resayil_shutdown(self, gateway: Gateway) -> None:
@@ -98,11 +94,12 @@ class Plugin:
         if self.memory is not None:
             await self.memory.close()
 
-    # Last of the authorize hooks: it counts only requests nothing else refused, and a claim it runs for
-    # another plugin is followed by reserve, and so by settle, which gives the claim back.
-    @hookimpl(trylast=True)
-    async def resayil_authorize(self, ctx: RequestContext) -> None:
-        """Count the request against its account's window; add the `x-ratelimit-*` headers; 429 when full.
+    # The admit phase comes after every authorize: the window counts only requests nothing else refused,
+    # and a claim it runs for another plugin is followed by reserve, and so by settle, which gives it back.
+    @hookimpl
+    async def resayil_admit(self, ctx: RequestContext, claim: RedisClaim | None) -> None:
+        """Count the request against its account's window, running `claim` in the same script on the
+        gateway's Redis; add the `x-ratelimit-*` headers; 429 when full.
 
         Callers without an account, or on a tier the config does not know (open access), are not limited.
         """
@@ -114,7 +111,7 @@ class Plugin:
             return
         cost = token_bound(ctx) if tier.tokens_per_minute is not None and ctx.model is not None else 0
         limits = Limits(str(principal.account_id), tier.requests_per_minute, tier.tokens_per_minute, cost)
-        decision = await self._admit(limits, self.claim(ctx=ctx) if self.claim is not None else None)
+        decision = await self._admit(limits, claim if self.runs_claims else None)
         ctx.response_headers.update(answers.headers(decision))
         if not decision.admitted:
             raise answers.refusal(

@@ -40,7 +40,7 @@ def failover_config(
     config = base_config(ollama_url=ollama_url, cloud_url=cloud_url, database_url=database_url, redis_url=redis_url)
     config["upstreams"]["ollama"]["parallel"] = parallel
     config["plugins"] = [
-        {"name": "failover", "settings": {"retry_backoff_s": 0.01, "retry_backoff_max_s": 0.05, **settings}}
+        {"name": "failover", "settings": {"retry_backoff_seconds": 0.01, "retry_backoff_max_seconds": 0.05, **settings}}
     ]
     return config
 
