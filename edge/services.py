@@ -82,7 +82,7 @@ class Accounts(Protocol):
         ...
 
     async def set_plan(
-        self, *, account_id: int, tier: str | Keep = KEEP, plan_expires_at: datetime | None | Keep = KEEP
+        self, *, account_id: int, tier: str | Keep = KEEP, plan_expires_at: datetime | Keep | None = KEEP
     ) -> Account | None:
         """Set the tier and/or the plan's expiry (UTC, None: never) in one transaction, then make every
         worker forget the account's cached keys; the account as it now is, or None when there is none.

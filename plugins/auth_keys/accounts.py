@@ -21,7 +21,13 @@ from plugins.auth_keys.tables import accounts, users
 # accounts.id is a signed 64-bit integer; SQLite refuses to even compare with a larger one.
 MAX_ID = 2**63 - 1
 
-_OWNER = sa.select(sa.func.min(users.c.id)).where(users.c.account_id == accounts.c.id).scalar_subquery()
+_others = users.alias("others")
+_OWNER = (
+    sa.select(sa.func.min(_others.c.id))
+    .where(_others.c.account_id == accounts.c.id)
+    .correlate(accounts)
+    .scalar_subquery()
+)
 _ACCOUNT = sa.select(
     accounts.c.id,
     accounts.c.tier,
@@ -46,7 +52,7 @@ class AccountStore:
             return await _read(conn, account_id)
 
     async def set_plan(
-        self, *, account_id: int, tier: str | Keep = KEEP, plan_expires_at: datetime | None | Keep = KEEP
+        self, *, account_id: int, tier: str | Keep = KEEP, plan_expires_at: datetime | Keep | None = KEEP
     ) -> Account | None:
         if not 0 < account_id <= MAX_ID:
             return None
