@@ -42,7 +42,12 @@ GUARDED = [
     ("GET", "/api/usage.csv", None),
 ]
 NOT_LOGGED_IN = {
-    "error": {"message": "Log in to continue.", "type": "authentication_error", "param": None, "code": "not_authenticated"}
+    "error": {
+        "message": "Log in to continue.",
+        "type": "authentication_error",
+        "param": None,
+        "code": "not_authenticated",
+    }
 }
 
 
@@ -115,9 +120,7 @@ async def test_the_accounts_service_looks_up_and_sets_a_plan(serve: Any, ollama:
         assert await accounts.set_plan(account_id=user.account_id, tier="enterprise") == cleared
 
 
-async def test_the_credits_service_grants_once_per_key_with_typed_results(
-    serve: Any, ollama: Any, db_url: str
-) -> None:
+async def test_the_credits_service_grants_once_per_key_with_typed_results(serve: Any, ollama: Any, db_url: str) -> None:
     async with serve(credits_config(ollama_url=ollama.url, database_url=db_url)) as served:
         credits = served.gateway.service(CREDITS)
         first = await credits.grant(
