@@ -143,7 +143,10 @@ async def run_plugin_command(config: GatewayConfig, command: Command, args: argp
     gateway = Gateway(config)
     await gateway.start(run_jobs=False)
     try:
-        return await command.run(gateway, args)
+        # The started gateway's own copy of the command, so that a plugin's command runs on the plugin
+        # instance that started (its stores open) without looking itself up by name.
+        started: dict[str, Command] = {c.name: c for group in gateway.pm.hook.resayil_commands() for c in group}
+        return await started[command.name].run(gateway, args)
     finally:
         await gateway.stop()
 

@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from edge.config import ModelSettings, UpstreamSettings
+
+F = TypeVar("F")
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling and who pays: set by the first `authenticate` implementation that answers."""
+    """Who is calling and who pays: set by the first `authenticate` implementation that answers.
+
+    Identity facts a plugin adds (the teams plugin: the caller's team and role in it) are values of the
+    plugin's own frozen dataclasses, kept by their type, so the core never changes for a new kind of fact:
+
+        ctx.principal = ctx.principal.with_fact(TeamMembership(team_id=7, role="owner"))   # in authorize
+        membership = ctx.principal.fact(TeamMembership)   # in a later hook: the value, or None
+
+    A principal without facts carries the empty tuple (no allocation on the hot path); `fact` scans the
+    few there are. `with_fact` returns a new principal, so a principal cached across requests is never
+    changed by one request's facts.
+    """
 
     account_id: int | None
     user_id: int | None = None
@@ -21,6 +35,20 @@ class Principal:
     role: str = "user"
     locale: str = "ar"
     plan_expires_at: int | None = None
+    facts: tuple[object, ...] = ()
+
+    def fact(self, kind: type[F]) -> F | None:
+        """The fact of exactly this type, or None."""
+        for value in self.facts:
+            if type(value) is kind:
+                return value
+        return None
+
+    def with_fact(self, value: object) -> Principal:
+        """This principal with `value` as its fact of `type(value)` (replacing one of the same type)."""
+        kind = type(value)
+        kept = tuple(other for other in self.facts if type(other) is not kind)
+        return dataclasses.replace(self, facts=(*kept, value))
 
 
 @dataclass(frozen=True, slots=True)

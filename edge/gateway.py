@@ -9,7 +9,7 @@ import asyncio
 import logging
 import zoneinfo
 from collections.abc import Coroutine, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import pluggy
@@ -24,8 +24,11 @@ from edge.db import Database, redact
 from edge.events import EventTypes
 from edge.outbox import Outbox
 from edge.proxy import open_session
+from edge.services import MissingService, Service
+from edge.settings import ConfigError
 
 log = logging.getLogger("resayil.gateway")
+T = TypeVar("T")
 
 
 def catalogue(config: GatewayConfig) -> tuple[dict[str, Upstream], dict[str, Model]]:
@@ -54,6 +57,7 @@ class Gateway:
         self.redis: aioredis.Redis | None = None
         self.http: aiohttp.ClientSession | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        self._services: dict[Service[Any], Any] = {}
         self.started = False
 
     @property
@@ -69,7 +73,30 @@ class Gateway:
         return self.http
 
     def plugin(self, name: str) -> Any:
+        """A plugin object by name, for tests and inspection. Plugin code asks for a service instead
+        (tests/test_plugin_boundaries.py holds it to that)."""
         return self.pm.get_plugin(name)
+
+    # ---- services (edge/services.py) ----------------------------------------------------------------------
+
+    def provide(self, key: Service[T], impl: T) -> None:
+        """Offer `impl` as the service `key` (the owning plugin, in `resayil_startup`). A second provider
+        of the same service stops startup: which one answered would depend on the plugins' order."""
+        if key in self._services:
+            raise ConfigError(f"two plugins provide the {key.name!r} service")
+        self._services[key] = impl
+
+    def service(self, key: Service[T]) -> T:
+        """The provided service, else its core default; MissingService when there is neither."""
+        found = self.maybe(key)
+        if found is None:
+            raise MissingService(key)
+        return found
+
+    def maybe(self, key: Service[T]) -> T | None:
+        """The provided service, else its core default, else None."""
+        found: T | None = self._services.get(key, key.default)
+        return found
 
     async def start(self, *, run_jobs: bool = True) -> None:
         """Open the pools, run every `resayil_startup`, then start the jobs' schedules (unless `run_jobs` is
@@ -100,6 +127,7 @@ class Gateway:
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         await self.chain.all("resayil_shutdown", gateway=self)
+        self._services.clear()
         if self.http is not None:
             await self.http.close()
         if self.redis is not None:

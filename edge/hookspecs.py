@@ -59,7 +59,8 @@ ASYNC_HOOKS = frozenset(
 
 @hookspec
 async def resayil_startup(gateway: Gateway) -> None:
-    """Open what the plugin owns (clients, tasks) once the shared pools are open. Returns nothing."""
+    """Open what the plugin owns (clients, tasks) once the shared pools are open, and `gateway.provide` the
+    services it offers other plugins (edge/services.py). Returns nothing."""
 
 
 @hookspec

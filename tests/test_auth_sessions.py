@@ -12,8 +12,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from edge.gateway import Gateway
 from edge.hookspecs import hookimpl
-from plugins.auth_keys.guards import require_admin, session_user
+from edge.services import GUARDS
 from plugins.auth_keys.tables import sessions
 from tests.support.clock import ManualClock
 from tests.support.inputs import field_codes
@@ -36,13 +37,13 @@ class AdminProbe:
     name = "admin_probe"
 
     @hookimpl
-    def resayil_routes(self, gateway: Any) -> list[BaseRoute]:
+    def resayil_routes(self, gateway: Gateway) -> list[BaseRoute]:
         async def who(request: Request) -> Response:
-            user = await session_user(request)
+            user = await gateway.service(GUARDS).require_user(request)
             return JSONResponse({"user_id": user.user_id, "tier": user.tier, "role": user.role})
 
         async def admin_only(request: Request) -> Response:
-            user = await require_admin(request)
+            user = await gateway.service(GUARDS).require_admin(request)
             return JSONResponse({"admin": user.email})
 
         return [

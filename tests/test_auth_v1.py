@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import redis as redis_sync
 import sqlalchemy as sa
 
 from edge.context import Principal, RequestContext
+from edge.gateway import Gateway
+from edge.hookspecs import hookimpl
+from edge.services import CREDITS, Balance, Grant, MonthUsage
 from plugins.auth_keys.keys import secret_digest
 from plugins.auth_keys.tables import api_keys
 from tests.support.clock import ManualClock
@@ -39,27 +42,29 @@ def context(secret: str, method: str = "GET") -> RequestContext:
 
 
 class FakeCredits:
-    """Stands in for plugins/credits with the two methods /v1/account reads."""
+    """Provides the `CREDITS` service with the two calls /v1/account reads (grant is never called)."""
 
     name = "credits"
 
-    async def balance(self, account_id: int) -> dict[str, int]:
-        return {
-            "account_id": account_id,
-            "balance_milli": 1_250_000,
-            "reserved_milli": 2_000,
-            "available_milli": 1_248_000,
-        }
+    @hookimpl
+    async def resayil_startup(self, gateway: Gateway) -> None:
+        gateway.provide(CREDITS, self)
 
-    async def month_usage(self, account_id: int) -> dict[str, Any]:
-        return {
-            "account_id": account_id,
-            "since": "2025-01-01",
-            "requests": 3,
-            "prompt_tokens": 30,
-            "completion_tokens": 12,
-            "cost_milli": 42,
-        }
+    async def grant(self, **kwargs: Any) -> Grant:
+        raise AssertionError("not called")
+
+    async def balance(self, account_id: int) -> Balance:
+        return Balance(account_id=account_id, balance_milli=1_250_000, reserved_milli=2_000, available_milli=1_248_000)
+
+    async def month_usage(self, account_id: int) -> MonthUsage:
+        return MonthUsage(
+            account_id=account_id,
+            since=date(2025, 1, 1),
+            requests=3,
+            prompt_tokens=30,
+            completion_tokens=12,
+            cost_milli=42,
+        )
 
 
 async def test_the_principal_names_user_account_tier_key_and_scopes(ollama: Any, db_url: str, serve: Any) -> None:
@@ -185,8 +190,20 @@ async def test_v1_account_reports_tier_plan_balance_and_usage(ollama: Any, db_ur
     async with serve(auth_config(ollama, db_url), plugins=[FakeCredits()]) as served:
         status, data = await call(served, "GET", "/v1/account", secret)
         assert status == 200
-        assert data["balance"]["available_milli"] == 1_248_000 and data["balance"]["account_id"] == user.account_id
-        assert data["usage"]["requests"] == 3 and data["usage"]["cost_milli"] == 42
+        assert data["balance"] == {
+            "account_id": user.account_id,
+            "balance_milli": 1_250_000,
+            "reserved_milli": 2_000,
+            "available_milli": 1_248_000,
+        }
+        assert data["usage"] == {
+            "account_id": user.account_id,
+            "since": "2025-01-01",
+            "requests": 3,
+            "prompt_tokens": 30,
+            "completion_tokens": 12,
+            "cost_milli": 42,
+        }
 
 
 async def test_a_cache_hit_costs_well_under_a_tenth_of_a_millisecond(ollama: Any, db_url: str, serve: Any) -> None:

@@ -76,10 +76,10 @@ async def test_the_admin_views_are_closed_to_everyone_else(
             assert set(body["error"]) >= {"message", "type", "param", "code"}
 
 
-async def test_without_the_auth_plugin_nobody_is_an_admin(
+async def test_without_the_auth_plugin_nobody_is_logged_in(
     serve: Any, ollama: Any, cloud: Any, sqlite_url: str, redis_url: str
 ) -> None:
     config = failover_config(ollama_url=ollama.url, cloud_url=cloud.url, database_url=sqlite_url, redis_url=redis_url)
     async with serve(config, plugins=[TokenAuth()]) as served:
         status, body = await get(served, "/api/admin/upstreams", as_tier("enterprise"))
-        assert status == 403 and body["error"]["code"] == "admin_required"
+        assert status == 401 and body["error"]["code"] == "not_authenticated"

@@ -1,11 +1,8 @@
 """Accounts, users, login sessions and scoped API keys; authenticates every /v1 call by its bearer key.
 
-Other plugins may call, on `gateway.plugin("auth_keys")`:
-- `await invalidate_account(account_id)` after changing `accounts.tier` or `accounts.plan_expires_at`,
-- `await invalidate_user(user_id)` after changing a user's role or locale,
-- `await invalidate_key(key_id)` after changing a key row,
-so that cached principals on every worker follow within a second.
-Portal routes guard themselves with `plugins.auth_keys.guards.session_user` / `require_admin`.
+Provides two services (edge/services.py) at startup: `ACCOUNTS` (look an account up, set its plan,
+invalidate cached principals of an account, user or key on every worker) and `GUARDS` (the portal's
+session guards: current user, require a user, require an admin).
 """
 
 from __future__ import annotations
@@ -20,9 +17,12 @@ from edge.context import Principal, RequestContext
 from edge.errors import Forbidden, Unauthorized
 from edge.events import EnterpriseRegistered, Event, UserRegistered
 from edge.hookspecs import hookimpl
+from edge.services import ACCOUNTS, GUARDS
 from edge.settings import ConfigError
 from plugins.auth_keys import commands, routes, v1
+from plugins.auth_keys.accounts import AccountStore
 from plugins.auth_keys.clock import utcnow
+from plugins.auth_keys.guards import SessionGuards
 from plugins.auth_keys.keycache import MAX_ENTRIES, Entry, Invalidations, KeyCache
 from plugins.auth_keys.keys import SECRET_PREFIX, KeyStore, secret_digest
 from plugins.auth_keys.passwords import Passwords
@@ -125,6 +125,8 @@ class Plugin:
         self._throttle: Throttle | None = None
         self._register_throttle: Throttle | None = None
         self._bus: Invalidations | None = None
+        self._accounts: AccountStore | None = None
+        self._guards: SessionGuards | None = None
 
     # ---- what startup opens; properties so a use before startup fails loudly -------------------------
 
@@ -163,6 +165,18 @@ class Plugin:
     def bus(self) -> Invalidations:
         assert self._bus is not None, "auth_keys has not started"
         return self._bus
+
+    @property
+    def accounts(self) -> AccountStore:
+        """The `ACCOUNTS` service: plans and cache invalidation."""
+        assert self._accounts is not None, "auth_keys has not started"
+        return self._accounts
+
+    @property
+    def guards(self) -> SessionGuards:
+        """The `GUARDS` service; this plugin's own routes use it too."""
+        assert self._guards is not None, "auth_keys has not started"
+        return self._guards
 
     # ---- hooks -----------------------------------------------------------------------------------------
 
@@ -204,6 +218,10 @@ class Plugin:
             message="Too many registration attempts. Try again in {seconds} seconds.",
         )
         self._bus = Invalidations(cache=self.cache, redis=gateway.redis)
+        self._accounts = AccountStore(database=db, bus=self._bus)
+        self._guards = SessionGuards(sessions=self._sessions)
+        gateway.provide(ACCOUNTS, self._accounts)
+        gateway.provide(GUARDS, self._guards)
         await self.passwords.start()
         await self._bus.start()
         # Sessions of users who never came back would otherwise stay forever.
@@ -233,7 +251,7 @@ class Plugin:
     @hookimpl
     def resayil_commands(self) -> list[Command]:
         """`create-admin`."""
-        return [commands.create_admin()]
+        return [commands.create_admin(self)]
 
     @hookimpl
     async def resayil_authenticate(self, ctx: RequestContext) -> Principal | None:
@@ -272,19 +290,7 @@ class Plugin:
                 code="insufficient_scope",
             )
 
-    # ---- what other plugins may call -------------------------------------------------------------------
-
-    async def invalidate_account(self, account_id: int) -> None:
-        """Forget cached principals of the account (tier or plan expiry changed) on every worker."""
-        await self.bus.publish(f"account:{int(account_id)}")
-
-    async def invalidate_user(self, user_id: int) -> None:
-        """Forget cached principals of the user's keys (role or locale changed) on every worker."""
-        await self.bus.publish(f"user:{int(user_id)}")
-
-    async def invalidate_key(self, key_id: int) -> None:
-        """Forget the key (revoked or changed) on every worker."""
-        await self.bus.publish(f"key:{int(key_id)}")
+    # ---- events ----------------------------------------------------------------------------------------
 
     async def publish_registered(self, conn: AsyncConnection, registration: dict[str, Any]) -> None:
         """`user.registered` (and `enterprise.registered` on that plan), in the registration's transaction."""

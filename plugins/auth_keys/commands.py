@@ -26,8 +26,11 @@ if TYPE_CHECKING:
 PASSWORD_ENV = "RESAYIL_ADMIN_PASSWORD"
 
 
-def create_admin() -> Command:
-    return Command("create-admin", "create an admin user, or promote an existing one", run_create_admin, _arguments)
+def create_admin(plugin: Plugin) -> Command:
+    async def run(gateway: Gateway, args: argparse.Namespace) -> int:
+        return await run_create_admin(plugin, args)
+
+    return Command("create-admin", "create an admin user, or promote an existing one", run, _arguments)
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,8 +52,7 @@ def _prompt() -> str:
     return first
 
 
-async def run_create_admin(gateway: Gateway, args: argparse.Namespace) -> int:
-    plugin: Plugin = gateway.plugin("auth_keys")
+async def run_create_admin(plugin: Plugin, args: argparse.Namespace) -> int:
     try:
         email = inputs.email(args.email)
     except FieldError as exc:
@@ -63,7 +65,7 @@ async def run_create_admin(gateway: Gateway, args: argparse.Namespace) -> int:
     if existing is not None:
         if existing.role != "admin":
             await plugin.users.update(user_id=existing.id, values={"role": "admin"})
-            await plugin.invalidate_user(existing.id)
+            await plugin.accounts.invalidate_user(existing.id)
         print(f"create-admin: {email} (user {existing.id}) is an admin")
         return 0
     if await plugin.users.find(phone=phone) is not None:

@@ -1,37 +1,24 @@
-"""Guards for portal routes, here and in other plugins: who is logged in, and may they do this.
+"""The portal's guards (`edge.services.Guards`), provided to every plugin: who is logged in, and may they.
 
-user = await session_user(request)   # 401 when not logged in; 403 csrf_failed on a bad X-CSRF-Token
-admin = await require_admin(request)  # 403 admin_required unless the user's role is admin
+    user = await gateway.service(GUARDS).require_user(request)   # 401 not logged in; 403 csrf_failed
+    admin = await gateway.service(GUARDS).require_admin(request)  # and 403 admin_required unless admin
+
+This plugin's own routes use `SessionGuards` directly, for the session's CSRF token and id.
 """
 
 from __future__ import annotations
 
 import hmac
-from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 
-from edge.errors import Forbidden, GatewayError
-from plugins.auth_keys.sessions import COOKIE_NAME, SessionUser
+from edge.errors import Forbidden
+from edge.services import admin_required, not_logged_in
+from plugins.auth_keys.sessions import COOKIE_NAME, SessionStore, SessionUser
 
-if TYPE_CHECKING:
-    from plugins.auth_keys import Plugin
-
-__all__ = ["SAFE_METHODS", "SessionUser", "auth_plugin", "check_csrf", "require_admin", "session_user"]
+__all__ = ["SAFE_METHODS", "SessionGuards", "SessionUser", "check_csrf"]
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-PLUGIN_NAME = "auth_keys"
-
-
-def auth_plugin(request: Request) -> Plugin:
-    plugin = request.app.state.gateway.plugin(PLUGIN_NAME)
-    if plugin is None:
-        raise RuntimeError("the auth_keys plugin is not enabled")
-    return plugin  # type: ignore[no-any-return]
-
-
-def not_logged_in() -> GatewayError:
-    return GatewayError("Log in to continue.", status=401, code="not_authenticated")
 
 
 def check_csrf(request: Request, user: SessionUser) -> None:
@@ -43,29 +30,33 @@ def check_csrf(request: Request, user: SessionUser) -> None:
         raise Forbidden("The X-CSRF-Token header is missing or does not match this session.", code="csrf_failed")
 
 
-async def optional_session_user(request: Request) -> SessionUser | None:
-    """The logged-in user, or None; no CSRF check. Loaded once per request."""
-    if hasattr(request.state, "auth_user"):
-        cached: SessionUser | None = request.state.auth_user
-        return cached
-    user = await auth_plugin(request).sessions.load(request.cookies.get(COOKIE_NAME))
-    request.state.auth_user = user
-    return user
+class SessionGuards:
+    """Implements `edge.services.Guards` with this plugin's login sessions."""
 
+    def __init__(self, *, sessions: SessionStore) -> None:
+        self.sessions = sessions
 
-async def session_user(request: Request) -> SessionUser:
-    """The logged-in user; 401 `not_authenticated` without a live session, 403 `csrf_failed` for a
-    state-changing method whose X-CSRF-Token does not match the session's."""
-    user = await optional_session_user(request)
-    if user is None:
-        raise not_logged_in()
-    check_csrf(request, user)
-    return user
+    async def current_user(self, request: Request) -> SessionUser | None:
+        """The logged-in user, or None; no CSRF check. Loaded once per request."""
+        if hasattr(request.state, "auth_user"):
+            cached: SessionUser | None = request.state.auth_user
+            return cached
+        user = await self.sessions.load(request.cookies.get(COOKIE_NAME))
+        request.state.auth_user = user
+        return user
 
+    async def require_user(self, request: Request) -> SessionUser:
+        """The logged-in user; 401 `not_authenticated` without a live session, 403 `csrf_failed` for a
+        state-changing method whose X-CSRF-Token does not match the session's."""
+        user = await self.current_user(request)
+        if user is None:
+            raise not_logged_in()
+        check_csrf(request, user)
+        return user
 
-async def require_admin(request: Request) -> SessionUser:
-    """Like `session_user`, and 403 `admin_required` unless the user is an admin."""
-    user = await session_user(request)
-    if user.role != "admin":
-        raise Forbidden("This needs an administrator.", code="admin_required")
-    return user
+    async def require_admin(self, request: Request) -> SessionUser:
+        """Like `require_user`, and 403 `admin_required` unless the user is an admin."""
+        user = await self.require_user(request)
+        if not user.is_admin:
+            raise admin_required()
+        return user

@@ -12,7 +12,7 @@ from edge.errors import GatewayError, NotFound
 from edge.inputs import Form, read_json
 from edge.security import over_https
 from plugins.auth_keys import inputs, strength
-from plugins.auth_keys.guards import check_csrf, optional_session_user, session_user
+from plugins.auth_keys.guards import check_csrf
 from plugins.auth_keys.inputs import invalid
 from plugins.auth_keys.sessions import COOKIE_NAME
 from plugins.auth_keys.throttle import Ticket, ip_bucket
@@ -181,7 +181,7 @@ class AuthApi:
         return await self._start_session(request, user_id=found.id, status=200)
 
     async def logout(self, request: Request) -> Response:
-        user = await optional_session_user(request)
+        user = await self.plugin.guards.current_user(request)
         if user is not None:
             check_csrf(request, user)
             await self.plugin.sessions.end(request.cookies.get(COOKIE_NAME, ""))
@@ -190,13 +190,13 @@ class AuthApi:
         return response
 
     async def me(self, request: Request) -> Response:
-        user = await session_user(request)
+        user = await self.plugin.guards.require_user(request)
         profile = await self.plugin.users.profile(user.user_id)
         return JSONResponse({"user": profile, "csrf_token": user.csrf_token}, headers=NO_STORE)
 
     async def update_me(self, request: Request) -> Response:
         p = self.plugin
-        user = await session_user(request)
+        user = await self.plugin.guards.require_user(request)
         form = await self._form(request)
         data = form.data
         values = {}
@@ -207,12 +207,12 @@ class AuthApi:
         form.check()
         await p.users.update(user_id=user.user_id, values=values)
         if "locale" in values:
-            await p.invalidate_user(user.user_id)
+            await p.accounts.invalidate_user(user.user_id)
         return JSONResponse({"user": await p.users.profile(user.user_id)})
 
     async def change_password(self, request: Request) -> Response:
         p = self.plugin
-        user = await session_user(request)
+        user = await self.plugin.guards.require_user(request)
         form = await self._form(request)
         current = form.take("current_password", inputs.given_password)
         new = form.take("new_password", inputs.password)
@@ -230,11 +230,11 @@ class AuthApi:
         return JSONResponse({"ok": True, "sessions_ended": ended})
 
     async def list_keys(self, request: Request) -> Response:
-        user = await session_user(request)
+        user = await self.plugin.guards.require_user(request)
         return JSONResponse({"object": "list", "data": await self.plugin.keys.for_account(account_id=user.account_id)})
 
     async def create_key(self, request: Request) -> Response:
-        user = await session_user(request)
+        user = await self.plugin.guards.require_user(request)
         form = await self._form(request)
         name = form.take("name", inputs.name)
         scopes = form.take("scopes", inputs.scopes)
@@ -246,7 +246,7 @@ class AuthApi:
         return JSONResponse({"key": key, "secret": secret}, status_code=201, headers=NO_STORE)
 
     async def revoke_key(self, request: Request) -> Response:
-        user = await session_user(request)
+        user = await self.plugin.guards.require_user(request)
         key_id = int(request.path_params["key_id"])
         # Another account's key answers exactly like a key that does not exist.
         key = None
@@ -254,5 +254,5 @@ class AuthApi:
             key = await self.plugin.keys.revoke(key_id=key_id, account_id=user.account_id)
         if key is None:
             raise NotFound("There is no API key with this id.", code="key_not_found")
-        await self.plugin.invalidate_key(key_id)
+        await self.plugin.accounts.invalidate_key(key_id)
         return JSONResponse({"key": key})

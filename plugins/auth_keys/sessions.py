@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from edge.clock import Clock
 from edge.db import Database
+from edge.services import PortalUser
 from plugins.auth_keys.clock import unix, utcnow
 from plugins.auth_keys.tables import accounts, sessions, users
 
@@ -22,25 +23,12 @@ _TOKEN = re.compile(r"^[A-Za-z0-9_-]{32,128}$")
 
 
 @dataclass(frozen=True, slots=True)
-class SessionUser:
-    """The logged-in user of a portal request, with the account that pays."""
+class SessionUser(PortalUser):
+    """The portal user (the guards' answer to every plugin), with what only this plugin's routes use."""
 
-    user_id: int
-    account_id: int
-    role: str
-    locale: str
-    name: str
-    email: str
-    phone: str
-    tier: str
-    plan_expires_at: int | None
     csrf_token: str = field(repr=False)
     # The stored hash, not the cookie value: lets a password change keep this session and end the others.
     session_id: str = field(repr=False)
-
-    @property
-    def is_admin(self) -> bool:
-        return self.role == "admin"
 
 
 def digest(token: str) -> str:

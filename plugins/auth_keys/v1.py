@@ -1,15 +1,17 @@
 """/v1 endpoints for key holders: GET /v1/account and DELETE /v1/keys/current.
 
-Balance and usage come from the credits plugin when it is enabled: `await credits.balance(account_id)`
-and `await credits.month_usage(account_id)`. Without it both are null.
+Balance and usage come from the `CREDITS` service when a plugin provides it (edge/services.py); without
+one both are null.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from edge.context import RequestContext
 from edge.errors import NotFound
+from edge.services import CREDITS
 from plugins.auth_keys.clock import iso_unix
 
 if TYPE_CHECKING:
@@ -20,11 +22,11 @@ def endpoints(plugin: Plugin) -> dict[tuple[str, str], Any]:
     async def account(ctx: RequestContext) -> tuple[int, Any]:
         principal = ctx.principal
         assert principal is not None
-        credits = plugin.gateway.plugin("credits")
+        credits = plugin.gateway.maybe(CREDITS)
         balance = usage = None
-        if principal.account_id is not None and hasattr(credits, "balance") and hasattr(credits, "month_usage"):
-            balance = await credits.balance(principal.account_id)
-            usage = await credits.month_usage(principal.account_id)
+        if principal.account_id is not None and credits is not None:
+            balance = dataclasses.asdict(await credits.balance(principal.account_id))
+            usage = dataclasses.asdict(await credits.month_usage(principal.account_id))
         return 200, {
             "object": "account",
             "id": principal.account_id,
@@ -41,7 +43,7 @@ def endpoints(plugin: Plugin) -> dict[tuple[str, str], Any]:
         if principal.key_id is None or principal.account_id is None:
             raise NotFound("This call was not made with an API key.", code="key_not_found")
         key = await plugin.keys.revoke(key_id=principal.key_id, account_id=principal.account_id)
-        await plugin.invalidate_key(principal.key_id)
+        await plugin.accounts.invalidate_key(principal.key_id)
         return 200, {"object": "api_key", "revoked": True, **(key or {"id": principal.key_id})}
 
     return {("GET", "/v1/account"): account, ("DELETE", "/v1/keys/current"): revoke_current}

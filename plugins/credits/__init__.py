@@ -15,6 +15,7 @@ from edge.context import RequestContext
 from edge.errors import PaymentRequired, ServiceUnavailable
 from edge.hookspecs import hookimpl
 from edge.jobs import Job
+from edge.services import CREDITS
 from edge.settings import ConfigError
 from plugins.credits import messages, pricing, reports, settlement
 from plugins.credits.api import routes
@@ -23,6 +24,7 @@ from plugins.credits.ledger import DATABASE_ERRORS, Ledger
 from plugins.credits.notices import NOBODY, Notices, Owner
 from plugins.credits.reconcile import arguments, run_reconcile
 from plugins.credits.rows import Change, utcnow
+from plugins.credits.service import CreditService
 from plugins.credits.settlement import Hold
 
 if TYPE_CHECKING:
@@ -115,8 +117,9 @@ class Plugin:
 
     @hookimpl
     async def resayil_startup(self, gateway: Gateway) -> None:
-        """Open the ledger on the shared database."""
+        """Open the ledger on the shared database and provide the `CREDITS` service."""
         self._gateway = gateway
+        gateway.provide(CREDITS, CreditService(self))
         self._ledger = Ledger(
             gateway.database,
             plans={name: pricing.plan_milli(gateway, name) for name in gateway.config.tiers},
@@ -312,7 +315,7 @@ class Plugin:
             caller = Owner(ctx.principal.user_id, ctx.principal.locale) if ctx.principal else NOBODY
             self.gateway.spawn(self.notices.low_after_charge(hold.account_id, change, fallback=caller))
 
-    # ---- what other plugins call ---------------------------------------------------------------------------
+    # ---- what the `CREDITS` service (service.py), the admin API and tests call -----------------------------
 
     async def grant(
         self,
@@ -327,7 +330,7 @@ class Plugin:
         """Add credits (kind grant, subscription, topup, refund or adjustment) as one ledger row.
 
         Idempotent by (kind, reference): a repeat returns the first row, with `created` False. Raises
-        ValueError for a bad kind or amount, and ledger.BalanceTooLow when a negative adjustment would take
+        ValueError for a bad kind or amount, and edge.services.BalanceTooLow when a negative adjustment would take
         the available balance below zero.
         """
         change = await self.ledger.credit(

@@ -10,19 +10,17 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from edge.errors import GatewayError, NotFound
 from edge.inputs import Form, integer, query_number, read_json, text
+from edge.services import ACCOUNTS, GUARDS, BalanceTooLow, Guards
 from plugins.credits import pricing, reports
-from plugins.credits.ledger import BalanceTooLow
 from plugins.credits.tables import USAGE_SHOWN
 
 if TYPE_CHECKING:
-    from plugins.auth_keys.sessions import SessionUser
     from plugins.credits import Plugin
 
 log = logging.getLogger("resayil.credits")
@@ -43,20 +41,6 @@ _reason = text(subject="reason", max_length=500)
 # The usage row as shown, with its cost in credits beside `cost_milli`.
 _COST_AT = USAGE_SHOWN.index("cost_milli") + 1
 CSV_FIELDS = (*USAGE_SHOWN[:_COST_AT], "credits", *USAGE_SHOWN[_COST_AT:])
-
-
-# The portal's sessions belong to plugins/auth_keys, imported on first use so that the request path (and
-# open-access experiments) load without it.
-async def session_user(request: Request) -> SessionUser:
-    from plugins.auth_keys import guards
-
-    return await guards.session_user(request)
-
-
-async def require_admin(request: Request) -> SessionUser:
-    from plugins.auth_keys import guards
-
-    return await guards.require_admin(request)
 
 
 def page_args(request: Request, *, default: int = 50) -> tuple[int, int | None]:
@@ -99,8 +83,11 @@ def adjustment(body: dict[str, Any]) -> tuple[int, str]:
 
 
 def routes(plugin: Plugin) -> list[BaseRoute]:
+    def guards() -> Guards:
+        return plugin.gateway.service(GUARDS)
+
     async def get_credits(request: Request) -> Response:
-        user = await session_user(request)
+        user = await guards().require_user(request)
         state = await plugin.ledger.state(user.account_id)
         plan = pricing.plan_milli(plugin.gateway, user.tier)
         return JSONResponse(
@@ -108,7 +95,7 @@ def routes(plugin: Plugin) -> list[BaseRoute]:
         )
 
     async def get_usage(request: Request) -> Response:
-        user = await session_user(request)
+        user = await guards().require_user(request)
         limit, cursor = page_args(request)
         db = plugin.gateway.database
         items, next_cursor = await reports.usage_page(db, account_id=user.account_id, limit=limit, before=cursor)
@@ -118,7 +105,7 @@ def routes(plugin: Plugin) -> list[BaseRoute]:
         return JSONResponse({"data": items, "next_cursor": next_cursor, "days": days})
 
     async def get_usage_csv(request: Request) -> Response:
-        user = await session_user(request)
+        user = await guards().require_user(request)
 
         async def lines() -> AsyncIterator[bytes]:
             yield _csv_line(CSV_FIELDS)
@@ -133,7 +120,7 @@ def routes(plugin: Plugin) -> list[BaseRoute]:
         )
 
     async def post_credits(request: Request) -> Response:
-        admin = await require_admin(request)
+        admin = await guards().require_admin(request)
         account_id = account_arg(request)
         delta, reason = adjustment(await read_json(request))
         await _existing_account(plugin, account_id)
@@ -182,7 +169,7 @@ def routes(plugin: Plugin) -> list[BaseRoute]:
         return JSONResponse(row, status_code=201 if created else 200)
 
     async def get_ledger(request: Request) -> Response:
-        await require_admin(request)
+        await guards().require_admin(request)
         account_id = account_arg(request)
         limit, cursor = page_args(request)
         await _existing_account(plugin, account_id)
@@ -203,11 +190,7 @@ def routes(plugin: Plugin) -> list[BaseRoute]:
 
 
 async def _existing_account(plugin: Plugin, account_id: int) -> None:
-    from plugins.auth_keys.tables import accounts
-
-    async with plugin.gateway.database.connect() as conn:
-        found = (await conn.execute(sa.select(accounts.c.id).where(accounts.c.id == account_id))).first()
-    if found is None:
+    if await plugin.gateway.service(ACCOUNTS).account(account_id) is None:
         raise NotFound(f"No account with id {account_id}.", code="account_not_found")
 
 

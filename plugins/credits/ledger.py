@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edge.db import Database
+from edge.services import BalanceTooLow
 from plugins.credits import hold_rows
 from plugins.credits.entries import checked
 from plugins.credits.rows import (
@@ -46,14 +47,6 @@ DATABASE_ERRORS: tuple[type[BaseException], ...] = (sa.exc.DBAPIError, pymysql.e
 
 # Kinds that add to a balance; only `adjustment` may also take away.
 CREDIT_KINDS = frozenset({"grant", "subscription", "topup", "refund", "adjustment"})
-
-
-class BalanceTooLow(Exception):
-    """A negative adjustment would take the available balance below zero."""
-
-    def __init__(self, available_milli: int) -> None:
-        super().__init__(f"available balance is {available_milli} milli-credits")
-        self.available_milli = available_milli
 
 
 class Ledger:

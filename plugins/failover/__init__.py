@@ -154,4 +154,4 @@ class Plugin:
     @hookimpl
     def resayil_routes(self, gateway: Gateway) -> list[BaseRoute]:
         """`GET /api/admin/cloud-budget` and `GET /api/admin/upstreams`, admins only."""
-        return admin_routes(cloud_budget=self.budget_status, upstreams=self.upstream_states)
+        return admin_routes(gateway, cloud_budget=self.budget_status, upstreams=self.upstream_states)

@@ -3,30 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from edge.errors import Forbidden
-from plugins.auth_keys.guards import PLUGIN_NAME as AUTH_PLUGIN
-from plugins.auth_keys.guards import require_admin as guard
+from edge.services import GUARDS
+
+if TYPE_CHECKING:
+    from edge.gateway import Gateway
 
 Reader = Callable[[], Awaitable[Any]]
 
 
-async def require_admin(request: Request) -> None:
-    """The auth plugin's guard; without that plugin enabled nobody is an admin, so the view stays closed."""
-    if request.app.state.gateway.plugin(AUTH_PLUGIN) is None:
-        raise Forbidden("This needs an administrator.", code="admin_required")
-    await guard(request)
+def admin_routes(gateway: Gateway, *, cloud_budget: Reader, upstreams: Reader) -> list[BaseRoute]:
+    """Guarded by the `GUARDS` service: without a plugin that logs users in, the core's answers 401."""
 
-
-def admin_routes(*, cloud_budget: Reader, upstreams: Reader) -> list[BaseRoute]:
     def view(read: Reader) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
-            await require_admin(request)
+            await gateway.service(GUARDS).require_admin(request)
             return JSONResponse(await read())
 
         return endpoint

@@ -11,6 +11,7 @@ from edge.context import Model, RequestContext
 from edge.hookspecs import hookimpl
 from edge.settings import ConfigError
 from plugins.tiers import rules
+from plugins.tiers.admin import account_route
 from plugins.tiers.plans import plans_route
 
 if TYPE_CHECKING:
@@ -60,11 +61,9 @@ class Plugin:
 
     @hookimpl
     def resayil_routes(self, gateway: Gateway) -> list[BaseRoute]:
-        """`GET /api/plans` for everyone; `PATCH /api/admin/accounts/{id}` for admins, when the auth_keys
-        plugin (which owns accounts, sessions and the admin guard) is enabled."""
-        routes: list[BaseRoute] = [Route("/api/plans", plans_route(gateway), methods=["GET"])]
-        if gateway.plugin("auth_keys") is not None:
-            from plugins.tiers.admin import account_route
-
-            routes.append(Route("/api/admin/accounts/{account_id:int}", account_route(gateway), methods=["PATCH"]))
-        return routes
+        """`GET /api/plans` for everyone; `PATCH /api/admin/accounts/{id}` for admins (the `GUARDS` and
+        `ACCOUNTS` services; without a plugin providing guards it answers 401 like any admin route)."""
+        return [
+            Route("/api/plans", plans_route(gateway), methods=["GET"]),
+            Route("/api/admin/accounts/{account_id:int}", account_route(gateway), methods=["PATCH"]),
+        ]

@@ -21,8 +21,9 @@ import aiohttp
 import sqlalchemy as sa
 from multidict import CIMultiDict
 
+from edge.services import ACCOUNTS
 from plugins.auth_keys.sessions import COOKIE_NAME
-from plugins.auth_keys.tables import accounts, users
+from plugins.auth_keys.tables import users
 
 PASSWORD = "correct horse battery"
 # Cheap Argon2id for tests: the same code path, a fraction of the time.
@@ -128,17 +129,16 @@ async def register_user(
     if admin:
         async with served.gateway.database.begin() as conn:
             await conn.execute(sa.update(users).where(users.c.id == logged.user_id).values(role="admin"))
-        await served.gateway.plugin("auth_keys").invalidate_user(logged.user_id)
+        await served.gateway.service(ACCOUNTS).invalidate_user(logged.user_id)
     return logged
 
 
 async def set_tier(served: Any, *, account_id: int, tier: str, plan_expires_at: datetime | None = None) -> None:
-    """Change an account's tier (and plan expiry) the way a billing plugin would, cache included."""
-    async with served.gateway.database.begin() as conn:
-        await conn.execute(
-            sa.update(accounts).where(accounts.c.id == account_id).values(tier=tier, plan_expires_at=plan_expires_at)
-        )
-    await served.gateway.plugin("auth_keys").invalidate_account(account_id)
+    """Change an account's tier (and plan expiry) the way a billing plugin would: the accounts service."""
+    account = await served.gateway.service(ACCOUNTS).set_plan(
+        account_id=account_id, tier=tier, plan_expires_at=plan_expires_at
+    )
+    assert account is not None and (account.tier, account.plan_expires_at) == (tier, plan_expires_at)
 
 
 async def login(served: Any, *, login: str, password: str = PASSWORD) -> tuple[int, dict[str, Any], str | None]:

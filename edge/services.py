@@ -1,0 +1,246 @@
+"""What plugins offer each other: small typed services, provided by the owning plugin at startup.
+
+Plugins never import each other. One that offers something (auth_keys: accounts and the portal's guards;
+credits: grants, balances and usage) provides it under a `Service` key from this module, and one that needs
+it asks the gateway by the same key:
+
+    gateway.provide(ACCOUNTS, self.accounts)        # the owner, in `resayil_startup`
+    await gateway.service(ACCOUNTS).set_plan(...)   # typed: strict mypy checks every call and result
+    credits = gateway.maybe(CREDITS)                # None when no plugin provides it
+
+A service is asked for when it is used (in a route or a hook), not kept at startup, because the order in
+which plugins start is not part of the contract. Results are frozen dataclasses, never `dict[str, Any]`.
+The guards have a core default (`NoGuards`), so a portal route that needs a user answers the same 401
+whether or not a plugin that logs users in is enabled. Keep each Protocol to what its callers use: a new
+caller adds the method it needs, and the owner implements it.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any, Generic, Protocol, TypeVar
+
+from starlette.requests import Request
+
+from edge.errors import Forbidden, GatewayError
+
+T = TypeVar("T")
+
+
+class Service(Generic[T]):
+    """The typed key of one service. `default` answers when no plugin provides it (None: no default)."""
+
+    __slots__ = ("default", "name")
+
+    def __init__(self, name: str, *, default: T | None = None) -> None:
+        self.name = name
+        self.default = default
+
+    def __repr__(self) -> str:
+        return f"Service({self.name!r})"
+
+
+class MissingService(LookupError):
+    """Asked for a service no enabled plugin provides (and that has no core default)."""
+
+    def __init__(self, key: Service[Any]) -> None:
+        super().__init__(f"no enabled plugin provides the {key.name!r} service")
+        self.key = key
+
+
+# ---- accounts: owned by auth_keys ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """Who pays: the account's plan, and the owner (its first user) a notification is addressed to.
+    `plan_expires_at` is UTC without a tzinfo, as the database keeps it; `owner_user_id`, `locale` and
+    `phone` are None (`locale` "ar") for an account without users."""
+
+    id: int
+    tier: str
+    plan_expires_at: datetime | None
+    owner_user_id: int | None
+    locale: str
+    phone: str | None
+
+
+class Keep(enum.Enum):
+    """`KEEP`: leave this value of the account as it is."""
+
+    KEEP = "keep"
+
+
+KEEP = Keep.KEEP
+
+
+class Accounts(Protocol):
+    async def account(self, account_id: int) -> Account | None:
+        """The account, or None when there is none with that id (any int is safe to ask for)."""
+        ...
+
+    async def set_plan(
+        self, *, account_id: int, tier: str | Keep = KEEP, plan_expires_at: datetime | Keep | None = KEEP
+    ) -> Account | None:
+        """Set the tier and/or the plan's expiry (UTC, None: never) in one transaction, then make every
+        worker forget the account's cached keys; the account as it now is, or None when there is none.
+        The caller checks `tier` against the configured tiers."""
+        ...
+
+    async def invalidate_account(self, account_id: int) -> None:
+        """Forget cached principals of the account's keys on every worker (tier or plan expiry changed)."""
+        ...
+
+    async def invalidate_user(self, user_id: int) -> None:
+        """Forget cached principals of the user's keys on every worker (role or locale changed)."""
+        ...
+
+    async def invalidate_key(self, key_id: int) -> None:
+        """Forget the key on every worker (revoked or changed)."""
+        ...
+
+
+ACCOUNTS: Service[Accounts] = Service("accounts")
+
+
+# ---- the portal's guards: owned by auth_keys, with a core default ----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PortalUser:
+    """The logged-in user of a portal request, with the account that pays. `plan_expires_at` is Unix time."""
+
+    user_id: int
+    account_id: int
+    role: str
+    locale: str
+    name: str
+    email: str
+    phone: str
+    tier: str
+    plan_expires_at: int | None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+class Guards(Protocol):
+    async def current_user(self, request: Request) -> PortalUser | None:
+        """The logged-in user, or None; no CSRF check (for reads that work logged out too)."""
+        ...
+
+    async def require_user(self, request: Request) -> PortalUser:
+        """The logged-in user; 401 `not_authenticated` without a live session, 403 `csrf_failed` for a
+        state-changing method whose X-CSRF-Token does not match the session's."""
+        ...
+
+    async def require_admin(self, request: Request) -> PortalUser:
+        """Like `require_user`, and 403 `admin_required` unless the user is an admin."""
+        ...
+
+
+def not_logged_in() -> GatewayError:
+    return GatewayError("Log in to continue.", status=401, code="not_authenticated")
+
+
+def admin_required() -> Forbidden:
+    return Forbidden("This needs an administrator.", code="admin_required")
+
+
+class NoGuards:
+    """The core's guards when no plugin provides them: nobody can log in, so every guarded route answers
+    401 `not_authenticated`, exactly what it answers a caller without a session when a plugin does."""
+
+    async def current_user(self, request: Request) -> PortalUser | None:
+        return None
+
+    async def require_user(self, request: Request) -> PortalUser:
+        raise not_logged_in()
+
+    async def require_admin(self, request: Request) -> PortalUser:
+        raise not_logged_in()
+
+
+GUARDS: Service[Guards] = Service("guards", default=NoGuards())
+
+
+# ---- credits: owned by credits ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    """An account's milli-credits: `available_milli` = `balance_milli` - `reserved_milli` (live holds)."""
+
+    account_id: int
+    balance_milli: int
+    reserved_milli: int
+    available_milli: int
+
+
+@dataclass(frozen=True, slots=True)
+class MonthUsage:
+    """This calendar month's totals (the credits plugin's timezone) since `since`, its first day."""
+
+    account_id: int
+    since: date
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_milli: int
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """One ledger row a grant wrote, or found: `created` is False when the idempotency key was used
+    before, and the row is then the first one (compare its amount and reason to tell a retry from a
+    reuse). `created_at` is ISO 8601 in UTC, as the API shows it."""
+
+    id: int
+    account_id: int
+    kind: str
+    amount_milli: int
+    balance_after_milli: int
+    reference: str
+    actor: str | None
+    reason: str | None
+    created_at: str
+    created: bool
+
+
+class BalanceTooLow(Exception):
+    """A negative adjustment would take the available balance below zero."""
+
+    def __init__(self, available_milli: int) -> None:
+        super().__init__(f"available balance is {available_milli} milli-credits")
+        self.available_milli = available_milli
+
+
+class Credits(Protocol):
+    async def grant(
+        self,
+        *,
+        account_id: int,
+        amount_milli: int,
+        kind: str,
+        idempotency_key: str,
+        reason: str | None = None,
+        actor: str | None = None,
+    ) -> Grant:
+        """Add credits as one ledger row: `kind` grant, subscription, topup, refund or adjustment (only an
+        adjustment may be negative). Idempotent by (kind, idempotency_key). Raises ValueError for a bad kind
+        or amount, and BalanceTooLow when a negative adjustment would take the available balance below 0."""
+        ...
+
+    async def balance(self, account_id: int) -> Balance:
+        """The account's balance (zeros for an account that never had credits)."""
+        ...
+
+    async def month_usage(self, account_id: int) -> MonthUsage:
+        """This calendar month's requests, tokens and milli-credits spent."""
+        ...
+
+
+CREDITS: Service[Credits] = Service("credits")

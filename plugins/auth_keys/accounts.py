@@ -1,0 +1,98 @@
+"""The accounts service (`edge.services.Accounts`): what other plugins read and change of an account.
+
+An account's owner is its first user (the one registration created), to whom notifications go. Every
+change of the plan is followed by an invalidation, so cached principals on every worker follow within a
+second (and in any case after `key_cache_seconds`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from edge.db import Database
+from edge.services import KEEP, Account, Keep
+from plugins.auth_keys.keycache import Invalidations
+from plugins.auth_keys.tables import accounts, users
+
+# accounts.id is a signed 64-bit integer; SQLite refuses to even compare with a larger one.
+MAX_ID = 2**63 - 1
+
+_others = users.alias("others")
+_OWNER = (
+    sa.select(sa.func.min(_others.c.id))
+    .where(_others.c.account_id == accounts.c.id)
+    .correlate(accounts)
+    .scalar_subquery()
+)
+_ACCOUNT = sa.select(
+    accounts.c.id,
+    accounts.c.tier,
+    accounts.c.plan_expires_at,
+    users.c.id.label("owner_user_id"),
+    users.c.locale,
+    users.c.phone,
+).select_from(accounts.outerjoin(users, users.c.id == _OWNER))
+
+
+class AccountStore:
+    """Implements `edge.services.Accounts` over the auth tables and the invalidation bus."""
+
+    def __init__(self, *, database: Database, bus: Invalidations) -> None:
+        self.db = database
+        self.bus = bus
+
+    async def account(self, account_id: int) -> Account | None:
+        if not 0 < account_id <= MAX_ID:
+            return None
+        async with self.db.connect() as conn:
+            return await _read(conn, account_id)
+
+    async def set_plan(
+        self, *, account_id: int, tier: str | Keep = KEEP, plan_expires_at: datetime | Keep | None = KEEP
+    ) -> Account | None:
+        if not 0 < account_id <= MAX_ID:
+            return None
+        values: dict[str, Any] = {}
+        if tier is not KEEP:
+            values["tier"] = tier
+        if plan_expires_at is not KEEP:
+            values["plan_expires_at"] = plan_expires_at
+        async with self.db.begin() as conn:
+            if values:
+                result = await conn.execute(sa.update(accounts).where(accounts.c.id == account_id).values(**values))
+                if not result.rowcount:
+                    # MariaDB counts changed rows, not matched ones: an unchanged plan is still an account.
+                    found = await conn.scalar(sa.select(accounts.c.id).where(accounts.c.id == account_id))
+                    if found is None:
+                        return None
+            account = await _read(conn, account_id)
+        if account is not None and values:
+            await self.invalidate_account(account_id)
+        return account
+
+    async def invalidate_account(self, account_id: int) -> None:
+        await self.bus.publish(f"account:{int(account_id)}")
+
+    async def invalidate_user(self, user_id: int) -> None:
+        await self.bus.publish(f"user:{int(user_id)}")
+
+    async def invalidate_key(self, key_id: int) -> None:
+        await self.bus.publish(f"key:{int(key_id)}")
+
+
+async def _read(conn: AsyncConnection, account_id: int) -> Account | None:
+    row = (await conn.execute(_ACCOUNT.where(accounts.c.id == account_id))).first()
+    if row is None:
+        return None
+    return Account(
+        id=int(row.id),
+        tier=row.tier,
+        plan_expires_at=row.plan_expires_at,
+        owner_user_id=None if row.owner_user_id is None else int(row.owner_user_id),
+        locale=row.locale or "ar",
+        phone=row.phone,
+    )

@@ -1,0 +1,51 @@
+"""The credits service (`edge.services.Credits`): what other plugins may do with credits, with typed results.
+
+A grant is idempotent by (kind, idempotency key), so billing can repeat a paid order's grant after a crash
+and an admin's retried click is one adjustment; the ledger row a repeat finds is the first one.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import TYPE_CHECKING
+
+from edge.services import Balance, Grant, MonthUsage
+from plugins.credits import reports
+
+if TYPE_CHECKING:
+    from plugins.credits import Plugin
+
+
+class CreditService:
+    """Implements `edge.services.Credits` over the plugin's ledger."""
+
+    def __init__(self, plugin: Plugin) -> None:
+        self.plugin = plugin
+
+    async def grant(
+        self,
+        *,
+        account_id: int,
+        amount_milli: int,
+        kind: str,
+        idempotency_key: str,
+        reason: str | None = None,
+        actor: str | None = None,
+    ) -> Grant:
+        row = await self.plugin.grant(
+            account_id=account_id,
+            amount_milli=amount_milli,
+            kind=kind,
+            reference=idempotency_key,
+            actor=actor,
+            reason=reason,
+        )
+        return Grant(**row)
+
+    async def balance(self, account_id: int) -> Balance:
+        return Balance(**await self.plugin.ledger.state(account_id))
+
+    async def month_usage(self, account_id: int) -> MonthUsage:
+        today = datetime.now(self.plugin.tz).date()
+        totals = await reports.month_usage(self.plugin.gateway.database, account_id=account_id, today=today)
+        return MonthUsage(**{**totals, "since": date.fromisoformat(totals["since"])})
