@@ -117,7 +117,7 @@ async def test_a_plan_sets_the_tier_a_renewal_extends_from_expiry_and_an_upgrade
         ]
         (enterprise,) = recorder.named("enterprise.registered")
         assert enterprise["account_id"] == user.account_id and enterprise["email"] == user.email
-        status, body = await get_order(served, user, renewal["id"])
+        _, body = await get_order(served, user, renewal["id"])
         assert body["order"]["plan_expires_at"].startswith((first_expiry + timedelta(days=30)).isoformat()[:16])
 
 

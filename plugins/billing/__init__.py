@@ -43,8 +43,8 @@ class Plugin:
         # `${RESAYIL_MYFATOORAH_URL}`, `${RESAYIL_MYFATOORAH_TOKEN}`, `${RESAYIL_MYFATOORAH_WEBHOOK_SECRET}`
         # in the YAML. Without a token the gateway starts and checkout answers 503.
         myfatoorah_url: str = "https://apitest.myfatoorah.com"
-        token: str = ""
-        webhook_secret: str = ""
+        token: str | None = None
+        webhook_secret: str | None = None
         myfatoorah_timeout_seconds: float = 20.0
         packs: list[PackSettings] = field(default_factory=lambda: list(DEFAULT_PACKS))
         # A paid plan lasts this many days (a renewal adds them to the current expiry).
