@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from edge.config import GatewayConfig
 from edge.events import Event
@@ -32,6 +32,15 @@ if TYPE_CHECKING:
     from edge.gateway import Gateway
 
 NOT_CONFIGURED = "payments are not configured: set RESAYIL_MYFATOORAH_TOKEN (checkout answers 503 until then)"
+
+
+T = TypeVar("T")
+
+
+def _started(value: T | None) -> T:
+    if value is None:
+        raise RuntimeError("the billing plugin has not started")
+    return value
 
 
 class Plugin:
@@ -88,21 +97,15 @@ class Plugin:
 
     @property
     def gateway(self) -> Gateway:
-        if self._gateway is None:
-            raise RuntimeError("the billing plugin has not started")
-        return self._gateway
+        return _started(self._gateway)
 
     @property
     def client(self) -> MyFatoorahClient:
-        if self._client is None:
-            raise RuntimeError("the billing plugin has not started")
-        return self._client
+        return _started(self._client)
 
     @property
     def confirmer(self) -> Confirmer:
-        if self._confirmer is None:
-            raise RuntimeError("the billing plugin has not started")
-        return self._confirmer
+        return _started(self._confirmer)
 
     @hookimpl
     async def resayil_startup(self, gateway: Gateway) -> None:
