@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Generic, Protocol, TypeVar
 
+from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 
 from edge.errors import Forbidden, GatewayError
@@ -77,8 +78,9 @@ KEEP = Keep.KEEP
 
 
 class Accounts(Protocol):
-    async def account(self, account_id: int) -> Account | None:
-        """The account, or None when there is none with that id (any int is safe to ask for)."""
+    async def account(self, account_id: int, *, conn: AsyncConnection | None = None) -> Account | None:
+        """The account, or None when there is none with that id (any int is safe to ask for). Inside a
+        transaction pass its `conn`: a second pooled connection per transaction can exhaust the pool."""
         ...
 
     async def set_plan(

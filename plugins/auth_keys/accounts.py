@@ -45,11 +45,13 @@ class AccountStore:
         self.db = database
         self.bus = bus
 
-    async def account(self, account_id: int) -> Account | None:
+    async def account(self, account_id: int, *, conn: AsyncConnection | None = None) -> Account | None:
         if not 0 < account_id <= MAX_ID:
             return None
-        async with self.db.connect() as conn:
+        if conn is not None:
             return await _read(conn, account_id)
+        async with self.db.connect() as own:
+            return await _read(own, account_id)
 
     async def set_plan(
         self, *, account_id: int, tier: str | Keep = KEEP, plan_expires_at: datetime | Keep | None = KEEP
