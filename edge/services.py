@@ -20,11 +20,14 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from starlette.requests import Request
 
 from edge.errors import Forbidden, GatewayError
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
 
 T = TypeVar("T")
 
@@ -77,16 +80,23 @@ KEEP = Keep.KEEP
 
 
 class Accounts(Protocol):
-    async def account(self, account_id: int) -> Account | None:
-        """The account, or None when there is none with that id (any int is safe to ask for)."""
+    async def account(self, account_id: int, *, conn: AsyncConnection | None = None) -> Account | None:
+        """The account, or None when there is none with that id (any int is safe to ask for); read in the
+        caller's transaction when `conn` (from `gateway.database.begin()`) is given."""
         ...
 
     async def set_plan(
-        self, *, account_id: int, tier: str | Keep = KEEP, plan_expires_at: datetime | Keep | None = KEEP
+        self,
+        *,
+        account_id: int,
+        tier: str | Keep = KEEP,
+        plan_expires_at: datetime | Keep | None = KEEP,
+        conn: AsyncConnection | None = None,
     ) -> Account | None:
         """Set the tier and/or the plan's expiry (UTC, None: never) in one transaction, then make every
         worker forget the account's cached keys; the account as it now is, or None when there is none.
-        The caller checks `tier` against the configured tiers."""
+        The caller checks `tier` against the configured tiers. With `conn` (from `gateway.database.begin()`)
+        the change is made in the caller's transaction, and the caches are told once that commits."""
         ...
 
     async def invalidate_account(self, account_id: int) -> None:
@@ -238,10 +248,13 @@ class Credits(Protocol):
         idempotency_key: str,
         reason: str | None = None,
         actor: str | None = None,
+        conn: AsyncConnection | None = None,
     ) -> Grant:
         """Add credits as one ledger row: `kind` grant, subscription, topup, refund or adjustment (only an
         adjustment may be negative). Idempotent by (kind, idempotency_key). Raises ValueError for a bad kind
-        or amount, and BalanceTooLow when a negative adjustment would take the available balance below 0."""
+        or amount, and BalanceTooLow when a negative adjustment would take the available balance below 0.
+        With `conn` (from `gateway.database.begin()`) the row is written in the caller's transaction: it
+        commits or rolls back with the caller's own writes (billing credits a paid order this way)."""
         ...
 
     async def balance(self, account_id: int) -> Balance:

@@ -25,14 +25,16 @@ async def test_products_list_plans_and_packs_in_both_languages(serve: Any, ollam
             body = await resp.json()
     assert resp.status == 200
     ids = [(p["id"], p["kind"], p["price_fils"], p.get("tier")) for p in body["products"]]
-    assert ids[:3] == [("basic", "plan", 2500, "basic"), ("pro", "plan", 7500, "pro"), ("enterprise", "plan", 25000, "enterprise")]
+    assert ids[:3] == [
+        ("basic", "plan", 2500, "basic"),
+        ("pro", "plan", 7500, "pro"),
+        ("enterprise", "plan", 25000, "enterprise"),
+    ]
     assert [p["id"] for p in body["products"][3:]] == ["pack-5000", "pack-15000", "pack-50000"]
     assert body["products"][1]["price"] == {"ar": "٧٫٥٠٠ د.ك", "en": "7.500 KWD"}
 
 
-async def test_without_a_token_checkout_answers_503_in_the_users_language(
-    serve: Any, ollama: Any, db_url: str
-) -> None:
+async def test_without_a_token_checkout_answers_503_in_the_users_language(serve: Any, ollama: Any, db_url: str) -> None:
     async with serve(billing_config(ollama, db_url, None)) as served:
         for locale, words in (("ar", "الدفع الإلكتروني غير متاح"), ("en", "Online payment is not available")):
             user = await register_user(served, locale=locale)
@@ -50,7 +52,9 @@ async def test_check_config_says_payments_are_not_configured_without_a_token() -
     code, out, err = await run_cli("check-config", env=clean_env())
     assert code == 0, err
     assert "note: payments are not configured" in out and "billing" in out
-    code, out, err = await run_cli("check-config", env=clean_env(RESAYIL_MYFATOORAH_TOKEN="t", RESAYIL_MYFATOORAH_WEBHOOK_SECRET="s"))
+    code, out, err = await run_cli(
+        "check-config", env=clean_env(RESAYIL_MYFATOORAH_TOKEN="t", RESAYIL_MYFATOORAH_WEBHOOK_SECRET="s")
+    )
     assert code == 0 and "payments are not configured" not in out, err
 
 

@@ -14,13 +14,13 @@ from tests.support.billing import (
     WEBHOOK_PATH,
     WEBHOOK_SECRET,
     account_row,
-    billing_config,
     checkout,
     get_order,
     ledger_rows,
     order_row,
     pay,
     returned,
+    shop,
 )
 from tests.support.portal import register_user
 from tests.support.recorder import Recorder
@@ -40,8 +40,7 @@ async def test_a_pack_bought_and_paid_is_credited_once_with_a_receipt(
     serve: Any, ollama: Any, db_url: str, fake: FakeMyFatoorah
 ) -> None:
     recorder = Recorder()
-    async with serve(billing_config(ollama, db_url, fake), plugins=[recorder]) as served:
-        fake.settings.webhook_url = served.url + WEBHOOK_PATH
+    async with shop(serve, ollama, db_url, fake, plugins=[recorder]) as served:
         user = await register_user(served, locale="en", name="Noura Al-Sabah")
         order = await checkout(served, user, "pack-5000")
         assert order["status"] == "pending" and order["amount_fils"] == 5000 and order["credits"] == 5000
@@ -81,7 +80,7 @@ async def test_a_plan_sets_the_tier_a_renewal_extends_from_expiry_and_an_upgrade
     serve: Any, ollama: Any, db_url: str, fake: FakeMyFatoorah
 ) -> None:
     recorder = Recorder()
-    async with serve(billing_config(ollama, db_url, fake), plugins=[recorder]) as served:
+    async with shop(serve, ollama, db_url, fake, webhooks=False, plugins=[recorder]) as served:
         user = await register_user(served)
         first = await checkout(served, user, "pro")
         assert (await pay(served, fake, first))[1]["result"] == "paid"
@@ -117,7 +116,7 @@ async def test_a_plan_sets_the_tier_a_renewal_extends_from_expiry_and_an_upgrade
         ]
         (enterprise,) = recorder.named("enterprise.registered")
         assert enterprise["account_id"] == user.account_id and enterprise["email"] == user.email
-        status, body = await get_order(served, user, renewal["id"])
+        _, body = await get_order(served, user, renewal["id"])
         assert body["order"]["plan_expires_at"].startswith((first_expiry + timedelta(days=30)).isoformat()[:16])
 
 
@@ -125,8 +124,7 @@ async def test_callback_and_webhook_each_twice_credit_once(
     serve: Any, ollama: Any, db_url: str, fake: FakeMyFatoorah
 ) -> None:
     recorder = Recorder()
-    async with serve(billing_config(ollama, db_url, fake), plugins=[recorder]) as served:
-        fake.settings.webhook_url = served.url + WEBHOOK_PATH
+    async with shop(serve, ollama, db_url, fake, plugins=[recorder]) as served:
         fake.settings.webhook_copies = 2
         fake.settings.webhook_delay = 0.2  # the webhooks arrive after the return
         user = await register_user(served)
@@ -156,8 +154,7 @@ async def test_callback_and_webhook_each_twice_credit_once(
 async def test_forged_unsigned_and_replayed_webhooks_change_nothing(
     serve: Any, ollama: Any, db_url: str, fake: FakeMyFatoorah
 ) -> None:
-    async with serve(billing_config(ollama, db_url, fake), plugins=[]) as served:
-        fake.settings.webhook_url = served.url + WEBHOOK_PATH
+    async with shop(serve, ollama, db_url, fake) as served:
         fake.settings.webhook_bad_signature = True
         fake.settings.webhook_retries = 0
         user = await register_user(served)
@@ -191,8 +188,7 @@ async def test_forged_unsigned_and_replayed_webhooks_change_nothing(
 async def test_a_late_failed_event_after_paid_leaves_the_order_paid(
     serve: Any, ollama: Any, db_url: str, fake: FakeMyFatoorah
 ) -> None:
-    async with serve(billing_config(ollama, db_url, fake), plugins=[]) as served:
-        fake.settings.webhook_url = served.url + WEBHOOK_PATH
+    async with shop(serve, ollama, db_url, fake) as served:
         user = await register_user(served)
         order = await checkout(served, user, "pack-5000")
         (invoice,) = fake.invoices.values()
@@ -214,7 +210,7 @@ async def test_a_late_failed_event_after_paid_leaves_the_order_paid(
 async def test_a_declined_payment_fails_the_order_and_a_retry_on_it_is_credited(
     serve: Any, ollama: Any, db_url: str, fake: FakeMyFatoorah
 ) -> None:
-    async with serve(billing_config(ollama, db_url, fake), plugins=[]) as served:
+    async with shop(serve, ollama, db_url, fake, webhooks=False) as served:
         user = await register_user(served)
         order = await checkout(served, user, "pack-5000")
         status, result = await pay(served, fake, order, result="fail")
@@ -228,7 +224,7 @@ async def test_an_amount_mismatch_is_disputed_and_credits_nothing(
     serve: Any, ollama: Any, db_url: str, fake: FakeMyFatoorah
 ) -> None:
     recorder = Recorder()
-    async with serve(billing_config(ollama, db_url, fake), plugins=[recorder]) as served:
+    async with shop(serve, ollama, db_url, fake, webhooks=False, plugins=[recorder]) as served:
         fake.settings.amount_offset_fils = -1  # the invoice MyFatoorah made is one fils short
         user = await register_user(served)
         order = await checkout(served, user, "pack-5000")
@@ -249,7 +245,7 @@ async def test_an_amount_mismatch_is_disputed_and_credits_nothing(
 async def test_myfatoorah_down_at_the_callback_then_the_job_credits_the_order(
     serve: Any, ollama: Any, db_url: str, fake: FakeMyFatoorah
 ) -> None:
-    async with serve(billing_config(ollama, db_url, fake), plugins=[]) as served:
+    async with shop(serve, ollama, db_url, fake, webhooks=False) as served:
         user = await register_user(served)
         order = await checkout(served, user, "pack-5000")
         (invoice,) = fake.invoices.values()
@@ -274,8 +270,7 @@ async def test_myfatoorah_down_at_the_callback_then_the_job_credits_the_order(
 async def test_the_job_backs_off_caps_its_calls_and_expires_unpaid_orders(
     serve: Any, ollama: Any, db_url: str, fake: FakeMyFatoorah
 ) -> None:
-    config = billing_config(ollama, db_url, fake, max_status_calls_per_run=2, first_check_seconds=60)
-    async with serve(config, plugins=[]) as served:
+    async with shop(serve, ollama, db_url, fake, webhooks=False, max_status_calls_per_run=2) as served:
         user = await register_user(served)
         references = [(await checkout(served, user, "pack-5000"))["id"] for _ in range(3)]
         plugin = served.gateway.plugin("billing")

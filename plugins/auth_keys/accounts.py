@@ -7,6 +7,7 @@ second (and in any case after `key_cache_seconds`).
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Any
 
@@ -44,15 +45,24 @@ class AccountStore:
     def __init__(self, *, database: Database, bus: Invalidations) -> None:
         self.db = database
         self.bus = bus
+        # Invalidations sent after a caller's transaction committed (strong references until they finish).
+        self._telling: set[asyncio.Task[None]] = set()
 
-    async def account(self, account_id: int) -> Account | None:
+    async def account(self, account_id: int, *, conn: AsyncConnection | None = None) -> Account | None:
         if not 0 < account_id <= MAX_ID:
             return None
-        async with self.db.connect() as conn:
+        if conn is not None:
             return await _read(conn, account_id)
+        async with self.db.connect() as own:
+            return await _read(own, account_id)
 
     async def set_plan(
-        self, *, account_id: int, tier: str | Keep = KEEP, plan_expires_at: datetime | Keep | None = KEEP
+        self,
+        *,
+        account_id: int,
+        tier: str | Keep = KEEP,
+        plan_expires_at: datetime | Keep | None = KEEP,
+        conn: AsyncConnection | None = None,
     ) -> Account | None:
         if not 0 < account_id <= MAX_ID:
             return None
@@ -61,15 +71,15 @@ class AccountStore:
             values["tier"] = tier
         if plan_expires_at is not KEEP:
             values["plan_expires_at"] = plan_expires_at
-        async with self.db.begin() as conn:
-            if values:
-                result = await conn.execute(sa.update(accounts).where(accounts.c.id == account_id).values(**values))
-                if not result.rowcount:
-                    # MariaDB counts changed rows, not matched ones: an unchanged plan is still an account.
-                    found = await conn.scalar(sa.select(accounts.c.id).where(accounts.c.id == account_id))
-                    if found is None:
-                        return None
-            account = await _read(conn, account_id)
+        if conn is not None:
+            account = await _set(conn, account_id, values)
+            # Caches must not learn of a plan that could still roll back: tell them after the commit.
+            told = account is None or not values or self.db.after_commit(conn, lambda: self._tell_later(account_id))
+            if not told:
+                raise ValueError("set_plan: conn must come from the gateway's database.begin()")
+            return account
+        async with self.db.begin() as own:
+            account = await _set(own, account_id, values)
         if account is not None and values:
             await self.invalidate_account(account_id)
         return account
@@ -103,6 +113,11 @@ class AccountStore:
         await self.invalidate_account(account_id)
         return True
 
+    def _tell_later(self, account_id: int) -> None:
+        task = asyncio.ensure_future(self.invalidate_account(account_id))
+        self._telling.add(task)
+        task.add_done_callback(self._telling.discard)
+
     async def invalidate_account(self, account_id: int) -> None:
         await self.bus.publish(f"account:{int(account_id)}")
 
@@ -111,6 +126,17 @@ class AccountStore:
 
     async def invalidate_key(self, key_id: int) -> None:
         await self.bus.publish(f"key:{int(key_id)}")
+
+
+async def _set(conn: AsyncConnection, account_id: int, values: dict[str, Any]) -> Account | None:
+    if values:
+        result = await conn.execute(sa.update(accounts).where(accounts.c.id == account_id).values(**values))
+        if not result.rowcount:
+            # MariaDB counts changed rows, not matched ones: an unchanged plan is still an account.
+            found = await conn.scalar(sa.select(accounts.c.id).where(accounts.c.id == account_id))
+            if found is None:
+                return None
+    return await _read(conn, account_id)
 
 
 async def _read(conn: AsyncConnection, account_id: int) -> Account | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from edge.config import GatewayConfig
 from edge.events import Event
@@ -34,6 +34,15 @@ if TYPE_CHECKING:
 NOT_CONFIGURED = "payments are not configured: set RESAYIL_MYFATOORAH_TOKEN (checkout answers 503 until then)"
 
 
+T = TypeVar("T")
+
+
+def _started(value: T | None) -> T:
+    if value is None:
+        raise RuntimeError("the billing plugin has not started")
+    return value
+
+
 class Plugin:
     """Sells plans and packs through MyFatoorah and credits each paid order once, whatever arrives in
     whatever order: the payer's return, webhooks (v1, v2), or the pending-order job's own checks."""
@@ -43,8 +52,8 @@ class Plugin:
         # `${RESAYIL_MYFATOORAH_URL}`, `${RESAYIL_MYFATOORAH_TOKEN}`, `${RESAYIL_MYFATOORAH_WEBHOOK_SECRET}`
         # in the YAML. Without a token the gateway starts and checkout answers 503.
         myfatoorah_url: str = "https://apitest.myfatoorah.com"
-        token: str = ""
-        webhook_secret: str = ""
+        token: str | None = None
+        webhook_secret: str | None = None
         myfatoorah_timeout_seconds: float = 20.0
         packs: list[PackSettings] = field(default_factory=lambda: list(DEFAULT_PACKS))
         # A paid plan lasts this many days (a renewal adds them to the current expiry).
@@ -88,21 +97,15 @@ class Plugin:
 
     @property
     def gateway(self) -> Gateway:
-        if self._gateway is None:
-            raise RuntimeError("the billing plugin has not started")
-        return self._gateway
+        return _started(self._gateway)
 
     @property
     def client(self) -> MyFatoorahClient:
-        if self._client is None:
-            raise RuntimeError("the billing plugin has not started")
-        return self._client
+        return _started(self._client)
 
     @property
     def confirmer(self) -> Confirmer:
-        if self._confirmer is None:
-            raise RuntimeError("the billing plugin has not started")
-        return self._confirmer
+        return _started(self._confirmer)
 
     @hookimpl
     async def resayil_startup(self, gateway: Gateway) -> None:

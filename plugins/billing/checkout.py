@@ -13,10 +13,10 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+from edge.services import PortalUser
 
 from edge.errors import TooManyRequests
 from edge.inputs import Form, choice
-from edge.services import PortalUser
 from plugins.billing import answers, order_rows
 from plugins.billing.gateway_client import CheckoutRequest, NotConfigured, PaymentError
 from plugins.billing.money import CURRENCY
@@ -97,7 +97,9 @@ async def checkout(plugin: Plugin, *, user: PortalUser, body: dict[str, Any]) ->
         invoice = await plugin.client.payment_link(request=request)
     except (PaymentError, ValueError) as exc:
         log.warning("checkout failed: %s", type(exc).__name__, extra={"fields": {"order": reference}})
-        await order_rows.update(db, reference=reference, values={"status": "failed", "next_check_at": None}, status=("pending",))
+        await order_rows.update(
+            db, reference=reference, values={"status": "failed", "next_check_at": None}, status=("pending",)
+        )
         if isinstance(exc, NotConfigured):
             raise answers.not_configured(locale) from None
         raise answers.provider_unavailable(locale) from None

@@ -61,7 +61,9 @@ class Confirmer:
                 payment_id=paid.payment_id if paid is not None else None,
                 method=paid.method if paid is not None else None,
             )
-            result = await credit_paid_order(self.gateway, reference=str(order.reference), payment=payment, rules=self.rules)
+            result = await credit_paid_order(
+                self.gateway, reference=str(order.reference), payment=payment, rules=self.rules
+            )
             if result.credited:
                 log.info("order credited", extra={"fields": {**fields, "receipt": result.order.receipt_number}})
             return result.status
@@ -69,7 +71,11 @@ class Confirmer:
             db = self.gateway.database
             async with db.begin() as conn:
                 await order_rows.move(
-                    conn, reference=str(order.reference), to="failed", from_=("pending",), values={"next_check_at": None}
+                    conn,
+                    reference=str(order.reference),
+                    to="failed",
+                    from_=("pending",),
+                    values={"next_check_at": None},
                 )
         now = await order_rows.read(self.gateway.database, reference=str(order.reference))
         return str(now.status) if now is not None else str(order.status)

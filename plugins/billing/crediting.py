@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edge.events import EnterpriseRegistered, Event
 from edge.services import ACCOUNTS, CREDITS
@@ -118,9 +118,11 @@ async def _credit(gateway: Gateway, conn: AsyncConnection, *, order: Row, rules:
         balance_milli = grant.balance_after_milli
     accounts = gateway.service(ACCOUNTS)
     account = await accounts.account(int(order.account_id), conn=conn)
-    common = {
+    user_id = None if order.user_id is None else int(order.user_id)
+    # The fields every paid-order event shares (typed by the event classes themselves).
+    common: dict[str, Any] = {
         "account_id": int(order.account_id),
-        "user_id": None if order.user_id is None else int(order.user_id),
+        "user_id": user_id,
         "locale": str(order.locale),
         "phone": account.phone if account is not None else None,
         "order_id": str(order.reference),
@@ -146,7 +148,7 @@ async def _credit(gateway: Gateway, conn: AsyncConnection, *, order: Row, rules:
             events.append(
                 EnterpriseRegistered(
                     account_id=account.id,
-                    user_id=common["user_id"] or 0,
+                    user_id=user_id or 0,
                     user_name=str(order.buyer_name or ""),
                     email=str(order.buyer_email or ""),
                     phone=account.phone or "",

@@ -101,7 +101,9 @@ async def next_receipt(conn: AsyncConnection, *, year: int) -> str:
         )
     else:
         stmt = (
-            mysql.insert(receipt_counters).values(year=year, last=1).on_duplicate_key_update(last=receipt_counters.c.last + 1)
+            mysql.insert(receipt_counters)
+            .values(year=year, last=1)
+            .on_duplicate_key_update(last=receipt_counters.c.last + 1)
         )
     await conn.execute(stmt)
     last = await conn.scalar(sa.select(receipt_counters.c.last).where(receipt_counters.c.year == year))

@@ -80,9 +80,7 @@ def confirmed_amount(status: PaymentStatus) -> int:
     return paid.amount_fils if paid is not None and paid.amount_fils is not None else status.amount_fils
 
 
-def plan_expiry(
-    *, current_tier: str, current_expiry: datetime | None, tier: str, now: datetime, days: int
-) -> datetime:
+def plan_expiry(*, current_tier: str, current_expiry: datetime | None, tier: str, now: datetime, days: int) -> datetime:
     """When a newly paid plan ends. Renewing the plan the account is on extends from its current expiry
     while that is still ahead (paying early loses no days); a different plan, or an expired one, starts now.
     An account on its plan with no expiry (set by an admin: never expires) starts now too."""

@@ -326,8 +326,10 @@ class Plugin:
         reference: str,
         actor: str | int | None = None,
         reason: str | None = None,
+        conn: AsyncConnection | None = None,
     ) -> dict[str, Any]:
-        """Add credits (kind grant, subscription, topup, refund or adjustment) as one ledger row.
+        """Add credits (kind grant, subscription, topup, refund or adjustment) as one ledger row, in the
+        caller's transaction when `conn` is given.
 
         Idempotent by (kind, reference): a repeat returns the first row, with `created` False. Raises
         ValueError for a bad kind or amount, and edge.services.BalanceTooLow when a negative adjustment would take
@@ -341,6 +343,7 @@ class Plugin:
             actor=None if actor is None else str(actor),
             reason=reason,
             announce_low=lambda conn, change: self.notices.low(conn, account_id, change),
+            conn=conn,
         )
         assert change.row is not None
         return {**change.row, "created": change.created}

@@ -144,11 +144,14 @@ class Ledger:
         actor: str | None = None,
         reason: str | None = None,
         announce_low: Callable[[AsyncConnection, Change], Awaitable[None]] | None = None,
+        conn: AsyncConnection | None = None,
     ) -> Change:
         """Add `amount_milli` (negative only for an adjustment, never below the available balance).
 
         Idempotent by (kind, reference): the same pair again returns the first row with `created=False`.
         `announce_low(conn, change)` runs in the transaction when the balance crosses the low-credit line.
+        With `conn`, the credit is written in the caller's transaction (committed or rolled back with the
+        caller's own writes, and not retried here on a deadlock: the caller's transaction is).
         """
         if kind not in CREDIT_KINDS:
             raise ValueError(f"unknown credit kind {kind!r}")
@@ -199,6 +202,8 @@ class Ledger:
                 await announce_low(conn, change)
             return change
 
+        if conn is not None:
+            return await work(conn)
         return await self.transaction(work)
 
     async def mark_exhausted(

@@ -13,6 +13,8 @@ from edge.services import Balance, Grant, MonthUsage
 from plugins.credits import reports
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
     from plugins.credits import Plugin
 
 
@@ -31,6 +33,7 @@ class CreditService:
         idempotency_key: str,
         reason: str | None = None,
         actor: str | None = None,
+        conn: AsyncConnection | None = None,
     ) -> Grant:
         row = await self.plugin.grant(
             account_id=account_id,
@@ -39,6 +42,7 @@ class CreditService:
             reference=idempotency_key,
             actor=actor,
             reason=reason,
+            conn=conn,
         )
         return Grant(**row)
 

@@ -8,6 +8,8 @@ MyFatoorah, and the steps of a purchase as a user's browser takes them.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -39,6 +41,24 @@ def billing_config(
 
     plugins = [auth_plugin_entry(), {"name": "credits"}, billing_entry(fake, **settings)]
     return base_config(ollama_url=ollama.url, database_url=db_url, redis_url=redis_url, plugins=plugins)
+
+
+@asynccontextmanager
+async def shop(
+    serve: Any,
+    ollama: Any,
+    db_url: str,
+    fake: FakeMyFatoorah | None,
+    *,
+    plugins: Iterable[object] = (),
+    webhooks: bool = True,
+    **settings: Any,
+) -> AsyncIterator[Any]:
+    """The gateway of `billing_config` served; with `webhooks`, the fake sends its webhooks to it."""
+    async with serve(billing_config(ollama, db_url, fake, **settings), plugins=list(plugins)) as served:
+        if webhooks and fake is not None:
+            fake.settings.webhook_url = served.url + WEBHOOK_PATH
+        yield served
 
 
 async def checkout(served: Any, user: LoggedIn, product: str) -> dict[str, Any]:
