@@ -22,7 +22,7 @@ from tests.support.billing import (
     returned,
     shop,
 )
-from tests.support.portal import register_user
+from tests.support.portal import bearer, create_key, register_user
 from tests.support.recorder import Recorder
 
 
@@ -118,6 +118,23 @@ async def test_a_plan_sets_the_tier_a_renewal_extends_from_expiry_and_an_upgrade
         assert enterprise["account_id"] == user.account_id and enterprise["email"] == user.email
         _, body = await get_order(served, user, renewal["id"])
         assert body["order"]["plan_expires_at"].startswith((first_expiry + timedelta(days=30)).isoformat()[:16])
+
+
+async def test_a_paid_plan_reaches_the_accounts_api_keys_at_once(
+    serve: Any, ollama: Any, sqlite_url: str, fake: FakeMyFatoorah
+) -> None:
+    async with shop(serve, ollama, sqlite_url, fake, webhooks=False) as served:
+        user = await register_user(served)
+        key = bearer(await create_key(served, user, scopes=("read",)))
+
+        async def models() -> list[str]:
+            async with served.request("GET", "/v1/models", headers=key) as resp:
+                assert resp.status == 200
+                return [m["id"] for m in (await resp.json())["data"]]
+
+        assert "deepseek-v3.1:671b-cloud" not in await models()  # basic: cached for key_cache_seconds
+        assert (await pay(served, fake, await checkout(served, user, "pro")))[1]["result"] == "paid"
+        assert "deepseek-v3.1:671b-cloud" in await models()
 
 
 async def test_callback_and_webhook_each_twice_credit_once(

@@ -21,8 +21,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import sqlalchemy as sa
+
 from edge.events import EnterpriseRegistered, Event
 from edge.services import ACCOUNTS, CREDITS
+from edge.transient import mysql_transient, retrying
 from plugins.billing import order_rows
 from plugins.billing.events import BillingDisputed, SubscriptionActivated, TopupPaid
 from plugins.billing.order_rows import Row, utcnow
@@ -75,27 +78,45 @@ async def credit_paid_order(
 
     Raises UnknownOrder when there is no such order. Whatever else happened before (already paid,
     disputed, a concurrent call won) is not an error: the result says what the order now is."""
-    now = now or utcnow()
-    async with gateway.database.begin() as conn:
-        won = await order_rows.move(
-            conn,
-            reference=reference,
-            to="paid",
-            from_=CREDITABLE,
-            values={"paid_at": now, "payment_id": payment.payment_id, "method": payment.method, "next_check_at": None},
-            exact=(payment.amount_fils, payment.currency),
-        )
-        order = await order_rows.find(conn, reference=reference)
-        if order is None:
-            raise UnknownOrder(reference)
-        if not won:
-            if order.status in CREDITABLE:
-                # The only reason it did not move: the payment is not what the order asked for.
-                return await _dispute(gateway, conn, order=order, payment=payment)
-            return Credited(order, credited=False)
-        await _credit(gateway, conn, order=order, rules=rules, now=now)
-        order = await order_rows.find(conn, reference=reference)
-        assert order is not None
+    moment = now or utcnow()
+
+    async def once() -> Credited:
+        async with gateway.database.begin() as conn:
+            return await _credit_in(gateway, conn, reference=reference, payment=payment, rules=rules, now=moment)
+
+    return await retrying(once, transient=_transient)
+
+
+def _transient(exc: BaseException) -> bool:
+    """A deadlock or lock-wait timeout (MariaDB), a busy lock (SQLite): the whole transaction runs again,
+    which is safe because nothing of it stayed (the events are stored in it, delivered after its commit)."""
+    if not isinstance(exc, sa.exc.OperationalError):
+        return False
+    return mysql_transient(exc.orig) or "database is locked" in str(exc.orig)
+
+
+async def _credit_in(
+    gateway: Gateway, conn: AsyncConnection, *, reference: str, payment: Payment, rules: PlanRules, now: datetime
+) -> Credited:
+    won = await order_rows.move(
+        conn,
+        reference=reference,
+        to="paid",
+        from_=CREDITABLE,
+        values={"paid_at": now, "payment_id": payment.payment_id, "method": payment.method, "next_check_at": None},
+        exact=(payment.amount_fils, payment.currency),
+    )
+    order = await order_rows.find(conn, reference=reference)
+    if order is None:
+        raise UnknownOrder(reference)
+    if not won:
+        if order.status in CREDITABLE:
+            # The only reason it did not move: the payment is not what the order asked for.
+            return await _dispute(gateway, conn, order=order, payment=payment)
+        return Credited(order, credited=False)
+    await _credit(gateway, conn, order=order, rules=rules, now=now)
+    order = await order_rows.find(conn, reference=reference)
+    assert order is not None
     return Credited(order, credited=True)
 
 

@@ -39,7 +39,7 @@ def billing_config(
 ) -> dict[str, Any]:
     from tests.conftest import base_config
 
-    plugins = [auth_plugin_entry(), {"name": "credits"}, billing_entry(fake, **settings)]
+    plugins = [auth_plugin_entry(), {"name": "tiers"}, {"name": "credits"}, billing_entry(fake, **settings)]
     return base_config(ollama_url=ollama.url, database_url=db_url, redis_url=redis_url, plugins=plugins)
 
 
