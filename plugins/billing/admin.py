@@ -98,7 +98,9 @@ def admin_routes(plugin: Plugin) -> list[BaseRoute]:
     async def revenue(request: Request) -> Response:
         await require_admin(request)
         first, last = admin_rows.day_range(request.query_params)
-        return JSONResponse(await admin_rows.revenue(plugin.gateway.database, first=first, last=last, tz=plugin.gateway.tz))
+        return JSONResponse(
+            await admin_rows.revenue(plugin.gateway.database, first=first, last=last, tz=plugin.gateway.tz)
+        )
 
     async def refund(request: Request) -> Response:
         admin = await require_admin(request)
@@ -136,7 +138,9 @@ def admin_routes(plugin: Plugin) -> list[BaseRoute]:
             plugin, reference=reference, admin=admin, ip=audit.request_ip(request), body=body
         )
         if result.status != "paid":
-            raise GatewayError(f"The order is {result.status}; it was not credited.", status=409, code="order_not_payable")
+            raise GatewayError(
+                f"The order is {result.status}; it was not credited.", status=409, code="order_not_payable"
+            )
         order = admin_order_json(result.order, seller=seller, refunded_fils=0)
         return JSONResponse({"order": order, "credited": result.credited})
 

@@ -95,17 +95,17 @@ async def page(db: Database, wanted: OrderFilter) -> list[tuple[Row, int]]:
         .label("refunded_fils")
     )
     query = sa.select(orders, refunded)
-    conditions = {
-        "status": orders.c.status == wanted.status,
-        "product": orders.c.product_id == wanted.product,
-        "account": orders.c.account_id == wanted.account,
-        "since": orders.c.created_at >= wanted.since,
-        "until": orders.c.created_at <= wanted.until,
-        "cursor": orders.c.id < wanted.cursor,
-    }
-    for name, condition in conditions.items():
-        if getattr(wanted, name) is not None:
-            query = query.where(condition)
+    w = wanted
+    for value, condition in (
+        (w.status, lambda: orders.c.status == w.status),
+        (w.product, lambda: orders.c.product_id == w.product),
+        (w.account, lambda: orders.c.account_id == w.account),
+        (w.since, lambda: orders.c.created_at >= w.since),
+        (w.until, lambda: orders.c.created_at <= w.until),
+        (w.cursor, lambda: orders.c.id < w.cursor),
+    ):
+        if value is not None:
+            query = query.where(condition())
     query = query.order_by(orders.c.id.desc()).limit(wanted.limit)
     async with db.connect() as conn:
         return [(row, int(row.refunded_fils)) for row in (await conn.execute(query)).all()]

@@ -137,7 +137,9 @@ async def _record(plugin: Plugin, ask: Ask, *, key: str) -> tuple[Row, bool]:
             raise NotFound("No such order.", code="order_not_found")
         if locked.rowcount != 1:
             raise GatewayError(
-                f"Only a paid order can be refunded; this one is {order.status}.", status=409, code="order_not_refundable"
+                f"Only a paid order can be refunded; this one is {order.status}.",
+                status=409,
+                code="order_not_refundable",
             )
         first = await find(conn, key=key)
         if first is not None:
@@ -154,7 +156,11 @@ async def _record(plugin: Plugin, ask: Ask, *, key: str) -> tuple[Row, bool]:
         left = int(order.price_fils) - sum(counted.values())
         if ask.amount_fils > left:
             raise invalid(
-                {"amount_fils": FieldError("amount_fils_too_large", f"At most {left} fils of this order are left to refund.")}
+                {
+                    "amount_fils": FieldError(
+                        "amount_fils_too_large", f"At most {left} fils of this order are left to refund."
+                    )
+                }
             )
         manual = order.invoice_id is None
         result = await conn.execute(
@@ -170,7 +176,9 @@ async def _record(plugin: Plugin, ask: Ask, *, key: str) -> tuple[Row, bool]:
                 updated_at=now,
             )
         )
-        refund_id = int(result.inserted_primary_key[0])
+        key_row = result.inserted_primary_key
+        assert key_row is not None
+        refund_id = int(key_row[0])
         taken = await _take_back(plugin, conn, order=order, amount_fils=ask.amount_fils, key=key, ask=ask)
         await conn.execute(refunds.update().where(refunds.c.id == refund_id).values(credits_taken_milli=taken))
         await audit.record(
@@ -180,7 +188,12 @@ async def _record(plugin: Plugin, ask: Ask, *, key: str) -> tuple[Row, bool]:
             target=f"order:{ask.reference}",
             reason=ask.reason,
             ip=ask.ip,
-            details={"refund": refund_id, "amount_fils": ask.amount_fils, "credits_taken_milli": taken, "manual": manual},
+            details={
+                "refund": refund_id,
+                "amount_fils": ask.amount_fils,
+                "credits_taken_milli": taken,
+                "manual": manual,
+            },
         )
         row = (await conn.execute(refunds.select().where(refunds.c.id == refund_id))).one()
     return row, True

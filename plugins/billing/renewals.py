@@ -72,7 +72,9 @@ async def _announce(plugin: Plugin, *, account: Account, expiry: datetime, kind:
     try:
         async with plugin.gateway.database.begin() as conn:
             await conn.execute(
-                plan_notices.insert().values(account_id=account.id, plan_expires_at=expiry, kind=kind, created_at=utcnow())
+                plan_notices.insert().values(
+                    account_id=account.id, plan_expires_at=expiry, kind=kind, created_at=utcnow()
+                )
             )
             await plugin.gateway.events.publish(event, conn=conn)
     except sa.exc.IntegrityError:

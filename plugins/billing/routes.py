@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import sqlalchemy as sa
-from edge.services import GUARDS
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from edge.errors import GatewayError, NotFound
 from edge.inputs import Form, query_number, read_body, read_json
+from edge.services import GUARDS
 from plugins.billing import answers, order_rows
 from plugins.billing.checkout import checkout
 from plugins.billing.gateway_client import NotConfigured, PaymentError
@@ -105,6 +105,8 @@ def routes(plugin: Plugin) -> list[BaseRoute]:
             ) from None
         if not await _first_time(plugin, event.replay_key, event):
             return JSONResponse({"ok": True, "ignored": "duplicate"})
+        if event.code == 2:
+            return JSONResponse({"ok": True, "refund": await plugin.refund_event(event)})
         if event.code != 1:
             return JSONResponse({"ok": True, "ignored": "event"})
         row = None
