@@ -11,7 +11,7 @@ account's order id (404, as a missing one), and oversized or malformed bodies (e
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 import sqlalchemy as sa
@@ -27,7 +27,7 @@ from plugins.billing.checkout import checkout
 from plugins.billing.gateway_client import NotConfigured, PaymentError
 from plugins.billing.rules import CREDITABLE
 from plugins.billing.tables import webhooks
-from plugins.billing.webhooks import WebhookRejected, verify
+from plugins.billing.webhooks import Webhook, WebhookRejected, verify
 
 if TYPE_CHECKING:
     from plugins.billing import Plugin
@@ -162,14 +162,14 @@ def _page_args(request: Request) -> tuple[int, int | None]:
     return limit, cursor
 
 
-async def _first_time(plugin: Plugin, replay_key: str, event: Any) -> bool:
+async def _first_time(plugin: Plugin, replay_key: str, event: Webhook) -> bool:
     """Record the signed event; False when it (or its v2 Event.Reference) was recorded before."""
     try:
         async with plugin.gateway.database.begin() as conn:
             await conn.execute(
                 webhooks.insert().values(
                     replay_key=replay_key,
-                    reference=(event.reference or None) if event.reference and len(event.reference) <= 100 else None,
+                    reference=event.reference if event.reference and len(event.reference) <= 100 else None,
                     version=event.version,
                     code=event.code,
                     invoice_id=event.invoice_id[:32] or None,
