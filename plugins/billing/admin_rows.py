@@ -96,16 +96,18 @@ async def page(db: Database, wanted: OrderFilter) -> list[tuple[Row, int]]:
     )
     query = sa.select(orders, refunded)
     w = wanted
-    for value, condition in (
-        (w.status, lambda: orders.c.status == w.status),
-        (w.product, lambda: orders.c.product_id == w.product),
-        (w.account, lambda: orders.c.account_id == w.account),
-        (w.since, lambda: orders.c.created_at >= w.since),
-        (w.until, lambda: orders.c.created_at <= w.until),
-        (w.cursor, lambda: orders.c.id < w.cursor),
-    ):
-        if value is not None:
-            query = query.where(condition())
+    if w.status is not None:
+        query = query.where(orders.c.status == w.status)
+    if w.product is not None:
+        query = query.where(orders.c.product_id == w.product)
+    if w.account is not None:
+        query = query.where(orders.c.account_id == w.account)
+    if w.since is not None:
+        query = query.where(orders.c.created_at >= w.since)
+    if w.until is not None:
+        query = query.where(orders.c.created_at <= w.until)
+    if w.cursor is not None:
+        query = query.where(orders.c.id < w.cursor)
     query = query.order_by(orders.c.id.desc()).limit(wanted.limit)
     async with db.connect() as conn:
         return [(row, int(row.refunded_fils)) for row in (await conn.execute(query)).all()]
