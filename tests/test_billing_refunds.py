@@ -13,7 +13,7 @@ from edge.services import CREDITS
 from tests.fakes.myfatoorah import FakeMyFatoorah, FakeSettings, run_fake
 from tests.support.billing import WEBHOOK_SECRET, ledger_rows, shop
 from tests.support.billing_admin import audit_rows, call, paid_order
-from tests.support.portal import register_user
+from tests.support.portal import LoggedIn, register_user
 
 
 @pytest.fixture
@@ -26,6 +26,13 @@ def refund_calls(fake: FakeMyFatoorah) -> list[dict[str, Any]]:
     return [body for path, body in fake.calls if path == "/v2/MakeRefund"]
 
 
+async def paid_pack(served: Any, fake: FakeMyFatoorah) -> tuple[LoggedIn, LoggedIn, dict[str, Any], str]:
+    """An admin, a customer who paid a 5,000-credit pack (5.000 KWD), the order, and its refund path."""
+    admin, user = await register_user(served, admin=True), await register_user(served)
+    order = await paid_order(served, fake, user, "pack-5000")
+    return admin, user, order, f"/api/admin/orders/{order['id']}/refund"
+
+
 async def balance(served: Any, account_id: int) -> int:
     return (await served.gateway.service(CREDITS).balance(account_id)).balance_milli
 
@@ -34,9 +41,7 @@ async def test_a_refund_is_bounded_idempotent_takes_credits_back_and_settles_by_
     serve: Any, ollama: Any, db_url: str, fake: FakeMyFatoorah
 ) -> None:
     async with shop(serve, ollama, db_url, fake) as served:
-        admin, user = await register_user(served, admin=True), await register_user(served)
-        order = await paid_order(served, fake, user, "pack-5000")
-        path = f"/api/admin/orders/{order['id']}/refund"
+        admin, user, order, path = await paid_pack(served, fake)
         body = {"amount_fils": 2000, "reason": "customer asked"}
         status, first = await call(served, "POST", path, admin, body)
         refund = first["refund"]
@@ -91,9 +96,7 @@ async def test_a_rejected_or_refused_refund_gives_the_credits_back_and_frees_the
     serve: Any, ollama: Any, db_url: str, fake: FakeMyFatoorah
 ) -> None:
     async with shop(serve, ollama, db_url, fake) as served:
-        admin, user = await register_user(served, admin=True), await register_user(served)
-        order = await paid_order(served, fake, user, "pack-5000")
-        path = f"/api/admin/orders/{order['id']}/refund"
+        admin, user, order, path = await paid_pack(served, fake)
         status, body = await call(served, "POST", path, admin, {"amount_fils": 5000, "reason": "first try"})
         assert status == 201 and await balance(served, user.account_id) == 0
         fake.settle_refund(int(body["refund"]["provider_refund_id"]), status="CANCELED")
@@ -140,9 +143,7 @@ async def test_refund_inputs_and_orders_that_cannot_be_refunded(
     serve: Any, ollama: Any, db_url: str, fake: FakeMyFatoorah
 ) -> None:
     async with shop(serve, ollama, db_url, fake) as served:
-        admin, user = await register_user(served, admin=True), await register_user(served)
-        order = await paid_order(served, fake, user, "pack-5000")
-        path = f"/api/admin/orders/{order['id']}/refund"
+        admin, user, _, path = await paid_pack(served, fake)
         for body, code in [
             ({"amount_fils": 0, "reason": "r"}, "amount_fils_out_of_range"),
             ({"amount_fils": -5, "reason": "r"}, "amount_fils_out_of_range"),
