@@ -20,14 +20,12 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
+from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 
 from edge.errors import Forbidden, GatewayError
-
-if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncConnection
 
 T = TypeVar("T")
 
@@ -81,8 +79,8 @@ KEEP = Keep.KEEP
 
 class Accounts(Protocol):
     async def account(self, account_id: int, *, conn: AsyncConnection | None = None) -> Account | None:
-        """The account, or None when there is none with that id (any int is safe to ask for); read in the
-        caller's transaction when `conn` (from `gateway.database.begin()`) is given."""
+        """The account, or None when there is none with that id (any int is safe to ask for). Inside a
+        transaction pass its `conn`: a second pooled connection per transaction can exhaust the pool."""
         ...
 
     async def set_plan(

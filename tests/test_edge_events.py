@@ -199,7 +199,8 @@ async def test_credits_low_from_an_admin_grant_names_the_account_owner_and_their
     started: Any, db_url: str
 ) -> None:
     recorder = Recorder("recorder")
-    gateway = await started(recorder, plugins=[{"name": "credits"}])
+    # The owner is named by the accounts service (auth_keys provides it).
+    gateway = await started(recorder, plugins=[auth_plugin_entry(), {"name": "credits"}])
     now = datetime(2025, 1, 1)
     async with gateway.database.begin() as conn:
         await conn.execute(sa.insert(accounts).values(id=7, name="Acme", tier="basic", created_at=now))

@@ -131,7 +131,6 @@ class Plugin:
             low_percent=self.settings.low_balance_percent,
             top_up_url=self.top_up_url,
         )
-        await self._notices.start()
         if self.settings.lease_requests:
             self._leases = Leases(
                 self._ledger,

@@ -21,10 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edge.events import CreditsExhausted, CreditsLow
+from edge.services import ACCOUNTS
 from plugins.credits import pricing
 from plugins.credits.rows import Change, read_balance
 
@@ -32,8 +32,6 @@ if TYPE_CHECKING:
     from edge.gateway import Gateway
 
 log = logging.getLogger("resayil.credits")
-# The accounts plugin's users, read by the column names it publishes (plugins/auth_keys/tables.py).
-_USERS = sa.table("users", sa.column("id"), sa.column("account_id"), sa.column("locale"), sa.column("phone"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,25 +57,15 @@ class Notices:
         self.plan_milli = plan_milli
         self.low_percent = low_percent
         self.top_up_url = top_up_url
-        self.has_users = False
-
-    async def start(self) -> None:
-        """Learn whether an accounts plugin's `users` table is there to name owners from."""
-        async with self.gateway.database.connect() as conn:
-            self.has_users = await conn.run_sync(lambda sync: sa.inspect(sync).has_table("users"))
 
     async def owner(self, conn: AsyncConnection, account_id: int, *, fallback: Owner) -> Owner:
-        """The account's first user, else `fallback` (the caller whose request it was, if any)."""
-        if not self.has_users:
+        """The account's first user (the accounts service's owner), else `fallback` (the caller whose request
+        it was, if any), as when no plugin provides accounts."""
+        accounts = self.gateway.maybe(ACCOUNTS)
+        account = None if accounts is None else await accounts.account(account_id, conn=conn)
+        if account is None or account.owner_user_id is None:
             return fallback
-        query = (
-            sa.select(_USERS.c.id, _USERS.c.locale, _USERS.c.phone)
-            .where(_USERS.c.account_id == account_id)
-            .order_by(_USERS.c.id)
-            .limit(1)
-        )
-        row = (await conn.execute(query)).first()
-        return fallback if row is None else Owner(int(row.id), row.locale, row.phone)
+        return Owner(account.owner_user_id, account.locale, account.phone)
 
     async def low(self, conn: AsyncConnection, account_id: int, change: Change, *, fallback: Owner = NOBODY) -> None:
         """`credits.low` for a change that crossed the line, in `conn`'s transaction."""
