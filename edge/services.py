@@ -109,6 +109,16 @@ class Accounts(Protocol):
         """Forget the key on every worker (revoked or changed)."""
         ...
 
+    async def expiring(self, *, before: datetime, after_id: int = 0, limit: int = 500) -> list[Account]:
+        """Accounts whose plan has an expiry earlier than `before` (UTC), past ones included, by id from
+        after `after_id`, at most `limit` (page on with the last one's id)."""
+        ...
+
+    async def lapse(self, *, account_id: int, plan_expires_at: datetime, tier: str) -> bool:
+        """Put the account on `tier` with no expiry, only if its plan still expires at `plan_expires_at`
+        (a plan paid meanwhile moved it, and then nothing changes); whether it did. Caches are told."""
+        ...
+
 
 ACCOUNTS: Service[Accounts] = Service("accounts")
 

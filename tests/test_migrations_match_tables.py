@@ -16,14 +16,14 @@ from alembic.runtime.migration import MigrationContext
 from edge.db import sync_url
 from tests.conftest import ROOT
 
-# The core's tables: its one table, the events outbox, lives beside the code that uses it.
-CORE_TABLES = "edge.outbox"
+# The core's tables live beside the code that uses them: the events outbox, and the admins' audit trail.
+CORE_TABLES = ("edge.outbox", "edge.audit")
 
 
 def schemas() -> list[str]:
     """The module declaring each schema's tables: the core's, and every plugin with migrations' `tables`."""
     owners = [f"plugins.{p.parent.name}.tables" for p in sorted(ROOT.glob("plugins/*/migrations")) if p.is_dir()]
-    return [CORE_TABLES, *owners]
+    return [*CORE_TABLES, *owners]
 
 
 def _default(text: str | None) -> str | None:
@@ -68,6 +68,6 @@ def test_the_migrations_build_exactly_the_tables_the_code_declares(owner: str, d
 
 
 def test_every_plugin_with_migrations_is_checked() -> None:
-    assert {CORE_TABLES, "plugins.auth_keys.tables", "plugins.credits.tables"} <= set(schemas())
+    assert {*CORE_TABLES, "plugins.auth_keys.tables", "plugins.credits.tables"} <= set(schemas())
     for owner in schemas():
         assert (ROOT / Path(*owner.split("."))).with_suffix(".py").exists(), f"{owner} is missing"

@@ -84,6 +84,35 @@ class AccountStore:
             await self.invalidate_account(account_id)
         return account
 
+    async def expiring(self, *, before: datetime, after_id: int = 0, limit: int = 500) -> list[Account]:
+        query = (
+            _ACCOUNT.where(
+                accounts.c.plan_expires_at.is_not(None),
+                accounts.c.plan_expires_at < before,
+                accounts.c.id > max(0, min(after_id, MAX_ID)),
+            )
+            .order_by(accounts.c.id)
+            .limit(max(1, limit))
+        )
+        async with self.db.connect() as conn:
+            return [_account(row) for row in (await conn.execute(query)).all()]
+
+    async def lapse(self, *, account_id: int, plan_expires_at: datetime, tier: str) -> bool:
+        if not 0 < account_id <= MAX_ID:
+            return False
+        async with self.db.begin() as conn:
+            # Conditional on the expiry read by the caller: a renewal committed first moved it, and one that
+            # commits after this waits for the row and extends from now (the plan has lapsed).
+            result = await conn.execute(
+                sa.update(accounts)
+                .where(accounts.c.id == account_id, accounts.c.plan_expires_at == plan_expires_at)
+                .values(tier=tier, plan_expires_at=None)
+            )
+        if result.rowcount != 1:
+            return False
+        await self.invalidate_account(account_id)
+        return True
+
     def _tell_later(self, account_id: int) -> None:
         task = asyncio.ensure_future(self.invalidate_account(account_id))
         self._telling.add(task)
@@ -112,8 +141,10 @@ async def _set(conn: AsyncConnection, account_id: int, values: dict[str, Any]) -
 
 async def _read(conn: AsyncConnection, account_id: int) -> Account | None:
     row = (await conn.execute(_ACCOUNT.where(accounts.c.id == account_id))).first()
-    if row is None:
-        return None
+    return None if row is None else _account(row)
+
+
+def _account(row: Any) -> Account:
     return Account(
         id=int(row.id),
         tier=row.tier,

@@ -4,7 +4,10 @@ The plugin is settings, lifecycle and hooks. The catalogue is `products.py`, amo
 provider's interface `gateway_client.py` and its v2 client `myfatoorah.py`, webhook signatures
 `webhooks.py`; orders are `tables.py`/`order_rows.py` under the state machine of `rules.py`; checkout
 `checkout.py`; confirming a payment `confirmation.py`; THE crediting transaction `crediting.py`; the
-pending-order job `pending.py`; the JSON API `routes.py` with its answers in `answers.py`.
+pending-order job `pending.py`; the JSON API `routes.py` with its answers in `answers.py`. The admins'
+API is `admin.py` (reads in `admin_rows.py`, refunds `refunds.py`, bank-transfer orders
+`manual_orders.py`); the `billing.reconcile` job and command `reconcile.py`; plan reminders and expiry
+`renewals.py`, with their events in `lifecycle.py`.
 """
 
 from __future__ import annotations
@@ -13,15 +16,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from edge.cli import Command
 from edge.config import GatewayConfig
 from edge.events import Event
 from edge.hookspecs import hookimpl
 from edge.jobs import Job
 from edge.settings import ConfigError
-from plugins.billing import pending
+from plugins.billing import pending, reconcile, refunds, renewals
+from plugins.billing.admin import admin_routes
 from plugins.billing.confirmation import Confirmer
 from plugins.billing.crediting import PlanRules
 from plugins.billing.events import BILLING_EVENTS
+from plugins.billing.lifecycle import LIFECYCLE_EVENTS
 from plugins.billing.myfatoorah import MyFatoorahClient
 from plugins.billing.products import DEFAULT_PACKS, PackSettings, Product, catalogue
 from plugins.billing.routes import routes
@@ -30,6 +36,7 @@ if TYPE_CHECKING:
     from starlette.routing import BaseRoute
 
     from edge.gateway import Gateway
+    from plugins.billing.webhooks import Webhook
 
 NOT_CONFIGURED = "payments are not configured: set RESAYIL_MYFATOORAH_TOKEN (checkout answers 503 until then)"
 
@@ -73,6 +80,15 @@ class Plugin:
         result_path: str = "/#/billing/result"
         seller_ar: str = "رسايل"
         seller_en: str = "Resayil"
+        # The `billing.renewals` job (renewals.py): `subscription.renewal_due` this
+        # many days before a plan ends (0: no reminder), and the fallback tier once it has ended.
+        renewal_reminder_days: int = 3
+        renewals_every_seconds: float = 3600.0
+        # The daily `billing.reconcile` job (local time, the config's `timezone`): the orders of the last
+        # `reconcile_days`, at most `max_reconcile_calls` GetPaymentStatus calls a run.
+        reconcile_at: str = "04:00"
+        reconcile_days: int = 7
+        max_reconcile_calls: int = 500
 
     def __init__(self, settings: Plugin.Settings) -> None:
         s = settings
@@ -88,6 +104,10 @@ class Plugin:
             raise ConfigError("plugins.billing.settings.result_path: must start with '/'")
         if not s.myfatoorah_url.startswith(("https://", "http://")):
             raise ConfigError("plugins.billing.settings.myfatoorah_url: must be an http(s) URL")
+        if not 0 <= s.renewal_reminder_days <= 60 or s.renewals_every_seconds <= 0:
+            raise ConfigError("plugins.billing.settings: renewal_reminder_days 0-60, renewals_every_seconds > 0")
+        if not 1 <= s.reconcile_days <= 90 or not 1 <= s.max_reconcile_calls <= 10_000:
+            raise ConfigError("plugins.billing.settings: reconcile_days 1-90, max_reconcile_calls 1-10000")
         self.settings = settings
         self.rules = PlanRules(days=s.plan_days, enterprise_tier=s.enterprise_tier)
         self._gateway: Gateway | None = None
@@ -122,7 +142,7 @@ class Plugin:
 
     @hookimpl
     def resayil_routes(self, gateway: Gateway) -> list[BaseRoute]:
-        return routes(self)
+        return [*routes(self), *admin_routes(self)]
 
     @hookimpl
     def resayil_migrations(self) -> str:
@@ -130,11 +150,21 @@ class Plugin:
 
     @hookimpl
     def resayil_event_types(self) -> list[type[Event]]:
-        return list(BILLING_EVENTS)
+        return [*BILLING_EVENTS, *LIFECYCLE_EVENTS]
 
     @hookimpl
     def resayil_jobs(self, gateway: Gateway) -> list[Job]:
-        return [Job("billing.pending", self._check_pending, every_seconds=self.settings.check_every_seconds)]
+        s = self.settings
+        return [
+            Job("billing.pending", self._check_pending, every_seconds=s.check_every_seconds),
+            Job("billing.renewals", self._renewals, every_seconds=s.renewals_every_seconds),
+            Job("billing.reconcile", self._reconcile, daily_at=s.reconcile_at),
+        ]
+
+    @hookimpl
+    def resayil_commands(self) -> list[Command]:
+        """`billing reconcile`: the reconciliation now, exit 1 on any mismatch."""
+        return [reconcile.command(self)]
 
     @hookimpl
     def resayil_config_notes(self, config: GatewayConfig) -> list[str]:
@@ -145,6 +175,16 @@ class Plugin:
 
     async def _check_pending(self, gateway: Gateway) -> None:
         await pending.check_pending(self)
+
+    async def _renewals(self, gateway: Gateway) -> None:
+        await renewals.run(self)
+
+    async def _reconcile(self, gateway: Gateway) -> None:
+        s = self.settings
+        await reconcile.reconcile(self, days=s.reconcile_days, max_calls=s.max_reconcile_calls)
+
+    async def refund_event(self, event: Webhook) -> str:
+        return await refunds.refund_event(self, event)
 
     async def check_soon(self, reference: str) -> None:
         await pending.check_soon(self, reference)

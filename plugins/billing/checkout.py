@@ -13,10 +13,10 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from edge.services import PortalUser
 
 from edge.errors import TooManyRequests
 from edge.inputs import Form, choice
+from edge.services import PortalUser
 from plugins.billing import answers, order_rows
 from plugins.billing.gateway_client import CheckoutRequest, NotConfigured, PaymentError
 from plugins.billing.money import CURRENCY

@@ -17,6 +17,7 @@ stays true, however many callers race on any number of workers and hosts:
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -72,9 +73,16 @@ class Credited:
 
 
 async def credit_paid_order(
-    gateway: Gateway, *, reference: str, payment: Payment, rules: PlanRules, now: datetime | None = None
+    gateway: Gateway,
+    *,
+    reference: str,
+    payment: Payment,
+    rules: PlanRules,
+    now: datetime | None = None,
+    also: Callable[[AsyncConnection], Awaitable[None]] | None = None,
 ) -> Credited:
-    """Credit the order `reference` for `payment`, exactly once (see the module docstring).
+    """Credit the order `reference` for `payment`, exactly once (see the module docstring). `also(conn)`
+    runs in the crediting transaction only when this call credits (an admin's audit row for mark-paid).
 
     Raises UnknownOrder when there is no such order. Whatever else happened before (already paid,
     disputed, a concurrent call won) is not an error: the result says what the order now is."""
@@ -82,7 +90,10 @@ async def credit_paid_order(
 
     async def once() -> Credited:
         async with gateway.database.begin() as conn:
-            return await _credit_in(gateway, conn, reference=reference, payment=payment, rules=rules, now=moment)
+            credited = await _credit_in(gateway, conn, reference=reference, payment=payment, rules=rules, now=moment)
+            if credited.credited and also is not None:
+                await also(conn)
+            return credited
 
     return await retrying(once, transient=_transient)
 

@@ -105,6 +105,8 @@ def routes(plugin: Plugin) -> list[BaseRoute]:
             ) from None
         if not await _first_time(plugin, event.replay_key, event):
             return JSONResponse({"ok": True, "ignored": "duplicate"})
+        if event.code == 2:
+            return JSONResponse({"ok": True, "refund": await plugin.refund_event(event)})
         if event.code != 1:
             return JSONResponse({"ok": True, "ignored": "event"})
         row = None

@@ -87,7 +87,8 @@ def plan_expiry(*, current_tier: str, current_expiry: datetime | None, tier: str
     period = timedelta(days=days)
     if tier == current_tier and current_expiry is not None and current_expiry > now:
         return current_expiry + period
-    return now + period
+    # Whole seconds: the accounts table keeps no fraction on MariaDB, and the event must name its value.
+    return now.replace(microsecond=0) + period
 
 
 def next_check(*, attempts: int, now: datetime, first_seconds: float, max_seconds: float) -> datetime:

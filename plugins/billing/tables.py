@@ -79,3 +79,37 @@ webhooks = sa.Table(
     sa.Column("invoice_id", sa.String(32), nullable=True),
     sa.Column("received_at", Moment, nullable=False, index=True),
 )
+
+# Refunds an admin asked for (plugins/billing/refunds.py). `key` makes a repeated request (a double click)
+# find the first one; MyFatoorah's refund id names at most one refund; a refund in `requesting` is the one
+# MakeRefund call of its order in flight (the order's row lock decides who may start one).
+refunds = sa.Table(
+    "billing_refunds",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("key", sa.String(64), nullable=False, unique=True),
+    sa.Column("order_reference", sa.String(40), nullable=False),
+    sa.Column("account_id", sa.BigInteger(), nullable=False),
+    sa.Column("amount_fils", sa.BigInteger(), nullable=False),
+    # requesting | pending | refunded | rejected | failed | unconfirmed (plugins/billing/refunds.py)
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("provider_refund_id", sa.String(32), nullable=True, unique=True),
+    sa.Column("credits_taken_milli", sa.BigInteger(), nullable=False, server_default="0"),
+    sa.Column("reason", sa.String(500), nullable=False),
+    sa.Column("actor_user_id", sa.BigInteger(), nullable=True),
+    sa.Column("created_at", Moment, nullable=False),
+    sa.Column("updated_at", Moment, nullable=False),
+    sa.Index("ix_billing_refunds_order", "order_reference", "id"),
+)
+
+# One row per (account, plan expiry, kind) a renewal reminder or an expiry was announced for
+# (plugins/billing/renewals.py): the key that makes each announcement happen once, however often the job
+# runs. `plan_expires_at` has the accounts table's own type, so it equals the value read from there.
+plan_notices = sa.Table(
+    "billing_plan_notices",
+    metadata,
+    sa.Column("account_id", sa.BigInteger(), primary_key=True, autoincrement=False),
+    sa.Column("plan_expires_at", sa.DateTime(), primary_key=True),
+    sa.Column("kind", sa.String(16), primary_key=True),
+    sa.Column("created_at", Moment, nullable=False),
+)
