@@ -67,6 +67,15 @@ class Account:
     phone: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """Where to reach a user on WhatsApp (`phone` E.164) and in which language."""
+
+    user_id: int
+    phone: str
+    locale: str
+
+
 class Keep(enum.Enum):
     """`KEEP`: leave this value of the account as it is."""
 
@@ -99,6 +108,10 @@ class Accounts(Protocol):
 
     async def invalidate_key(self, key_id: int) -> None:
         """Forget the key on every worker (revoked or changed)."""
+        ...
+
+    async def admins(self) -> list[Contact]:
+        """Every admin user's phone and language, for the admins' alerts (at most a few hundred)."""
         ...
 
 
