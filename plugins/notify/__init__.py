@@ -172,8 +172,9 @@ class Plugin:
         alert = Notice(
             event="provider.alert", audience="admin", values={"code": code}, key=f"provider.alert:{code}:{day}"
         )
-        created = await self.queue(alert, event_id=f"alert-{code}-{day}"[:32])
-        # Logged when the alert rows are new, and once a worker when there is no admin to queue them for.
-        if created or alert.key not in self._alerted:
-            self._alerted.add(alert.key)
+        # Sends failing together ask at once: one of them asks the database, which decides across workers.
+        if alert.key in self._alerted:
+            return
+        self._alerted.add(alert.key)
+        if await self.queue(alert, event_id=f"alert-{code}-{day}"[:32]) or not self.admins:
             log.error("the whatsapp provider needs an operator; messages wait", extra={"fields": {"code": code}})

@@ -8,7 +8,7 @@ What stays true, on any number of workers and hosts:
   outcome. A sender that dies mid-send loses its claim when the lease passes and the row is sent again:
   a provider that took the message but never answered may then get it twice, which no sender can rule out.
 - One recipient gets at most one attempt per `pair_seconds` (WhatsApp's pair rate): a claim skips a row
-  whose recipient had an attempt more recently, and takes one row per recipient per batch.
+  whose recipient had an attempt more recently, and takes one row per recipient per batch (0: no pacing).
 """
 
 from __future__ import annotations
@@ -83,7 +83,10 @@ async def claim(db: Database, *, now: datetime, limit: int, lease_seconds: float
     seen: set[str] = set()
     for row in candidates:
         recent = last.get(row.recipient)
-        if row.recipient in seen or (recent is not None and (now - recent).total_seconds() < pair_seconds):
+        paced = pair_seconds > 0 and (
+            row.recipient in seen or (recent is not None and (now - recent).total_seconds() < pair_seconds)
+        )
+        if paced:
             continue
         seen.add(row.recipient)
         chosen.append(row)
