@@ -32,6 +32,9 @@ _CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large",
 # No portal or /api path comes near this; past it, routing itself can fail (a 4,301-digit `{id:int}` is a
 # ValueError in int()), so a longer path is refused before it reaches a route.
 MAX_PATH = 2048
+# Where plugin routes may live: the portal's API, and endpoints for tools on the gateway's own host
+# (fail2ban's action), which the route itself must restrict to loopback.
+PLUGIN_PREFIXES = ("/api/", "/internal/")
 
 
 def api_error(error: GatewayError) -> Response:
@@ -139,8 +142,10 @@ def build_web(gateway: Gateway) -> Any:
     for contributed in gateway.chain.call("resayil_routes", gateway=gateway):
         for route in contributed:
             path = getattr(route, "path", "")
-            if not path.startswith("/api/"):
-                raise ValueError(f"plugin routes must live under /api/: {path}")
+            if not path.startswith(PLUGIN_PREFIXES):
+                raise ValueError(
+                    f"plugin routes must live under /api/ (or /internal/ for the host's own tools): {path}"
+                )
             routes.append(route)
     if PORTAL_DIR.is_dir():
         routes.append(Mount("/", StaticFiles(directory=PORTAL_DIR, html=True), name="portal"))

@@ -70,7 +70,8 @@ async def resayil_shutdown(gateway: Gateway) -> None:
 
 @hookspec
 def resayil_routes(gateway: Gateway) -> list[BaseRoute]:
-    """Return Starlette routes for the plugin's JSON API; every path starts with `/api/`."""
+    """Return Starlette routes for the plugin's JSON API; every path starts with `/api/` (or `/internal/` for a
+    tool on the gateway's own host, which the route restricts to loopback itself)."""
 
 
 @hookspec

@@ -68,6 +68,15 @@ class Account:
     phone: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """Where to reach a user on WhatsApp (`phone` E.164) and in which language."""
+
+    user_id: int
+    phone: str
+    locale: str
+
+
 class Keep(enum.Enum):
     """`KEEP`: leave this value of the account as it is."""
 
@@ -117,6 +126,10 @@ class Accounts(Protocol):
     async def lapse(self, *, account_id: int, plan_expires_at: datetime, tier: str) -> bool:
         """Put the account on `tier` with no expiry, only if its plan still expires at `plan_expires_at`
         (a plan paid meanwhile moved it, and then nothing changes); whether it did. Caches are told."""
+        ...
+
+    async def admins(self) -> list[Contact]:
+        """Every admin user's phone and language, for the admins' alerts (at most a few hundred)."""
         ...
 
 

@@ -68,6 +68,8 @@ def test_the_migrations_build_exactly_the_tables_the_code_declares(owner: str, d
 
 
 def test_every_plugin_with_migrations_is_checked() -> None:
-    assert {*CORE_TABLES, "plugins.auth_keys.tables", "plugins.credits.tables"} <= set(schemas())
+    assert {*CORE_TABLES, "plugins.auth_keys.tables", "plugins.credits.tables", "plugins.notify.tables"} <= set(
+        schemas()
+    )
     for owner in schemas():
         assert (ROOT / Path(*owner.split("."))).with_suffix(".py").exists(), f"{owner} is missing"

@@ -42,6 +42,7 @@ SAMPLES: dict[str, dict[str, formats.Value]] = {
         "plan": "Enterprise",
         "price": Kwd(25000),
     },
+    "provider.alert": {"code": "190"},
 }
 # What each sample value looks like in each language.
 SHOWN = {
@@ -64,7 +65,8 @@ def editable(tmp_path: Path) -> Path:
 
 def test_samples_cover_every_event():
     assert set(SAMPLES) == set(EVENTS)
-    assert len(EVENTS) == 10
+    # The ten events, and the sender's own alert to the admins.
+    assert len(EVENTS) == 11
 
 
 @pytest.mark.parametrize("event", list(EVENTS))

@@ -15,12 +15,14 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edge.db import Database
-from edge.services import KEEP, Account, Keep
+from edge.services import KEEP, Account, Contact, Keep
 from plugins.auth_keys.keycache import Invalidations
 from plugins.auth_keys.tables import accounts, users
 
 # accounts.id is a signed 64-bit integer; SQLite refuses to even compare with a larger one.
 MAX_ID = 2**63 - 1
+# More admins than this is a mistake, not a team: alerts go to the first ones.
+MAX_ADMINS = 500
 
 _others = users.alias("others")
 _OWNER = (
@@ -126,6 +128,17 @@ class AccountStore:
 
     async def invalidate_key(self, key_id: int) -> None:
         await self.bus.publish(f"key:{int(key_id)}")
+
+    async def admins(self) -> list[Contact]:
+        query = (
+            sa.select(users.c.id, users.c.phone, users.c.locale)
+            .where(users.c.role == "admin")
+            .order_by(users.c.id)
+            .limit(MAX_ADMINS)
+        )
+        async with self.db.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [Contact(user_id=int(row.id), phone=row.phone, locale=row.locale or "ar") for row in rows]
 
 
 async def _set(conn: AsyncConnection, account_id: int, values: dict[str, Any]) -> Account | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
     from plugins.auth_keys import Plugin
 
 NO_STORE = {"cache-control": "no-store"}
+# Its "login failed" lines are what fail2ban's filter (config/fail2ban/filter.d/resayil-portal.conf) matches.
+auth_log = logging.getLogger("resayil.auth")
 
 
 def build(plugin: Plugin) -> list[BaseRoute]:
@@ -173,6 +176,9 @@ class AuthApi:
         found = await p.users.credentials(login)
         # Unknown logins are checked against a dummy hash: the same answer, after the same work.
         if not await p.passwords.verify(found.password_hash if found else None, password):
+            # The client's address as edge/forwarded.py determined it (the proxy's only when it is not
+            # trusted); never the login typed, which is the user's, not the attacker's.
+            auth_log.warning("login failed", extra={"fields": {"client_ip": client_ip(request)}})
             raise wrong_login()
         assert found is not None
         await self._verified(ticket)

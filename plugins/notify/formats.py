@@ -91,7 +91,15 @@ def moment(value: datetime, language: Language) -> str:
     return f"{day(local.date(), 'ar')}، {clock.translate(_ARABIC_DIGITS)}"
 
 
-Value = str | int | Kwd | date | datetime
+@dataclass(frozen=True)
+class Bilingual:
+    """Text that differs by language (a plan's label): each language gets its own."""
+
+    ar: str
+    en: str
+
+
+Value = str | int | Kwd | Bilingual | date | datetime
 
 
 def value_text(value: Value, language: Language) -> str:
@@ -104,6 +112,8 @@ def value_text(value: Value, language: Language) -> str:
         return number(value, language)
     if isinstance(value, Kwd):
         return kwd(value, language)
+    if isinstance(value, Bilingual):
+        return value.ar if language == "ar" else value.en
     if isinstance(value, datetime):
         return moment(value, language)
     return day(value, language)

@@ -54,6 +54,8 @@ EVENTS: dict[str, tuple[str, ...]] = {
     "cloud.budget_100": ("used", "cap"),
     "ip.banned": ("ip", "jail", "failures", "banned_at"),
     "enterprise.registered": ("customer", "email", "phone", "plan", "price"),
+    # Not an event: the sender's own alert when the provider needs an operator (delivery.py).
+    "provider.alert": ("code",),
 }
 
 _ARABIC_PUNCTUATION = str.maketrans({",": "،", ";": "؛", "?": "؟"})

@@ -1,0 +1,193 @@
+"""notify's HTTP API: the admins' outbox, users' opt-outs, and fail2ban's ban reports.
+
+- `GET /api/admin/outbox?status=&event=&recipient=&limit=&cursor=` (admins): messages, newest first.
+- `POST /api/admin/outbox/{id}/resend` (admins): queue a message again now; 409 while it is being sent.
+- `GET` / `PATCH /api/me/notifications` (the logged-in user): `credits_low` and `renewal_due`, both on
+  until turned off; the other notices always go.
+- `POST /internal/fail2ban` (fail2ban's action on this host): publishes `ip.banned`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import re
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from edge.errors import Forbidden, GatewayError, NotFound
+from edge.inputs import FieldError, Form, choice, integer, query_number, read_json
+from edge.services import GUARDS
+from plugins.notify import outbox
+from plugins.notify.notices import IpBanned
+from plugins.notify.tables import STATUSES, notify_preferences
+from plugins.notify.templates import EVENTS
+
+if TYPE_CHECKING:
+    from plugins.notify import Plugin
+
+MAX_PAGE = 200
+BIGINT_MAX = 2**63 - 1
+PREFERENCES = ("credits_low", "renewal_due")
+# Headers a reverse proxy adds: a request carrying one was relayed, so its loopback peer is not its origin.
+_RELAYED = ("x-forwarded-for", "forwarded", "x-real-ip")
+_JAIL = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_PHONE = re.compile(r"\+[1-9][0-9]{6,14}")
+# fail2ban's `<time>` is Unix seconds; anything past year 9999 is not a time.
+_LATEST = 253402300799
+MESSAGES = {
+    "limit_invalid": f"Must be a whole number from 1 to {MAX_PAGE}.",
+    "cursor_invalid": "Must be the next_cursor of a previous page.",
+    "recipient_invalid": "Must be a phone number in E.164, such as +96512345678.",
+}
+
+
+def _boolean(subject: str) -> Any:
+    def parse(value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise FieldError(f"{subject}_invalid", f"`{subject}` must be true or false.")
+        return value
+
+    return parse
+
+
+def _ip(value: Any) -> str:
+    if isinstance(value, str) and len(value) <= 45:
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            pass
+    raise FieldError("ip_invalid", "`ip` must be an IPv4 or IPv6 address.")
+
+
+def _jail(value: Any) -> str:
+    if not isinstance(value, str) or not _JAIL.fullmatch(value):
+        raise FieldError("jail_invalid", "`jail` must be 1 to 64 of A-Z, a-z, 0-9, '.', '_', '-'.")
+    return value
+
+
+def _time(value: Any) -> datetime:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= _LATEST:
+        raise FieldError("time_invalid", "`time` must be the ban's Unix time in seconds.")
+    return datetime.fromtimestamp(value, UTC).replace(tzinfo=None)
+
+
+class NotifyApi:
+    def __init__(self, plugin: Plugin) -> None:
+        self.plugin = plugin
+
+    # ---- admins --------------------------------------------------------------------------------------
+
+    async def list_outbox(self, request: Request) -> Response:
+        await self.plugin.gateway.service(GUARDS).require_admin(request)
+        query = request.query_params
+        form = Form(query, messages=MESSAGES)
+        form.only(("status", "event", "recipient", "limit", "cursor"))
+        status = form.take("status", choice(subject="status", options=STATUSES)) if "status" in query else None
+        event = form.take("event", choice(subject="event", options=tuple(EVENTS))) if "event" in query else None
+        recipient = query.get("recipient")
+        if recipient is not None and not _PHONE.fullmatch(recipient):
+            form.fail("recipient", "recipient_invalid")
+        limit = query_number(query.get("limit", "50"), top=MAX_PAGE) or 0
+        if limit < 1:
+            form.fail("limit", "limit_invalid")
+        cursor = query_number(query["cursor"], top=BIGINT_MAX) if "cursor" in query else None
+        if "cursor" in query and cursor is None:
+            form.fail("cursor", "cursor_invalid")
+        form.check()
+        rows, next_cursor = await outbox.page(
+            self.plugin.gateway.database, status=status, event=event, recipient=recipient, limit=limit, before=cursor
+        )
+        return JSONResponse({"object": "list", "data": rows, "next_cursor": next_cursor})
+
+    async def resend(self, request: Request) -> Response:
+        await self.plugin.gateway.service(GUARDS).require_admin(request)
+        row_id = int(request.path_params["message_id"])
+        found = None
+        try:
+            if row_id <= BIGINT_MAX:
+                found = await outbox.resend(self.plugin.gateway.database, row_id=row_id, now=self.plugin.now())
+        except outbox.Busy:
+            raise GatewayError("The message is being sent right now.", status=409, code="message_sending") from None
+        if found is None:
+            raise NotFound("There is no message with this id.", code="message_not_found")
+        return JSONResponse({"message": outbox.shown(found)})
+
+    # ---- users ---------------------------------------------------------------------------------------
+
+    async def preferences(self, request: Request) -> Response:
+        user = await self.plugin.gateway.service(GUARDS).require_user(request)
+        return JSONResponse(await self._preferences(user.user_id))
+
+    async def update_preferences(self, request: Request) -> Response:
+        user = await self.plugin.gateway.service(GUARDS).require_user(request)
+        form = Form(await read_json(request))
+        form.only(PREFERENCES)
+        values = {name: form.take(name, _boolean(name)) for name in PREFERENCES if name in form.data}
+        form.check()
+        if values:
+            db = self.plugin.gateway.database
+            now = self.plugin.now()
+            async with db.begin() as conn:
+                where = notify_preferences.c.user_id == user.user_id
+                changed = await conn.execute(notify_preferences.update().where(where).values(**values, updated_at=now))
+                if (
+                    not changed.rowcount
+                    and await conn.scalar(sa.select(notify_preferences.c.user_id).where(where)) is None
+                ):
+                    await conn.execute(
+                        notify_preferences.insert().values(user_id=user.user_id, updated_at=now, **values)
+                    )
+        return JSONResponse(await self._preferences(user.user_id))
+
+    async def _preferences(self, user_id: int) -> dict[str, bool]:
+        async with self.plugin.gateway.database.connect() as conn:
+            row = (
+                await conn.execute(sa.select(notify_preferences).where(notify_preferences.c.user_id == user_id))
+            ).first()
+        return {name: True if row is None else bool(getattr(row, name)) for name in PREFERENCES}
+
+    # ---- fail2ban ------------------------------------------------------------------------------------
+
+    def _from_fail2ban(self, request: Request) -> None:
+        """403 unless the call comes straight from this host with the configured token (none: never)."""
+        peer = request.client.host if request.client else ""
+        try:
+            local = ipaddress.ip_address(peer).is_loopback
+        except ValueError:
+            local = False
+        relayed = any(name in request.headers for name in _RELAYED)
+        expected = self.plugin.fail2ban_token
+        given = request.headers.get("authorization", "")
+        token_ok = expected is not None and hmac.compare_digest(given.encode(), f"Bearer {expected}".encode())
+        if not (local and not relayed and token_ok):
+            raise Forbidden("This endpoint is for the gateway host's fail2ban only.", code="forbidden")
+
+    async def fail2ban(self, request: Request) -> Response:
+        self._from_fail2ban(request)
+        form = Form(await read_json(request))
+        form.only(("ip", "jail", "failures", "time"))
+        ip = form.take("ip", _ip)
+        jail = form.take("jail", _jail)
+        failures = form.take("failures", integer(subject="failures", low=0, high=10**6))
+        banned_at = form.take("time", _time)
+        form.check()
+        event = IpBanned(ip=ip, jail=jail, failures=failures, banned_at=banned_at)
+        await self.plugin.gateway.events.publish(event)
+        return JSONResponse({"id": event.id}, status_code=202)
+
+
+def build(plugin: Plugin) -> list[BaseRoute]:
+    api = NotifyApi(plugin)
+    return [
+        Route("/api/admin/outbox", api.list_outbox, methods=["GET"]),
+        Route("/api/admin/outbox/{message_id:int}/resend", api.resend, methods=["POST"]),
+        Route("/api/me/notifications", api.preferences, methods=["GET"]),
+        Route("/api/me/notifications", api.update_preferences, methods=["PATCH"]),
+        Route("/internal/fail2ban", api.fail2ban, methods=["POST"]),
+    ]
