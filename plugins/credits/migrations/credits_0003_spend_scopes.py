@@ -34,8 +34,10 @@ CREATE PROCEDURE credits_hold(
 MODIFIES SQL DATA
 BEGIN
     DECLARE v_n, v_i, v_refused INT DEFAULT 0;
-    DECLARE v_kind VARCHAR(16);
-    DECLARE v_period VARCHAR(8);
+    -- ASCII (kinds and periods are): compared with the columns whatever collation the database's default and
+    -- the table's differ by.
+    DECLARE v_kind VARCHAR(16) CHARACTER SET ascii;
+    DECLARE v_period VARCHAR(8) CHARACTER SET ascii;
     DECLARE v_scope, v_limit BIGINT;
     DECLARE v_start, v_end DATE;
     DECLARE v_at VARCHAR(16);
