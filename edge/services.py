@@ -249,6 +249,46 @@ class BalanceTooLow(Exception):
         self.available_milli = available_milli
 
 
+# ---- spend limits: set by the plugin that knows the scope (auth_keys: keys), enforced by credits ---------------
+
+SPEND_PERIODS = ("day", "month", "total")
+
+
+@dataclass(frozen=True, slots=True)
+class SpendLimit:
+    """At most `limit_milli` spent by one scope (`kind` "key": an API key; "member": a team member) per
+    `period`: a day or a calendar month in the credits plugin's timezone, or in total. `scope_id` is the
+    key's (or the member's) id; scopes of different kinds never share a counter."""
+
+    kind: str
+    scope_id: int
+    limit_milli: int
+    period: str
+
+
+@dataclass(frozen=True, slots=True)
+class SpendLimits:
+    """The principal's identity fact (edge/context.py) listing every limit its requests count against,
+    in the order they are checked. A principal without limits carries no such fact, so the credits plugin
+    adds no work to its requests. A plugin adding a limit replaces the fact with one that has it too."""
+
+    limits: tuple[SpendLimit, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Spend:
+    """One limit's period as it stands: `spent_milli` settled in it, `held_milli` by requests in flight,
+    `remaining_milli` = limit - spent - held (never below 0). `period_start` is the period's first local day
+    (None for `total`), `resets_at` when the next period starts (UTC, None for `total`)."""
+
+    limit: SpendLimit
+    spent_milli: int
+    held_milli: int
+    remaining_milli: int
+    period_start: date | None
+    resets_at: datetime | None
+
+
 class Credits(Protocol):
     async def grant(
         self,
@@ -274,6 +314,10 @@ class Credits(Protocol):
 
     async def month_usage(self, account_id: int) -> MonthUsage:
         """This calendar month's requests, tokens and milli-credits spent."""
+        ...
+
+    async def spend(self, *, account_id: int, limit: SpendLimit) -> Spend:
+        """Where `limit` stands in its current period for the account's scope (spent, held, what is left)."""
         ...
 
 

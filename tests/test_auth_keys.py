@@ -15,7 +15,8 @@ from plugins.auth_keys.tables import api_keys
 from tests.support.inputs import field_codes
 from tests.support.portal import auth_config, bearer, create_key, register_user
 
-KEY_FIELDS = {"id", "name", "prefix", "scopes", "created_at", "expires_at", "last_used_at", "revoked_at"}
+KEY_FIELDS = {"id", "name", "prefix", "scopes", "created_at", "expires_at", "last_used_at", "revoked_at", "limit_milli"}
+KEY_FIELDS |= {"limit_period"}
 ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
 

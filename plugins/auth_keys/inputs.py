@@ -16,6 +16,7 @@ from edge.errors import GatewayError
 from edge.inputs import FieldError, Form, parse_instant
 from edge.inputs import invalid as invalid_fields
 from edge.inputs import text as text_field
+from edge.services import SPEND_PERIODS
 from plugins.auth_keys import passwords
 from plugins.auth_keys.clock import utcnow
 from plugins.auth_keys.phones import normalize_phone
@@ -28,6 +29,8 @@ DEFAULT_SCOPES = ("read", "write")
 # rotated anyway, and this keeps every accepted instant far inside both databases' DATETIME range.
 KEY_YEARS_MAX = 10
 KEY_LIFETIME_MAX = timedelta(days=3653)
+# A key's spend limit, in milli-credits: a trillion credits is beyond any account, and far inside BIGINT.
+LIMIT_MAX = 10**15
 
 MESSAGES = {
     "name_required": "Enter a name.",
@@ -50,6 +53,10 @@ MESSAGES = {
     "expires_at_invalid": "`expires_at` must be an ISO 8601 date and time.",
     "expires_at_past": "`expires_at` must be in the future.",
     "expires_at_too_far": f"`expires_at` must be at most {KEY_YEARS_MAX} years from now.",
+    "limit_milli_invalid": "`limit_milli` must be a whole number of milli-credits (1 credit = 1000), or null.",
+    "limit_milli_out_of_range": f"`limit_milli` must be from 1 to {LIMIT_MAX:,} milli-credits, or null.",
+    "limit_period_invalid": "`limit_period` must be `day`, `month` or `total`.",
+    "limit_period_without_limit": "`limit_period` needs a `limit_milli`.",
 }
 
 _ATOM = r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+"
@@ -172,3 +179,43 @@ def scopes(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not value or not all(isinstance(s, str) and s in SCOPES for s in value):
         raise bad("scopes_invalid")
     return tuple(s for s in SCOPES if s in value)
+
+
+def limit_milli(value: Any) -> int | None:
+    """A key's spend limit: null (none), or a whole number of milli-credits from 1 to LIMIT_MAX (not true,
+    not 1.0: JSON's floats and booleans are refused, as are numbers past 64 bits, which decode as floats)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise bad("limit_milli_invalid")
+    if not 1 <= value <= LIMIT_MAX:
+        raise bad("limit_milli_out_of_range")
+    return value
+
+
+def limit_period(value: Any) -> str | None:
+    """`day`, `month` or `total` (edge.services.SPEND_PERIODS) exactly as spelt, or null."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or value not in SPEND_PERIODS:
+        raise bad("limit_period_invalid")
+    return value
+
+
+def key_limit(form: Form, *, current: tuple[int | None, str | None] = (None, None)) -> tuple[int | None, str | None]:
+    """(limit_milli, limit_period) from a key's form, starting from the key's `current` pair: a field absent
+    keeps its value, `limit_milli: null` removes the limit (and its period), a limit without a period is
+    `total` (it never resets, as OpenRouter's), and a period without a limit is refused."""
+    data = form.data
+    limit, period = current
+    if "limit_milli" in data:
+        limit = form.take("limit_milli", limit_milli)
+        if limit is None:
+            period = None
+    if "limit_period" in data:
+        period = form.take("limit_period", limit_period)
+        if period is not None and limit is None and "limit_milli" not in form.errors:
+            form.fail("limit_period", "limit_period_without_limit")
+    if limit is not None and period is None:
+        period = "total"
+    return limit, period

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from edge.context import Principal
 from edge.db import Database
+from edge.services import SpendLimit, SpendLimits
 from plugins.auth_keys.clock import iso, unix, utcnow
 from plugins.auth_keys.tables import accounts, api_keys, users
 
@@ -46,7 +47,17 @@ def key_json(row: Any) -> dict[str, Any]:
         "expires_at": iso(row.expires_at),
         "last_used_at": iso(row.last_used_at),
         "revoked_at": iso(row.revoked_at),
+        "limit_milli": row.limit_milli,
+        "limit_period": row.limit_period,
     }
+
+
+def key_limits(*, key_id: int, limit_milli: int | None, limit_period: str | None) -> tuple[object, ...]:
+    """The principal's facts for a key: its spend limit (edge.services.SpendLimits), or none at all, so
+    a key without a limit costs the credits plugin nothing."""
+    if limit_milli is None:
+        return ()
+    return (SpendLimits((SpendLimit("key", key_id, int(limit_milli), limit_period or "total"),)),)
 
 
 _COLUMNS = (
@@ -58,6 +69,8 @@ _COLUMNS = (
     api_keys.c.expires_at,
     api_keys.c.last_used_at,
     api_keys.c.revoked_at,
+    api_keys.c.limit_milli,
+    api_keys.c.limit_period,
 )
 
 
@@ -66,7 +79,14 @@ class KeyStore:
         self.db = database
 
     async def create(
-        self, *, account_id: int, user_id: int | None, name: str, scopes: tuple[str, ...], expires_at: datetime | None
+        self,
+        *,
+        account_id: int,
+        user_id: int | None,
+        name: str,
+        scopes: tuple[str, ...],
+        expires_at: datetime | None,
+        limit: tuple[int | None, str | None] = (None, None),
     ) -> tuple[dict[str, Any], str]:
         """Store a new key; returns its JSON and the secret (the only time the secret exists)."""
         secret = new_secret()
@@ -81,6 +101,8 @@ class KeyStore:
                     scopes=",".join(scopes),
                     created_at=utcnow(),
                     expires_at=expires_at,
+                    limit_milli=limit[0],
+                    limit_period=limit[1],
                 )
             )
             key_id = int(result.inserted_primary_key[0])  # type: ignore[index]
@@ -102,6 +124,25 @@ class KeyStore:
             row = (await conn.execute(sa.select(*_COLUMNS).where(mine))).first()
         return None if row is None else key_json(row)
 
+    async def limit(self, *, key_id: int, account_id: int) -> tuple[int | None, str | None] | None:
+        """The account's key's (limit_milli, limit_period); None when the account has no such key."""
+        mine = sa.and_(api_keys.c.id == key_id, api_keys.c.account_id == account_id)
+        async with self.db.connect() as conn:
+            row = (await conn.execute(sa.select(api_keys.c.limit_milli, api_keys.c.limit_period).where(mine))).first()
+        return None if row is None else (row.limit_milli, row.limit_period)
+
+    async def set_limit(
+        self, *, key_id: int, account_id: int, limit_milli: int | None, limit_period: str | None
+    ) -> dict[str, Any] | None:
+        """Set the account's key's spend limit (None: no limit); the key as it now is, or None when the
+        account has no such key. The caller makes every worker forget the key's cached principal."""
+        mine = sa.and_(api_keys.c.id == key_id, api_keys.c.account_id == account_id)
+        async with self.db.begin() as conn:
+            limited = {"limit_milli": limit_milli, "limit_period": limit_period}
+            await conn.execute(sa.update(api_keys).where(mine).values(**limited))
+            row = (await conn.execute(sa.select(*_COLUMNS).where(mine))).first()
+        return None if row is None else key_json(row)
+
     async def lookup(self, digest: str) -> KeyRecord | None:
         """The live (not revoked) key with this secret hash, with its account's tier and user's role."""
         query = (
@@ -111,6 +152,8 @@ class KeyStore:
                 api_keys.c.user_id,
                 api_keys.c.scopes,
                 api_keys.c.expires_at,
+                api_keys.c.limit_milli,
+                api_keys.c.limit_period,
                 accounts.c.tier,
                 accounts.c.plan_expires_at,
                 users.c.role,
@@ -136,6 +179,7 @@ class KeyStore:
             role=row.role or "user",
             locale=row.locale or "ar",
             plan_expires_at=unix(row.plan_expires_at),
+            facts=key_limits(key_id=row.id, limit_milli=row.limit_milli, limit_period=row.limit_period),
         )
         return KeyRecord(principal=principal, expires_at=unix(row.expires_at))
 

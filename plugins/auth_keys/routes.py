@@ -40,6 +40,7 @@ def build(plugin: Plugin) -> list[BaseRoute]:
         Route("/api/me/password", api.change_password, methods=["POST"]),
         Route("/api/keys", api.list_keys, methods=["GET"]),
         Route("/api/keys", api.create_key, methods=["POST"]),
+        Route("/api/keys/{key_id:int}", api.update_key, methods=["PATCH"]),
         Route("/api/keys/{key_id:int}", api.revoke_key, methods=["DELETE"]),
     ]
 
@@ -245,20 +246,54 @@ class AuthApi:
         name = form.take("name", inputs.name)
         scopes = form.take("scopes", inputs.scopes)
         expires_at = form.take("expires_at", inputs.expires_at)
+        limit = inputs.key_limit(form)
         form.check()
         key, secret = await self.plugin.keys.create(
-            account_id=user.account_id, user_id=user.user_id, name=name, scopes=scopes, expires_at=expires_at
+            account_id=user.account_id,
+            user_id=user.user_id,
+            name=name,
+            scopes=scopes,
+            expires_at=expires_at,
+            limit=limit,
         )
         return JSONResponse({"key": key, "secret": secret}, status_code=201, headers=NO_STORE)
 
-    async def revoke_key(self, request: Request) -> Response:
+    async def update_key(self, request: Request) -> Response:
+        """PATCH a key's spend limit (`limit_milli`, `limit_period`); every worker applies it to the key's
+        next request."""
         user = await self.plugin.guards.require_user(request)
-        key_id = int(request.path_params["key_id"])
-        # Another account's key answers exactly like a key that does not exist.
-        key = None
-        if key_id < 2**63:
-            key = await self.plugin.keys.revoke(key_id=key_id, account_id=user.account_id)
+        key_id = _key_id(request)
+        form = await self._form(request)
+        form.only(("limit_milli", "limit_period"))
+        current = await self.plugin.keys.limit(key_id=key_id, account_id=user.account_id) if key_id else None
+        if current is None:
+            raise _no_key()
+        limit_milli, limit_period = inputs.key_limit(form, current=current)
+        form.check()
+        key = await self.plugin.keys.set_limit(
+            key_id=key_id, account_id=user.account_id, limit_milli=limit_milli, limit_period=limit_period
+        )
         if key is None:
-            raise NotFound("There is no API key with this id.", code="key_not_found")
+            raise _no_key()
         await self.plugin.accounts.invalidate_key(key_id)
         return JSONResponse({"key": key})
+
+    async def revoke_key(self, request: Request) -> Response:
+        user = await self.plugin.guards.require_user(request)
+        key_id = _key_id(request)
+        key = await self.plugin.keys.revoke(key_id=key_id, account_id=user.account_id) if key_id else None
+        if key is None:
+            raise _no_key()
+        await self.plugin.accounts.invalidate_key(key_id)
+        return JSONResponse({"key": key})
+
+
+def _key_id(request: Request) -> int:
+    """The path's key id, 0 for one no key can have (past BIGINT)."""
+    key_id = int(request.path_params["key_id"])
+    return key_id if key_id < 2**63 else 0
+
+
+def _no_key() -> NotFound:
+    # Another account's key answers exactly like a key that does not exist.
+    return NotFound("There is no API key with this id.", code="key_not_found")

@@ -67,4 +67,7 @@ api_keys = sa.Table(
     sa.Column("expires_at", sa.DateTime(), nullable=True),
     sa.Column("last_used_at", sa.DateTime(), nullable=True),
     sa.Column("revoked_at", sa.DateTime(), nullable=True),
+    # The key's spend limit in milli-credits per `limit_period` (day, month, total); both NULL: no limit.
+    sa.Column("limit_milli", sa.BigInteger(), nullable=True),
+    sa.Column("limit_period", sa.String(8), nullable=True),
 )

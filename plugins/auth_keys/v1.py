@@ -9,9 +9,9 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
-from edge.context import RequestContext
+from edge.context import Principal, RequestContext
 from edge.errors import NotFound
-from edge.services import CREDITS
+from edge.services import CREDITS, Credits, SpendLimits
 from plugins.auth_keys.clock import iso_unix
 
 if TYPE_CHECKING:
@@ -34,7 +34,11 @@ def endpoints(plugin: Plugin) -> dict[tuple[str, str], Any]:
             "plan_expires_at": iso_unix(principal.plan_expires_at),
             "balance": balance,
             "usage": usage,
-            "key": {"id": principal.key_id, "scopes": sorted(principal.scopes)},
+            "key": {
+                "id": principal.key_id,
+                "scopes": sorted(principal.scopes),
+                "limit": await key_limit(principal, credits),
+            },
         }
 
     async def revoke_current(ctx: RequestContext) -> tuple[int, Any]:
@@ -47,3 +51,25 @@ def endpoints(plugin: Plugin) -> dict[tuple[str, str], Any]:
         return 200, {"object": "api_key", "revoked": True, **(key or {"id": principal.key_id})}
 
     return {("GET", "/v1/account"): account, ("DELETE", "/v1/keys/current"): revoke_current}
+
+
+async def key_limit(principal: Principal, credits: Credits | None) -> dict[str, Any] | None:
+    """The calling key's own spend limit and where it stands in its period; None for a key without one.
+    Without a credits plugin nothing is spent, so the whole limit is left."""
+    limits = principal.fact(SpendLimits)
+    own = next((x for x in limits.limits if x.kind == "key"), None) if limits is not None else None
+    if own is None or principal.account_id is None:
+        return None
+    shown: dict[str, Any] = {"limit_milli": own.limit_milli, "period": own.period}
+    if credits is None:
+        nothing = {"spent_milli": 0, "held_milli": 0, "period_start": None, "resets_at": None}
+        return {**shown, **nothing, "remaining_milli": own.limit_milli}
+    spend = await credits.spend(account_id=principal.account_id, limit=own)
+    return {
+        **shown,
+        "spent_milli": spend.spent_milli,
+        "held_milli": spend.held_milli,
+        "remaining_milli": spend.remaining_milli,
+        "period_start": spend.period_start.isoformat() if spend.period_start else None,
+        "resets_at": spend.resets_at.isoformat() + "Z" if spend.resets_at else None,
+    }

@@ -15,15 +15,17 @@ from edge.context import RequestContext
 from edge.errors import PaymentRequired, ServiceUnavailable
 from edge.hookspecs import hookimpl
 from edge.jobs import Job
-from edge.services import CREDITS
+from edge.services import CREDITS, SpendLimits
 from edge.settings import ConfigError
 from plugins.credits import messages, pricing, reports, settlement
+from plugins.credits import scopes as spend_scopes
 from plugins.credits.api import routes
 from plugins.credits.leases import Leases, Ticket
 from plugins.credits.ledger import DATABASE_ERRORS, Ledger
 from plugins.credits.notices import NOBODY, Notices, Owner
 from plugins.credits.reconcile import arguments, run_reconcile
 from plugins.credits.rows import Change, utcnow
+from plugins.credits.scopes import LimitReached, Scope
 from plugins.credits.service import CreditService
 from plugins.credits.settlement import Hold
 
@@ -192,7 +194,11 @@ class Plugin:
         prompt = pricing.prompt_bound(ctx)
         budget = ctx.completion_budget
         expires = utcnow() + timedelta(seconds=self.hold_seconds)
-        leases = self._leases
+        # A key (or member) with a spend limit holds against it in the same transaction as the balance, so
+        # its requests take their holds from the database, not from a lease; without one, nothing changes.
+        limits = principal.fact(SpendLimits) if principal.facts else None
+        scopes = spend_scopes.in_order(limits.limits, now=self.gateway.clock.time(), tz=self.tz) if limits else ()
+        leases = None if scopes else self._leases
         ticket: Ticket | None = None
 
         async def take(completion: int, *, first: bool = False) -> str | None:
@@ -210,7 +216,10 @@ class Plugin:
                     request_id=ctx.request_id,
                     tier=principal.tier,
                     expires_at=expires,
+                    scopes=scopes,
                 )
+            except LimitReached:
+                return None  # the room left in each limit is read below, with the balance's
             except DATABASE_ERRORS:
                 # Nothing is served unpaid: without the ledger the request waits for it to come back.
                 log.exception("could not take a hold", extra={"fields": {"request_id": ctx.request_id}})
@@ -224,6 +233,7 @@ class Plugin:
         hold_id = await take(budget, first=True)
         floor = min(self.settings.min_completion_tokens, budget)
         available = 0
+        binding: Scope | None = None  # what refused: a limit's scope, or None for the balance
         # Another request may take what we just saw between the read and the hold: look again, a few times.
         for _ in range(3):
             if hold_id is not None:
@@ -231,6 +241,10 @@ class Plugin:
             available = (await self.ledger.state(account))["available_milli"]
             if leases is not None:
                 available += leases.spare(account)  # this worker's own room counts as available to it
+            binding = None
+            for scope, room in await self.ledger.rooms(scopes, account_id=account):
+                if room < available:
+                    available, binding = room, scope
             completion = min(
                 budget, pricing.affordable_completion(available_milli=available, prompt=prompt, multiplier=multiplier)
             )
@@ -238,6 +252,8 @@ class Plugin:
                 break
             hold_id = await take(completion)
         if hold_id is None:
+            if binding is not None:
+                raise self._limit_reached(binding, locale=principal.locale)
             needed = pricing.hold_milli(prompt=prompt, completion=floor, multiplier=multiplier)
             await self._refuse(ctx, account=account, needed_milli=needed, available_milli=available)
             return
@@ -254,6 +270,21 @@ class Plugin:
             completion,
             prompt,
             ticket,
+            scoped=bool(scopes),
+        )
+
+    def _limit_reached(self, scope: Scope, *, locale: str) -> PaymentRequired:
+        """402 `key_limit_reached` (`member_limit_reached`): the limit, its period and when it resets."""
+        resets = scope.resets_at(self.tz)
+        resets_at = resets.isoformat() + "Z" if resets is not None else None
+        limit = scope.limit.limit_milli
+        return PaymentRequired(
+            messages.limit_reached(
+                locale=locale, kind=scope.kind, period=scope.period, limit_milli=limit, resets_at=resets_at
+            ),
+            code=f"{scope.kind}_limit_reached",
+            type="insufficient_quota",
+            extra={"limit": limit, "period": scope.period, "resets_at": resets_at},
         )
 
     async def _refuse(self, ctx: RequestContext, *, account: int, needed_milli: int, available_milli: int) -> None:
@@ -305,6 +336,7 @@ class Plugin:
                 hold_milli=hold.amount_milli,
                 charge_milli=charge,
                 usage_row=usage_row,
+                scoped=hold.scoped,
             )
         if change is None:
             log.info("hold already settled or released", extra={"fields": {"request_id": ctx.request_id}})

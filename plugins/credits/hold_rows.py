@@ -11,7 +11,10 @@ What stays true, on any number of workers and hosts:
   before anything is read, and on MariaDB the balance row is locked before its values are used; the
   balance row comes last, so it stays locked for the shortest time.
 
-On MariaDB/MySQL the hold and the settlement are each one stored-procedure call (migration credits_0002):
+A request whose key (or member) has a spend limit also takes its hold against that limit's scope, in the same
+transaction, before the balance row (scopes.py); settling or releasing the hold gives the scope back its share.
+
+On MariaDB/MySQL the hold and the settlement are each one stored-procedure call (migrations credits_0002, 0003):
 the same transaction, run inside the server in one round trip. SQLite runs the statements below; the
 tests run every money case against both.
 """
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -28,6 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edge.db import Database
+from plugins.credits import scopes as spend_scopes
 from plugins.credits.entries import log_capped
 from plugins.credits.rows import (
     Change,
@@ -39,6 +43,7 @@ from plugins.credits.rows import (
     read_balance,
     utcnow,
 )
+from plugins.credits.scopes import LimitReached, Scope
 from plugins.credits.tables import balances, holds, usage
 
 log = logging.getLogger("resayil.credits")
@@ -67,7 +72,7 @@ _ADD_USAGE = usage.insert()
 _COST_USAGE = usage.update().where(usage.c.charge_id == sa.bindparam("b_charge", type_=usage.c.charge_id.type))
 
 
-# The usage row's columns in the order credits_settle takes them after its first seven parameters: the
+# The usage row's columns in the order credits_settle takes them after its first eight parameters: the
 # table's order, without those the procedure fills in itself (the id, the hold, the account, the cost, the time).
 _USAGE_ARGS = tuple(
     c.name for c in usage.columns if c.name not in ("id", "charge_id", "account_id", "cost_milli", "created_at")
@@ -79,13 +84,24 @@ class _NotCovered(Exception):
 
 
 async def take(
-    db: Database, *, account_id: int, amount_milli: int, request_id: str, tier: str, expires_at: datetime
+    db: Database,
+    *,
+    account_id: int,
+    amount_milli: int,
+    request_id: str,
+    tier: str,
+    expires_at: datetime,
+    scopes: Sequence[Scope] = (),
 ) -> str | None:
-    """The new hold's id, or None when the available balance does not cover `amount_milli`."""
+    """The new hold's id, or None when the available balance does not cover `amount_milli`; raises
+    LimitReached when it would take one of `scopes` (in lock order, scopes.py) past its limit."""
     hold_id = os.urandom(12).hex()
     if db.procedures is not None:
-        args = (hold_id, account_id, request_id[:128], amount_milli, tier[:32], utcnow(), expires_at)
+        limited = spend_scopes.as_json(scopes) if scopes else None
+        args = (hold_id, account_id, request_id[:128], amount_milli, tier[:32], utcnow(), expires_at, limited)
         taken = await db.procedures.call("credits_hold", args)
+        if taken is not None and taken[0] == 0 and taken[1] >= 0:
+            raise LimitReached(scopes[taken[1]])
         return hold_id if taken is not None and taken[0] == 1 else None
 
     async def work(conn: AsyncConnection) -> str:
@@ -103,6 +119,8 @@ async def take(
                 "expires_at": expires_at,
             },
         )
+        if scopes:
+            await spend_scopes.take(conn, scopes, account_id=account_id, hold_id=hold_id, amount=amount_milli, now=now)
         # The one conditional UPDATE that makes overspending impossible: it only matches while
         # balance - reserved still covers the hold, and the database applies it atomically.
         taken = await conn.execute(
@@ -129,13 +147,14 @@ async def settle(
     plans: Mapping[str, int],
     plans_json: str,
     low_percent: int,
+    scoped: bool = False,
 ) -> Change | None:
     """Replace the hold with the (checked) charge and write the usage row: None when the hold is gone.
     `plans` (tier -> milli-credits a month, also as JSON for the procedure) and `low_percent` set the
-    low-credit flag."""
+    low-credit flag. `scoped`: the hold counted against spend scopes, which are charged too."""
     if db.procedures is not None:
         now = utcnow()
-        args = (hold_id, account_id, hold_milli, charge_milli, plans_json, low_percent, now)
+        args = (hold_id, account_id, hold_milli, charge_milli, plans_json, low_percent, now, scoped)
         result = await db.procedures.call("credits_settle", (*args, *(usage_row[c] for c in _USAGE_ARGS)))
         return _settled_in_server(result, hold_id=hold_id, account_id=account_id, charge_milli=charge_milli, now=now)
 
@@ -157,6 +176,8 @@ async def settle(
                 "created_at": now,
             },
         )
+        # The hold's scope rows before the balance row: the lock order of every transaction (scopes.py).
+        limited = await spend_scopes.unreserve(conn, hold_id=hold_id) if scoped else []
         state = await read_balance(conn, account_id, for_update=True)
         reserved = state.reserved_milli - hold_milli
         # Never below what the other live holds need: a charge beyond this hold takes only what is free.
@@ -181,6 +202,7 @@ async def settle(
                 "updated_at": now,
             },
         )
+        await spend_scopes.charge(conn, limited, hold_id=hold_id, charged=charged)
         row = None
         if charged:
             row = await append_entry(
@@ -254,6 +276,7 @@ async def release(db: Database, *, hold_id: str, account_id: int, cutoff: dateti
         gone = await conn.execute(holds.delete().where(holds.c.id == hold_id, holds.c.expires_at < cutoff))
         if gone.rowcount != 1:
             return 0
+        await spend_scopes.charge(conn, await spend_scopes.unreserve(conn, hold_id=hold_id), hold_id=hold_id, charged=0)
         await conn.execute(
             balances.update()
             .where(balances.c.account_id == account_id)

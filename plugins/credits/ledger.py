@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from edge.db import Database
 from edge.services import BalanceTooLow
 from plugins.credits import hold_rows
+from plugins.credits import scopes as spend_scopes
 from plugins.credits.entries import checked
 from plugins.credits.rows import (
     Change,
@@ -38,6 +39,7 @@ from plugins.credits.rows import (
     read_balance,
     utcnow,
 )
+from plugins.credits.scopes import Scope
 from plugins.credits.tables import balances, ledger
 
 T = TypeVar("T")
@@ -76,9 +78,17 @@ class Ledger:
     # ---- holds (hold_rows.py) ------------------------------------------------------------------------------
 
     async def hold(
-        self, *, account_id: int, amount_milli: int, request_id: str, tier: str, expires_at: datetime
+        self,
+        *,
+        account_id: int,
+        amount_milli: int,
+        request_id: str,
+        tier: str,
+        expires_at: datetime,
+        scopes: Sequence[Scope] = (),
     ) -> str | None:
-        """Take `amount_milli` from the available balance, or return None when it is not there.
+        """Take `amount_milli` from the available balance, or return None when it is not there; count it
+        against every spend scope, or raise LimitReached for the first it would take past its limit.
 
         Safe against the caller being cancelled (a client that disconnects while its hold is taken): the
         transaction may commit all the same, so it is awaited to the end and a hold it took is given
@@ -90,6 +100,7 @@ class Ledger:
                 request_id=request_id,
                 tier=tier,
                 expires_at=expires_at,
+                scopes=scopes,
             )
         )
         try:
@@ -111,10 +122,17 @@ class Ledger:
             await hold_rows.release(self.db, hold_id=hold_id, account_id=account_id, cutoff=cutoff)
 
     async def settle(
-        self, *, hold_id: str, account_id: int, hold_milli: int, charge_milli: int, usage_row: dict[str, Any]
+        self,
+        *,
+        hold_id: str,
+        account_id: int,
+        hold_milli: int,
+        charge_milli: int,
+        usage_row: dict[str, Any],
+        scoped: bool = False,
     ) -> Change | None:
         """Replace the hold with the charge and write the usage row, once: None when the hold is gone
-        (settled already, or released by the sweeper)."""
+        (settled already, or released by the sweeper). `scoped`: the hold counted against spend scopes."""
         charge_milli, usage_row = checked(hold_id, charge_milli, usage_row, hold_milli=hold_milli)
         return await hold_rows.settle(
             self.db,
@@ -126,6 +144,7 @@ class Ledger:
             plans=self.plans,
             plans_json=self._plans_json,
             low_percent=self.low_percent,
+            scoped=scoped,
         )
 
     async def release_expired(self, *, now: datetime | None = None, limit: int = 500) -> int:
@@ -235,6 +254,17 @@ class Ledger:
             return True
 
         return await self.transaction(work)
+
+    async def rooms(self, scopes: Sequence[Scope], *, account_id: int) -> list[tuple[Scope, int]]:
+        """What each scope may still hold: its limit less what it spent and holds in its period."""
+        if not scopes:
+            return []
+        rooms = []
+        async with self.db.connect() as conn:
+            for scope in scopes:
+                spent, held = await spend_scopes.standing(conn, scope, account_id=account_id)
+                rooms.append((scope, scope.limit.limit_milli - spent - held))
+        return rooms
 
     async def state(self, account_id: int) -> dict[str, int]:
         async with self.db.connect() as conn:

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from edge.gateway import Gateway
 from plugins.credits.ledger import Ledger
 from plugins.credits.rows import utcnow
-from plugins.credits.tables import balances, holds, ledger
+from plugins.credits.tables import balances, holds, ledger, scope_holds, spend_scopes
 
 _BATCH = 5000
 
@@ -50,7 +50,30 @@ async def find_differences(conn: AsyncConnection) -> tuple[int, list[str]]:
     for acc, balance, reserved, summed, held_sum, expired_count in rows:
         problems.extend(_account_problems(int(acc), balance, reserved, int(summed), int(held_sum), int(expired_count)))
     problems.extend(await _chain_problems(conn))
+    problems.extend(await _scope_problems(conn))
     return len(rows), problems
+
+
+async def _scope_problems(conn: AsyncConnection) -> list[str]:
+    """Every spend scope's `reserved_milli` equals what its live holds count against it (scopes.py), and
+    every such count belongs to a live hold."""
+    s, h = spend_scopes.c, scope_holds.c
+    linked = (
+        sa.select(sa.func.coalesce(sa.func.sum(h.amount_milli), 0))
+        .where(h.kind == s.kind, h.scope_id == s.scope_id, h.period == s.period, h.period_start == s.period_start)
+        .scalar_subquery()
+    )
+    query = sa.select(s.kind, s.scope_id, s.period, s.period_start, s.reserved_milli, linked).where(
+        s.reserved_milli != linked
+    )
+    problems = [
+        f"{kind} {scope_id} ({period} from {start}): reserved_milli {reserved} but its holds count {held}"
+        for kind, scope_id, period, start, reserved, held in (await conn.execute(query)).all()
+    ]
+    orphans = sa.select(h.hold_id, h.kind, h.scope_id).where(h.hold_id.not_in(sa.select(holds.c.id)))
+    for hold_id, kind, scope_id in (await conn.execute(orphans)).all():
+        problems.append(f"{kind} {scope_id}: counts hold {hold_id}, which is gone")
+    return problems
 
 
 def _account_problems(account: int, balance: Any, reserved: Any, summed: int, held: int, expired: int) -> list[str]:

@@ -9,8 +9,9 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import TYPE_CHECKING
 
-from edge.services import Balance, Grant, MonthUsage
+from edge.services import Balance, Grant, MonthUsage, Spend, SpendLimit
 from plugins.credits import reports
+from plugins.credits import scopes as spend_scopes
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
@@ -53,3 +54,17 @@ class CreditService:
         today = datetime.now(self.plugin.tz).date()
         totals = await reports.month_usage(self.plugin.gateway.database, account_id=account_id, today=today)
         return MonthUsage(**{**totals, "since": date.fromisoformat(totals["since"])})
+
+    async def spend(self, *, account_id: int, limit: SpendLimit) -> Spend:
+        plugin = self.plugin
+        scope = spend_scopes.current(limit, now=plugin.gateway.clock.time(), tz=plugin.tz)
+        async with plugin.gateway.database.connect() as conn:
+            spent, held = await spend_scopes.standing(conn, scope, account_id=account_id)
+        return Spend(
+            limit=limit,
+            spent_milli=spent,
+            held_milli=held,
+            remaining_milli=max(limit.limit_milli - spent - held, 0),
+            period_start=None if limit.period == "total" else scope.start,
+            resets_at=scope.resets_at(plugin.tz),
+        )

@@ -37,6 +37,8 @@ class Hold:
     prompt_bound: int
     # Taken from this worker's lease on the account (its id is then the charge's own), else a hold row.
     ticket: Ticket | None = None
+    # Counted against spend scopes (a limited key or member): settling charges them too.
+    scoped: bool = False
 
 
 def bill(ctx: RequestContext, hold: Hold, *, day: date) -> tuple[int, dict[str, Any]]:

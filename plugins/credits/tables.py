@@ -55,6 +55,33 @@ holds = sa.Table(
     sa.Column("expires_at", sa.DateTime(), nullable=False, index=True),
 )
 
+# One row per limited scope and period (plugins/credits/scopes.py): what it spent and what its live holds take.
+# A hold of a limited request is taken only while spent + reserved + the hold stays within the limit.
+spend_scopes = sa.Table(
+    "credit_spend_scopes",
+    metadata,
+    sa.Column("kind", sa.String(16), primary_key=True),
+    sa.Column("scope_id", sa.BigInteger(), primary_key=True, autoincrement=False),
+    sa.Column("period", sa.String(8), primary_key=True),
+    # The period's first local day (settings.timezone); 1970-01-01 for `total`.
+    sa.Column("period_start", sa.Date(), primary_key=True),
+    sa.Column("spent_milli", sa.BigInteger(), nullable=False, server_default="0"),
+    sa.Column("reserved_milli", sa.BigInteger(), nullable=False, server_default="0"),
+    sa.Column("updated_at", sa.DateTime(), nullable=False),
+)
+
+# Which scope rows a live hold counts against, and for how much: settling or releasing the hold gives it back.
+scope_holds = sa.Table(
+    "credit_scope_holds",
+    metadata,
+    sa.Column("hold_id", sa.String(32), primary_key=True),
+    sa.Column("kind", sa.String(16), primary_key=True),
+    sa.Column("scope_id", sa.BigInteger(), nullable=False),
+    sa.Column("period", sa.String(8), nullable=False),
+    sa.Column("period_start", sa.Date(), nullable=False),
+    sa.Column("amount_milli", sa.BigInteger(), nullable=False),
+)
+
 # One row per settled hold. `charge_id` is the hold's id, so settling twice cannot write two rows even
 # when a client reuses its own x-request-id.
 usage = sa.Table(
