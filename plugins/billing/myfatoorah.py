@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -62,6 +63,13 @@ _TRANSACTION_STATUS: dict[str, TransactionStatus] = {
 }
 
 
+# A transaction's amounts are text with grouped thousands ("12,345.000") and its currency is "KD", as
+# MyFatoorah's GetPaymentStatus examples show them; read strictly, a real payment would be a malformed
+# answer or a currency mismatch (disputed) instead of paid.
+_GROUPED = re.compile(r"^[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0-9]+)?$")
+_CURRENCY = {"KD": "KWD"}
+
+
 class _Malformed(Exception):
     """An answer that does not have the shape MyFatoorah documents."""
 
@@ -72,8 +80,11 @@ def _amount(fils: int) -> orjson.Fragment:
 
 
 def _fils(data: Json, key: str) -> int:
+    value = data.get(key)
+    if isinstance(value, str) and _GROUPED.match(value):
+        value = value.replace(",", "")
     try:
-        return from_decimal(data.get(key))
+        return from_decimal(value)
     except AmountError as exc:
         raise _Malformed(f"{key}: {exc}") from None
 
@@ -311,8 +322,12 @@ def _transaction(item: Json) -> Transaction:
         status=_TRANSACTION_STATUS.get(raw, "other") if isinstance(raw, str) else "other",
         method=_text(item, "PaymentGateway", required=False) or "",
         amount_fils=None if value is None else _fils(item, "TransationValue"),
-        currency=_text(item, "Currency", required=False),
+        currency=_currency(_text(item, "Currency", required=False)),
     )
+
+
+def _currency(name: str | None) -> str | None:
+    return _CURRENCY.get(name, name) if name is not None else None
 
 
 def _status(data: Json) -> PaymentStatus:
