@@ -9,7 +9,8 @@ What holds:
   5xx, 429, timeouts, refused connections, HTML pages (a blocked IP gets one) and malformed JSON are
   `Unreachable`; a well-formed "no" is `Refused`, whose message is generic and whose `details` keep
   MyFatoorah's texts for the logs;
-- only the idempotent calls are retried (GetPaymentStatus, InitiatePayment): retrying ExecutePayment,
+- only the idempotent calls are retried (GetPaymentStatus, InitiatePayment), and never after a 429
+  (GetPaymentStatus is rate-limited per account: the caller backs off instead); retrying ExecutePayment,
   SendPayment or MakeRefund after a timeout could create a second invoice or a second refund;
 - the token is sent in one header and never logged or put in an error.
 """
@@ -25,7 +26,13 @@ from typing import Any, TypeVar
 
 import aiohttp
 import orjson
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    retry_if_not_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
 
 from plugins.billing.gateway_client import (
     CheckoutRequest,
@@ -219,7 +226,8 @@ class MyFatoorahClient:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._attempts),
             wait=wait_exponential(multiplier=self._wait, max=30),
-            retry=retry_if_exception_type(Unreachable),
+            # Throttled is an Unreachable, but asking again at once is what a rate limit forbids.
+            retry=retry_if_exception_type(Unreachable) & retry_if_not_exception_type(Throttled),
             reraise=True,
         )
         async for attempt in retrying:
