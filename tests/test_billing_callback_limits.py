@@ -1,7 +1,9 @@
-"""The payer's return is an unauthenticated URL, and every GetPaymentStatus call it makes counts against
-MyFatoorah's per-account rate limit, which every other payer's confirmation needs too. Reloading it (or a
+"""What a hostile customer could spend our MyFatoorah quota with, on SQLite and MariaDB.
+
+The payer's return is an unauthenticated URL, and every GetPaymentStatus call it makes counts against
+MyFatoorah's per-account rate limit, which every other payer's confirmation needs too: reloading it (or a
 script hitting it) asks MyFatoorah about an order at most once per `callback_check_seconds`, and a 429 is
-never asked again at once. On SQLite and MariaDB."""
+never asked again at once. Concurrent checkouts cannot pass `max_pending_orders` (each one an invoice)."""
 
 from __future__ import annotations
 
@@ -75,3 +77,23 @@ async def test_a_throttled_status_call_is_not_repeated_at_once(
         async with served.gateway.database.connect() as conn:
             statuses = (await conn.execute(sa.select(orders.c.status).order_by(orders.c.id))).scalars().all()
         assert statuses == ["paid", "pending"]
+
+
+async def test_concurrent_checkouts_do_not_pass_the_pending_orders_cap(
+    serve: Any, ollama: Any, db_url: str, fake: FakeMyFatoorah
+) -> None:
+    fake.settings.latency = 0.05  # each invoice takes a moment, as MyFatoorah's do
+    async with shop(serve, ollama, db_url, fake, webhooks=False, max_pending_orders=2) as served:
+        user = await register_user(served)
+
+        async def attempt() -> int:
+            body = {"product": "pack-5000"}
+            async with served.request("POST", "/api/billing/checkout", json=body, headers=user.headers) as resp:
+                return resp.status
+
+        answers = await asyncio.gather(*(attempt() for _ in range(12)))
+        assert 1 <= answers.count(201) <= 2 and set(answers) <= {201, 429}
+        assert len(fake.invoices) == answers.count(201)
+        async with served.gateway.database.connect() as conn:
+            query = sa.select(sa.func.count()).select_from(orders).where(orders.c.status == "pending")
+            assert await conn.scalar(query) == answers.count(201)
