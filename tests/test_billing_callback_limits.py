@@ -97,3 +97,17 @@ async def test_concurrent_checkouts_do_not_pass_the_pending_orders_cap(
         async with served.gateway.database.connect() as conn:
             query = sa.select(sa.func.count()).select_from(orders).where(orders.c.status == "pending")
             assert await conn.scalar(query) == answers.count(201)
+
+
+async def test_myfatoorah_down_at_the_return_is_asked_once_and_the_payer_sees_confirming(
+    serve: Any, ollama: Any, db_url: str, fake: FakeMyFatoorah
+) -> None:
+    # Retried at the return, a slow MyFatoorah (20 s timeout, three attempts) kept the payer waiting a
+    # minute, past a proxy's usual 60 s: the return asks once and leaves the rest to the job.
+    async with shop(serve, ollama, db_url, fake, webhooks=False) as served:
+        user = await register_user(served)
+        order = await checkout(served, user, "pack-5000")
+        fake.settings.fail_status = 503
+        assert (await pay(served, fake, order))[1]["result"] == "confirming"
+        assert fake.failures == 1
+        assert (await order_row(served, order["id"])).status == "pending"

@@ -251,10 +251,10 @@ class MyFatoorahClient:
         body = {"NotificationOption": "LNK", **_invoice_body(request)}
         return await self._call("/v2/SendPayment", body, _invoice("InvoiceURL"), retry=False)
 
-    async def status(self, *, key: str, key_type: KeyType) -> PaymentStatus:
+    async def status(self, *, key: str, key_type: KeyType, retry: bool = True) -> PaymentStatus:
         if not key or len(key) > 64 or not key.isascii() or not key.isalnum():
             raise Refused("not a MyFatoorah payment or invoice id")
-        return await self._call("/v2/GetPaymentStatus", {"Key": key, "KeyType": key_type}, _status, retry=True)
+        return await self._call("/v2/GetPaymentStatus", {"Key": key, "KeyType": key_type}, _status, retry=retry)
 
     async def refund(self, *, invoice_id: str, amount_fils: int, comment: str) -> RefundRequested:
         if checked_fils(amount_fils) < 1:
