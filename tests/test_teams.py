@@ -4,6 +4,7 @@ keys billing the team and paused below Enterprise, and the member's monthly limi
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -289,3 +290,31 @@ async def test_the_ownership_moves_only_when_the_offered_member_accepts(db_url: 
         assert (roles[t.member.user_id], roles[t.owner.user_id]) == ("owner", "admin")
         status, body = await call(served, "POST", "/api/team/transfer", t.member, {"accept": True})
         assert (status, body["error"]["code"]) == (409, "no_ownership_offer")  # an offer is taken once
+
+
+async def test_removal_stops_the_members_keys_on_every_worker_at_once(
+    db_url: str, ollama: Any, redis_url: str, serve: Any
+) -> None:
+    cfg = config(ollama, db_url)
+    cfg["redis_url"] = redis_url
+    cfg["plugins"][1]["settings"]["key_cache_seconds"] = 3600  # only the invalidation can make it forget
+    async with serve(cfg) as first, serve(cfg) as second:
+        t = await team(first)
+        status, made = await call(first, "POST", "/api/team/keys", t.member, {"name": "both workers"})
+        assert status == 201
+        status, body, _ = await chat(second, made["secret"])
+        assert status == 200, body  # the second worker now holds the key's principal in its cache
+        status, _ = await call(first, "DELETE", f"/api/team/members/{t.member.user_id}", t.owner)
+        assert status == 200
+        # At once: the member's row is gone, so even a still-cached key is refused before any spend.
+        status, body, _ = await chat(second, made["secret"])
+        assert status in (401, 403), body
+        if status == 403:
+            assert body["error"]["code"] == "team_member_removed"
+        await until_settled(first.gateway)
+        spent_after = await table_rows(first.gateway, "usage", key_id=made["key"]["id"])
+        assert len(spent_after) == 1
+        deadline = asyncio.get_running_loop().time() + 1.0
+        while (status := (await chat(second, made["secret"]))[0]) != 401:
+            assert asyncio.get_running_loop().time() < deadline, "the second worker still knows the key"
+            await asyncio.sleep(0.02)
