@@ -318,3 +318,22 @@ async def test_removal_stops_the_members_keys_on_every_worker_at_once(
         while (status := (await chat(second, made["secret"]))[0]) != 401:
             assert asyncio.get_running_loop().time() < deadline, "the second worker still knows the key"
             await asyncio.sleep(0.02)
+
+
+async def test_concurrent_requests_never_spend_past_a_members_limit(db_url: str, ollama: Any, serve: Any) -> None:
+    async with serve(config(ollama, db_url)) as served:
+        t = await team(served)
+        status, made = await call(served, "POST", "/api/team/keys", t.member, {"name": "burst"})
+        assert status == 201
+        limit = HOLD * 3
+        status, _ = await call(
+            served, "PATCH", f"/api/team/members/{t.member.user_id}", t.owner, {"monthly_limit_milli": limit}
+        )
+        assert status == 200
+        answers = await asyncio.gather(*(chat(served, made["secret"]) for _ in range(30)))
+        statuses = [status for status, _, _ in answers]
+        assert set(statuses) == {200, 402}, statuses
+        assert {body["error"]["code"] for status, body, _ in answers if status == 402} == {"member_limit_reached"}
+        await until_settled(served.gateway)
+        spent = sum(r["cost_milli"] for r in await table_rows(served.gateway, "usage", user_id=t.member.user_id))
+        assert 0 < spent <= limit  # requests settled meanwhile cost less than their holds, so more than 3 ran
