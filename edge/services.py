@@ -77,6 +77,17 @@ class Contact:
     locale: str
 
 
+@dataclass(frozen=True, slots=True)
+class IssuedKey:
+    """A key just made for someone (the teams plugin: a member's key on the team's account). The secret
+    exists only in this value: show it once, never store or log it."""
+
+    id: int
+    name: str
+    prefix: str
+    secret: str
+
+
 class Keep(enum.Enum):
     """`KEEP`: leave this value of the account as it is."""
 
@@ -126,6 +137,15 @@ class Accounts(Protocol):
     async def lapse(self, *, account_id: int, plan_expires_at: datetime, tier: str) -> bool:
         """Put the account on `tier` with no expiry, only if its plan still expires at `plan_expires_at`
         (a plan paid meanwhile moved it, and then nothing changes); whether it did. Caches are told."""
+        ...
+
+    async def issue_key(self, *, account_id: int, user_id: int, name: str, scopes: tuple[str, ...]) -> IssuedKey:
+        """A new key of `user_id` billing `account_id` (the caller checked the user may have one there)."""
+        ...
+
+    async def revoke_keys(self, *, account_id: int, user_id: int) -> list[int]:
+        """Revoke every live key `user_id` has on `account_id` and make every worker forget each at once;
+        the revoked keys' ids (none: an empty list)."""
         ...
 
     async def admins(self) -> list[Contact]:
