@@ -32,7 +32,8 @@ F2B_TOKEN = "f2b-token-0123456789abcdef"
 USER = "+96551234567"
 CLOUD_MODEL = "deepseek-v3.1:671b-cloud"
 # A model whose requests cost a lot, so that a few requests spend a plan: 1000 milli-credits a token.
-COSTLY = {"name": "qwen3:30b", "upstream": "ollama", "class": "local-large", "multiplier": 1000}
+COSTLY_MODEL = "qwen3:30b"
+COSTLY: dict[str, Any] = {"name": COSTLY_MODEL, "upstream": "ollama", "class": "local-large", "multiplier": 1000}
 
 
 @pytest.fixture
@@ -68,7 +69,7 @@ def example_config(*, ollama: Any, cloud: Any, db_url: str, redis_url: str, paym
     config = base_config(
         ollama_url=ollama.url, cloud_url=cloud.url, database_url=db_url, redis_url=redis_url, plugins=plugins
     )
-    config["models"] = [COSTLY if m["name"] == COSTLY["name"] else m for m in config["models"]]
+    config["models"] = [COSTLY if m["name"] == COSTLY_MODEL else m for m in config["models"]]
     return config
 
 
@@ -110,10 +111,10 @@ async def test_each_notice_arrives_once_from_its_real_trigger(
         # NOTIF-03, then NOTIF-04: spending through /v1 below 20% of Pro's 5,000 credits, then refused (402).
         key = bearer(await create_key(served, user))
         ollama.settings.usage = {"prompt_tokens": 1, "completion_tokens": 2000}
-        statuses = [await chat(served, key, COSTLY["name"])]
+        statuses = [await chat(served, key, COSTLY_MODEL)]
         while statuses[-1] == 200 and len(statuses) < 20:
-            statuses.append(await chat(served, key, COSTLY["name"]))
-        statuses.append(await chat(served, key, COSTLY["name"]))
+            statuses.append(await chat(served, key, COSTLY_MODEL))
+        statuses.append(await chat(served, key, COSTLY_MODEL))
         assert statuses[-2:] == [402, 402] and set(statuses[:-2]) == {200}, statuses
         ollama.settings.usage = None
 
