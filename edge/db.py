@@ -6,8 +6,12 @@ No ORM sessions: plugins build Core statements against their own `Table`s and ru
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
+import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,6 +24,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from edge.procedures import PING_IDLE_SECONDS, Procedures
 
+log = logging.getLogger("resayil.db")
+# SQLite's busy_timeout (below) and a second: no query still runs after this, unless it never ends.
+CLOSE_WAIT_SECONDS = 11.0
 _SAFE_URL = re.compile(r"//([^:/@]*):([^@]+)@")
 _IDLE_SINCE = "resayil_idle_since"
 # Set on a connection whose transaction has just committed: it has nothing to roll back on return.
@@ -44,6 +51,27 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _sqlite_workers(engine: AsyncEngine) -> weakref.WeakSet[threading.Thread]:
+    """The worker thread of every aiosqlite connection the engine opens, kept until the thread ends."""
+    workers: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+
+    def connect(dbapi_connection: Any, _record: Any) -> None:
+        thread = getattr(getattr(dbapi_connection, "_connection", None), "_thread", None)
+        if isinstance(thread, threading.Thread):
+            workers.add(thread)
+
+    event.listen(engine.sync_engine, "connect", connect)
+    return workers
+
+
+def _join(threads: list[threading.Thread], *, within: float) -> int:
+    """Wait up to `within` seconds in all for `threads` to end; how many still run."""
+    deadline = time.monotonic() + within
+    for thread in threads:
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    return sum(thread.is_alive() for thread in threads)
 
 
 def _pool_events(engine: AsyncEngine) -> None:
@@ -117,6 +145,7 @@ class Database:
         self.procedures: Procedures | None = None if self.is_sqlite else Procedures(url, size=pool_size)
         # Connections inside `begin`, by id: what each wants run once its transaction has committed.
         self._open: dict[int, list[Callable[[], None]] | None] = {}
+        self._workers = _sqlite_workers(self.engine) if self.is_sqlite else None
 
     @property
     def is_sqlite(self) -> bool:
@@ -160,6 +189,15 @@ class Database:
             await conn.execute(sa.text("SELECT 1"))
 
     async def close(self) -> None:
+        """Close the pools. On SQLite, return only once every connection's worker thread has ended: a query
+        cancelled mid-flight (a job stopped with the gateway) is force-closed without waiting, and its thread
+        finishes the query later; should the event loop close first, the thread's answer raises "Event loop
+        is closed" in it. A thread still running after SQLite's busy timeout (a connection someone never
+        returned) is logged and left."""
         if self.procedures is not None:
             await self.procedures.close()
         await self.engine.dispose()
+        if self._workers and (running := [thread for thread in self._workers if thread.is_alive()]):
+            left = await asyncio.to_thread(_join, running, within=CLOSE_WAIT_SECONDS)
+            if left:
+                log.warning("SQLite connections still open after the database closed: %d", left)

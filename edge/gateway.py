@@ -124,9 +124,11 @@ class Gateway:
         if self._runner is not None:
             await self._runner.stop()  # first: a job may use what the shutdown hooks close
             self._runner = None
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        # Background work spawns more (a settlement's event is delivered by a task its commit spawns): wait
+        # until none is left, or a task would use the pools after they close and outlive the event loop.
+        await self.drain()
         await self.chain.all("resayil_shutdown", gateway=self)
+        await self.drain()
         self._services.clear()
         if self.http is not None:
             await self.http.close()
