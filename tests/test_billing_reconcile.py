@@ -94,3 +94,20 @@ async def test_reconcile_exits_0_when_all_agree_and_1_naming_both_kinds_of_misma
         assert code == 1 and "0 of 4 orders checked" in out and "could not be asked" in out
         await fake.come_up()
         assert (await reconcile(config_file, "--days", "0"))[0] == 2
+
+
+async def test_reconcile_reports_an_invoice_paid_twice(
+    serve: Any, ollama: Any, db_url: str, fake: FakeMyFatoorah, tmp_path: Path
+) -> None:
+    config_file = tmp_path / "gateway.yaml"
+    config_file.write_text(yaml.safe_dump(billing_config(ollama, db_url, fake)), encoding="utf-8")
+    async with shop(serve, ollama, db_url, fake, webhooks=False) as served:
+        user = await register_user(served)
+        order = await paid_order(served, fake, user, "pack-5000")
+        fake.pay(fake.invoices[int(order["invoice_id"])])  # paid again; no word of it reaches the gateway
+        code, out = await reconcile(config_file)
+        assert code == 1, out
+        assert f"MISMATCH paid_twice: order {order['id']}" in out and "10000 fils in all" in out
+        assert "1 of 1 orders checked, 1 mismatches" in out
+        (found,) = await mismatches(served)
+        assert (found["kind"], found["order_id"], found["provider_fils"]) == ("paid_twice", order["id"], 10_000)
