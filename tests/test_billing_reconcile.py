@@ -11,14 +11,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
-import sqlalchemy as sa
 import yaml
 
-from edge.outbox import events
 from tests.fakes.myfatoorah import FakeMyFatoorah, FakeSettings, run_fake
-from tests.support.billing import WEBHOOK_SECRET, billing_config, checkout, shop
+from tests.support.billing import WEBHOOK_SECRET, billing_config, checkout, mismatches, shop
 from tests.support.billing_admin import paid_order
 from tests.support.portal import register_user
 
@@ -48,12 +45,6 @@ async def reconcile(config_file: Path, *args: str) -> tuple[int, str]:
     )
     out, _ = await asyncio.wait_for(proc.communicate(), timeout=120)
     return int(proc.returncode or 0), out.decode()
-
-
-async def mismatches(served: Any) -> list[dict[str, Any]]:
-    query = sa.select(events.c.payload).where(events.c.name == "billing.mismatch").order_by(events.c.id)
-    async with served.gateway.database.connect() as conn:
-        return [orjson.loads(row.payload) for row in (await conn.execute(query)).all()]
 
 
 async def test_reconcile_exits_0_when_all_agree_and_1_naming_both_kinds_of_mismatch(
