@@ -11,14 +11,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
-import sqlalchemy as sa
 import yaml
 
-from edge.outbox import events
 from tests.fakes.myfatoorah import FakeMyFatoorah, FakeSettings, run_fake
-from tests.support.billing import WEBHOOK_SECRET, billing_config, checkout, shop
+from tests.support.billing import WEBHOOK_SECRET, billing_config, checkout, mismatches, shop
 from tests.support.billing_admin import paid_order
 from tests.support.portal import register_user
 
@@ -48,12 +45,6 @@ async def reconcile(config_file: Path, *args: str) -> tuple[int, str]:
     )
     out, _ = await asyncio.wait_for(proc.communicate(), timeout=120)
     return int(proc.returncode or 0), out.decode()
-
-
-async def mismatches(served: Any) -> list[dict[str, Any]]:
-    query = sa.select(events.c.payload).where(events.c.name == "billing.mismatch").order_by(events.c.id)
-    async with served.gateway.database.connect() as conn:
-        return [orjson.loads(row.payload) for row in (await conn.execute(query)).all()]
 
 
 async def test_reconcile_exits_0_when_all_agree_and_1_naming_both_kinds_of_mismatch(
@@ -94,3 +85,20 @@ async def test_reconcile_exits_0_when_all_agree_and_1_naming_both_kinds_of_misma
         assert code == 1 and "0 of 4 orders checked" in out and "could not be asked" in out
         await fake.come_up()
         assert (await reconcile(config_file, "--days", "0"))[0] == 2
+
+
+async def test_reconcile_reports_an_invoice_paid_twice(
+    serve: Any, ollama: Any, db_url: str, fake: FakeMyFatoorah, tmp_path: Path
+) -> None:
+    config_file = tmp_path / "gateway.yaml"
+    config_file.write_text(yaml.safe_dump(billing_config(ollama, db_url, fake)), encoding="utf-8")
+    async with shop(serve, ollama, db_url, fake, webhooks=False) as served:
+        user = await register_user(served)
+        order = await paid_order(served, fake, user, "pack-5000")
+        fake.pay(fake.invoices[int(order["invoice_id"])])  # paid again; no word of it reaches the gateway
+        code, out = await reconcile(config_file)
+        assert code == 1, out
+        assert f"MISMATCH paid_twice: order {order['id']}" in out and "10000 fils in all" in out
+        assert "1 of 1 orders checked, 1 mismatches" in out
+        (found,) = await mismatches(served)
+        assert (found["kind"], found["order_id"], found["provider_fils"]) == ("paid_twice", order["id"], 10_000)

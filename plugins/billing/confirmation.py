@@ -3,7 +3,10 @@
 Whatever triggers it (the user's return to the callback, a webhook, the pending-order job), the order
 changes only on what GetPaymentStatus confirms, and only if the answer is about this order: the same
 invoice id and our own reference. The body of a webhook or the query of a redirect never decides
-anything. A confirmed payment goes to `crediting.credit_paid_order`, the one place that credits.
+anything. A confirmed payment goes to `crediting.credit_paid_order`, the one place that credits. A
+failed order keeps its next check: the pending-order job asks again until it expires (pending.py). An
+invoice paid more than once is credited once and published as a `billing.mismatch` of kind `paid_twice`,
+once per total (the order row records the total taken).
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from typing import TYPE_CHECKING, Literal
 from plugins.billing import order_rows
 from plugins.billing.crediting import Payment, PlanRules, credit_paid_order
 from plugins.billing.gateway_client import KeyType, PaymentGateway
+from plugins.billing.lifecycle import mismatch
 from plugins.billing.order_rows import Row
-from plugins.billing.rules import Expected, confirmed_amount, verdict
+from plugins.billing.rules import Expected, confirmed_amount, paid_twice, verdict
 
 if TYPE_CHECKING:
     from edge.gateway import Gateway
@@ -68,6 +72,8 @@ class Confirmer:
             )
             if result.credited:
                 log.info("order credited", extra={"fields": {**fields, "receipt": result.order.receipt_number}})
+            if result.status == "paid" and (total := paid_twice(status)) is not None:
+                await self._report_paid_twice(result.order, fils=total, currency=status.currency)
             return result.status
         if found == "failed":
             db = self.gateway.database
@@ -77,7 +83,15 @@ class Confirmer:
                     reference=str(order.reference),
                     to="failed",
                     from_=("pending",),
-                    values={"next_check_at": None},
                 )
         now = await order_rows.read(self.gateway.database, reference=str(order.reference))
         return str(now.status) if now is not None else str(order.status)
+
+    async def _report_paid_twice(self, order: Row, *, fils: int, currency: str | None) -> None:
+        """Tell the admins, once per total, that the order's invoice was paid more than once."""
+        db = self.gateway.database
+        async with db.begin() as conn:
+            if await order_rows.record_total_paid(conn, reference=str(order.reference), fils=fils, currency=currency):
+                event = mismatch(order, "paid_twice", provider="paid", fils=fils)
+                await self.gateway.events.publish(event, conn=conn)
+                log.warning("an order was paid twice", extra={"fields": {"order": order.reference, "fils": fils}})

@@ -13,13 +13,16 @@ from datetime import datetime
 from typing import ClassVar
 
 from edge.events import Event
+from plugins.billing.order_rows import Row
 
 
 @dataclass(frozen=True, kw_only=True)
 class BillingMismatch(Event):
-    """Reconciliation found an order whose state here disagrees with MyFatoorah's: `paid_not_credited`
-    (MyFatoorah says paid, the order is not) or `credited_not_paid` (the order is paid here, MyFatoorah
-    does not say so). Nothing was changed; an admin has to look."""
+    """An order whose state here disagrees with MyFatoorah's: `paid_not_credited` (MyFatoorah says paid,
+    the order is not) or `credited_not_paid` (the order is paid here, MyFatoorah does not say so), found
+    by reconciliation; or `paid_twice` (the invoice has more than one successful transaction:
+    `provider_fils` were taken in all, the order was credited once), found when a payment is confirmed
+    (once per total) and by reconciliation. Nothing was changed; an admin has to look."""
 
     event_name: ClassVar[str] = "billing.mismatch"
     kind: str
@@ -32,6 +35,21 @@ class BillingMismatch(Event):
     order_status: str
     provider_status: str
     provider_fils: int | None
+
+
+def mismatch(order: Row, kind: str, *, provider: str, fils: int | None) -> BillingMismatch:
+    return BillingMismatch(
+        kind=kind,
+        account_id=int(order.account_id),
+        order_id=str(order.reference),
+        product=str(order.product_id),
+        amount_fils=int(order.price_fils),
+        currency=str(order.currency),
+        invoice_id=str(order.invoice_id),
+        order_status=str(order.status),
+        provider_status=provider,
+        provider_fils=fils,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

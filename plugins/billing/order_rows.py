@@ -22,6 +22,8 @@ Row = sa.Row[Any]
 # Our order reference: sent as CustomerReference (MyFatoorah keeps up to 50 characters) and shown as the
 # order's id. 20 random base32 characters: unguessable, so knowing one proves having been shown it.
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
+# The states the pending-order job asks MyFatoorah about while their next check is due (pending.py).
+ASKED: tuple[str, ...] = ("pending", "failed")
 
 
 def utcnow() -> datetime:
@@ -90,6 +92,22 @@ async def update(db: Database, *, reference: str, values: dict[str, Any], status
         return bool(result.rowcount == 1)
 
 
+async def record_total_paid(conn: AsyncConnection, *, reference: str, fils: int, currency: str | None) -> bool:
+    """Record on a paid order that MyFatoorah took `fils` in all for its invoice, more than its price (the
+    payer paid twice). True only for the one caller that records a new, larger total, so each is
+    reported once however many workers confirm the same answer."""
+    result = await conn.execute(
+        orders.update()
+        .where(
+            orders.c.reference == reference,
+            orders.c.status == "paid",
+            sa.or_(orders.c.confirmed_fils.is_(None), orders.c.confirmed_fils < fils),
+        )
+        .values(confirmed_fils=fils, confirmed_currency=currency, updated_at=utcnow())
+    )
+    return bool(result.rowcount == 1)
+
+
 async def claim_callback_ask(db: Database, *, reference: str, seconds: float) -> bool:
     """Whether the payer's return may ask MyFatoorah about this order now: True for at most one caller per
     `seconds` per order, across workers and hosts (one conditional UPDATE), and only while it may still
@@ -142,10 +160,11 @@ async def page(db: Database, *, account_id: int, limit: int, before: int | None)
 
 
 async def due(db: Database, *, now: datetime, limit: int) -> list[Row]:
-    """Pending orders with an invoice whose next check is due, the longest-waiting first."""
+    """Pending or failed orders with an invoice whose next check is due, the longest-waiting first. A failed
+    order has a next check only until the job finds it past its expiry (pending.py)."""
     query = (
         orders.select()
-        .where(orders.c.status == "pending", orders.c.invoice_id.is_not(None), orders.c.next_check_at <= now)
+        .where(orders.c.status.in_(ASKED), orders.c.invoice_id.is_not(None), orders.c.next_check_at <= now)
         .order_by(orders.c.next_check_at)
         .limit(limit)
     )

@@ -1,11 +1,16 @@
 """The `billing.pending` job: orders still pending are confirmed with MyFatoorah until they are paid,
 failed or expired, so a payment whose callback and webhooks all went missing is credited all the same.
+A failed order is asked about too until it expires: the payer may retry on the same invoice, and that
+retry's return can fall within the callback's cooldown and its webhook be lost, so without the job a
+paid retry would stay `failed` for good. Whatever the job finds goes through the one crediting path,
+which never downgrades a paid order.
 
 GetPaymentStatus is rate-limited per MyFatoorah account, so one run asks about at most
 `max_status_calls_per_run` orders (the longest-waiting first), each order is asked again only after a
 delay that doubles from `first_check_seconds` up to `max_check_interval_seconds`, and a run stops at the
 first sign of throttling or an outage. An order past `order_expiry_seconds` that MyFatoorah still calls
-unpaid becomes `expired`; a payment confirmed later still credits it (rules.py).
+unpaid becomes `expired`, and a failed one is no longer asked about; a payment confirmed later (a
+webhook, the payer's return) still credits either (rules.py).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from plugins.billing import order_rows
 from plugins.billing.gateway_client import PaymentError, Refused
-from plugins.billing.order_rows import Row, utcnow
+from plugins.billing.order_rows import ASKED, Row, utcnow
 from plugins.billing.rules import next_check
 
 if TYPE_CHECKING:
@@ -42,15 +47,19 @@ async def check_pending(plugin: Plugin) -> int:
                 continue  # about this order only (say, an invoice MyFatoorah does not know)
             log.warning("pending orders: MyFatoorah unavailable (%s); next run goes on", type(exc).__name__)
             break
-        if status != "pending":
+        if status not in ASKED:
             continue
-        if row.expires_at <= now:
+        if row.expires_at > now:
+            await later(plugin, row)
+        elif status == "pending":
             async with db.begin() as conn:
                 await order_rows.move(
                     conn, reference=str(row.reference), to="expired", from_=("pending",), values={"next_check_at": None}
                 )
         else:
-            await later(plugin, row)
+            await order_rows.update(
+                db, reference=str(row.reference), values={"next_check_at": None}, status=("failed",)
+            )
     return asked
 
 
@@ -65,12 +74,12 @@ async def later(plugin: Plugin, row: Row) -> None:
         plugin.gateway.database,
         reference=str(row.reference),
         values={"next_check_at": when, "check_attempts": attempts},
-        status=("pending",),
+        status=ASKED,
     )
 
 
 async def check_soon(plugin: Plugin, reference: str) -> None:
-    """Have the next run ask about this pending order (its callback or webhook could not confirm it)."""
+    """Have the next run ask about this pending or failed order (its callback or webhook could not confirm it)."""
     await order_rows.update(
-        plugin.gateway.database, reference=reference, values={"next_check_at": utcnow()}, status=("pending",)
+        plugin.gateway.database, reference=reference, values={"next_check_at": utcnow()}, status=ASKED
     )

@@ -3,7 +3,8 @@
 The daily `billing.reconcile` job and `python -m edge billing reconcile` (by hand; exit 1 on any mismatch)
 run the same check. It reports, and changes nothing: an order that is `paid_not_credited` (MyFatoorah says
 Paid, the order is pending, failed or expired here) or `credited_not_paid` (paid here, while MyFatoorah
-says otherwise, another amount, or does not know the invoice) is published as a durable
+says otherwise, another amount, or does not know the invoice) or `paid_twice` (paid here, and its
+invoice has more than one successful transaction: credited once, paid twice) is published as a durable
 `billing.mismatch` event for the admins, all in one transaction after the checks. Crediting stays the
 business of the one crediting path; an admin decides what a mismatch means.
 
@@ -25,9 +26,9 @@ from typing import TYPE_CHECKING
 from edge.cli import Command
 from plugins.billing.confirmation import expected
 from plugins.billing.gateway_client import PaymentError, Refused
-from plugins.billing.lifecycle import BillingMismatch
+from plugins.billing.lifecycle import BillingMismatch, mismatch
 from plugins.billing.order_rows import Row, utcnow
-from plugins.billing.rules import CREDITABLE, confirmed_amount, verdict
+from plugins.billing.rules import CREDITABLE, confirmed_amount, paid_twice, verdict
 from plugins.billing.tables import orders
 
 if TYPE_CHECKING:
@@ -93,30 +94,17 @@ async def _check(plugin: Plugin, row: Row) -> BillingMismatch | None:
         status = await plugin.client.status(key=str(row.invoice_id), key_type="InvoiceId")
     except Refused:
         # MyFatoorah does not know the invoice: only a paid order is wrong then.
-        return _mismatch(row, "credited_not_paid", provider="unknown", fils=None) if row.status == "paid" else None
+        return mismatch(row, "credited_not_paid", provider="unknown", fils=None) if row.status == "paid" else None
     found = verdict(expected(row), status)
     provider = "paid" if found in ("paid", "mismatch") else status.status
     fils = confirmed_amount(status)
     if row.status == "paid" and found != "paid":
-        return _mismatch(row, "credited_not_paid", provider=provider if found != "foreign" else "foreign", fils=fils)
+        return mismatch(row, "credited_not_paid", provider=provider if found != "foreign" else "foreign", fils=fils)
     if row.status in CREDITABLE and found in ("paid", "mismatch"):
-        return _mismatch(row, "paid_not_credited", provider=provider, fils=fils)
+        return mismatch(row, "paid_not_credited", provider=provider, fils=fils)
+    if row.status == "paid" and (total := paid_twice(status)) is not None:
+        return mismatch(row, "paid_twice", provider=provider, fils=total)
     return None
-
-
-def _mismatch(row: Row, kind: str, *, provider: str, fils: int | None) -> BillingMismatch:
-    return BillingMismatch(
-        kind=kind,
-        account_id=int(row.account_id),
-        order_id=str(row.reference),
-        product=str(row.product_id),
-        amount_fils=int(row.price_fils),
-        currency=str(row.currency),
-        invoice_id=str(row.invoice_id),
-        order_status=str(row.status),
-        provider_status=provider,
-        provider_fils=fils,
-    )
 
 
 # ---- `python -m edge billing reconcile` --------------------------------------------------------------------
@@ -151,9 +139,10 @@ def _bounded(low: int, high: int) -> argparse._ActionType:
 def print_report(report: Report) -> int:
     """Print the report for an operator; the exit code: 0 when every order agrees and was checked, else 1."""
     for m in report.mismatches:
+        took = "" if m.provider_fils in (None, m.amount_fils) else f", {m.provider_fils} fils in all"
         print(
             f"MISMATCH {m.kind}: order {m.order_id} (account {m.account_id}, {m.product}, {m.amount_fils} fils) "
-            f"is {m.order_status} here, MyFatoorah says {m.provider_status} (invoice {m.invoice_id})"
+            f"is {m.order_status} here, MyFatoorah says {m.provider_status}{took} (invoice {m.invoice_id})"
         )
     print(f"reconcile: {report.checked} of {report.orders} orders checked, {len(report.mismatches)} mismatches")
     if report.stopped is not None:

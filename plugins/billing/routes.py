@@ -122,7 +122,7 @@ def routes(plugin: Plugin) -> list[BaseRoute]:
         if row is None or row.invoice_id != event.invoice_id:
             log.warning("webhook for no order of ours", extra={"fields": {"invoice": event.invoice_id}})
             return JSONResponse({"ok": True, "ignored": "order"})
-        if row.status not in CREDITABLE or not event.payment_id:
+        if not event.payment_id or not _worth_asking(row, event):
             return JSONResponse({"ok": True, "status": row.status})
         try:
             status = await plugin.confirmer.confirm(row, key=event.payment_id, key_type="PaymentId", source="webhook")
@@ -167,6 +167,14 @@ def _page_args(request: Request) -> tuple[int, int | None]:
             form.fail("cursor", "cursor_invalid")
     form.check()
     return limit, cursor
+
+
+def _worth_asking(row: order_rows.Row, event: Webhook) -> bool:
+    """Whether the webhook is worth a GetPaymentStatus call: the order may still be credited, or it is paid
+    and the signed event names another successful payment (the payer paid twice: the admins are told)."""
+    if row.status in CREDITABLE:
+        return True
+    return row.status == "paid" and event.status.upper() == "SUCCESS" and event.payment_id != row.payment_id
 
 
 async def _first_time(plugin: Plugin, replay_key: str, event: Webhook) -> bool:

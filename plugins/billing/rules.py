@@ -2,7 +2,8 @@
 
     pending ──paid──> paid            (the only way credits are added: crediting.py)
        │  └─mismatch─> disputed        (never credits; an admin decides)
-       ├──failed──> failed ──paid/mismatch──> ...   (the payer may try again on the same invoice)
+       ├──failed──> failed ──paid/mismatch──> ...   (the payer may try again on the same invoice; the
+       │                                              job asks until the order's expiry)
        └──expired─> expired ─paid/mismatch──> ...   (money that arrived late is still credited)
 
 A paid order is never downgraded: no later FAILED, CANCELED or expiry changes it, and a disputed order
@@ -78,6 +79,15 @@ def confirmed_amount(status: PaymentStatus) -> int:
     """The fils MyFatoorah says were paid: the successful transaction's, else the invoice's."""
     paid = status.paid
     return paid.amount_fils if paid is not None and paid.amount_fils is not None else status.amount_fils
+
+
+def paid_twice(status: PaymentStatus) -> int | None:
+    """The fils paid in all when the invoice has more than one successful transaction (the payer paid it
+    twice, say from two tabs), else None. The order is credited once; the surplus is for an admin."""
+    paid = [t for t in status.transactions if t.status == "success"]
+    if len(paid) < 2:
+        return None
+    return sum(t.amount_fils if t.amount_fils is not None else status.amount_fils for t in paid)
 
 
 def plan_expiry(*, current_tier: str, current_expiry: datetime | None, tier: str, now: datetime, days: int) -> datetime:

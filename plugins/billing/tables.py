@@ -56,7 +56,8 @@ orders = sa.Table(
     sa.Column("receipt_number", sa.String(24), nullable=True, unique=True),
     # A plan's new expiry, as set when it was paid.
     sa.Column("plan_expires_at", Moment, nullable=True),
-    # What MyFatoorah confirmed (fils, currency) when it differed from the order: why it is disputed.
+    # What MyFatoorah confirmed (fils, currency) when it differed from the order: why it is disputed, or,
+    # on a paid order, the total its invoice took when paid more than once (reported once per total).
     sa.Column("confirmed_fils", sa.BigInteger(), nullable=True),
     sa.Column("confirmed_currency", sa.String(8), nullable=True),
     sa.Column("updated_at", Moment, nullable=False),

@@ -14,12 +14,14 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
+import orjson
 import sqlalchemy as sa
 
+from edge.outbox import events
 from plugins.auth_keys.tables import accounts
 from plugins.billing.tables import orders
 from plugins.credits.tables import ledger
-from tests.fakes.myfatoorah import DEFAULT_TOKEN, FakeMyFatoorah
+from tests.fakes.myfatoorah import DEFAULT_TOKEN, FakeMyFatoorah, FakeSettings, run_fake
 from tests.support.portal import LoggedIn, auth_plugin_entry
 
 WEBHOOK_SECRET = "test-webhook-secret"
@@ -41,6 +43,13 @@ def billing_config(
 
     plugins = [auth_plugin_entry(), {"name": "tiers"}, {"name": "credits"}, billing_entry(fake, **settings)]
     return base_config(ollama_url=ollama.url, database_url=db_url, redis_url=redis_url, plugins=plugins)
+
+
+@asynccontextmanager
+async def fake_myfatoorah() -> AsyncIterator[FakeMyFatoorah]:
+    """The fake MyFatoorah, signing its webhooks with WEBHOOK_SECRET and retrying them quickly."""
+    async with run_fake(FakeSettings(webhook_secret=WEBHOOK_SECRET, webhook_retry_seconds=0.05)) as running:
+        yield running
 
 
 @asynccontextmanager
@@ -107,3 +116,10 @@ async def account_row(served: Any, account_id: int) -> Any:
 async def get_order(served: Any, user: LoggedIn, reference: str) -> tuple[int, dict[str, Any]]:
     async with served.request("GET", f"/api/billing/orders/{reference}", headers=user.headers) as resp:
         return resp.status, await resp.json()
+
+
+async def mismatches(served: Any) -> list[dict[str, Any]]:
+    """The durable `billing.mismatch` events stored so far, oldest first, as their payloads."""
+    query = sa.select(events.c.payload).where(events.c.name == "billing.mismatch").order_by(events.c.id)
+    async with served.gateway.database.connect() as conn:
+        return [orjson.loads(row.payload) for row in (await conn.execute(query)).all()]
