@@ -144,7 +144,8 @@ class KeyStore:
         return None if row is None else key_json(row)
 
     async def lookup(self, digest: str) -> KeyRecord | None:
-        """The live (not revoked) key with this secret hash, with its account's tier and user's role."""
+        """The live key (not revoked, its user not banned) with this secret hash, with its account's tier and
+        user's role."""
         query = (
             sa.select(
                 api_keys.c.id,
@@ -164,7 +165,12 @@ class KeyStore:
                     users, users.c.id == api_keys.c.user_id
                 )
             )
-            .where(api_keys.c.secret_hash == digest, api_keys.c.revoked_at.is_(None))
+            .where(
+                api_keys.c.secret_hash == digest,
+                api_keys.c.revoked_at.is_(None),
+                # A banned user's keys stop; a key without a user (made by the CLI) has no one to ban.
+                users.c.banned_at.is_(None),
+            )
         )
         async with self.db.connect() as conn:
             row = (await conn.execute(query)).first()

@@ -107,9 +107,9 @@ class UserStore:
         return user_id, account_id
 
     async def credentials(self, login: str) -> Any:
-        """(id, password_hash) of the user whose email or E.164 phone is `login`."""
+        """(id, password_hash, banned_at) of the user whose email or E.164 phone is `login`."""
         column = users.c.email if "@" in login else users.c.phone
-        query = sa.select(users.c.id, users.c.password_hash).where(column == login)
+        query = sa.select(users.c.id, users.c.password_hash, users.c.banned_at).where(column == login)
         async with self.db.connect() as conn:
             return (await conn.execute(query)).first()
 
