@@ -12,7 +12,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from edge.inputs import FieldError, Form, clean_text, instant, query_number
+from edge.inputs import FieldError, clean_text, instant, query_form, query_number, query_page, query_value
 from edge.services import USER_STATUSES, UserQuery
 
 MAX_PAGE = 100
@@ -41,49 +41,22 @@ class UsageRange:
     until: datetime | None
 
 
-def _one(query: Mapping[str, str], name: str) -> str | None:
-    value = query.get(name)
-    return value if value not in (None, "") else None
-
-
-def _form(query: Mapping[str, str], *, allowed: tuple[str, ...], repeated: Collection[str]) -> Form:
-    form = Form(query)
-    form.only(allowed)
-    for name in sorted(set(repeated) & set(allowed)):
-        form.fail(name, FieldError(f"{name}_repeated", f"Give `{name}` at most once."))
-    return form
-
-
-def _paging(form: Form, query: Mapping[str, str]) -> tuple[int | None, int]:
-    cursor = None
-    if (raw := _one(query, "cursor")) is not None:
-        cursor = query_number(raw, top=BIGINT_MAX)
-        if not cursor:
-            form.fail("cursor", FieldError("cursor_invalid", "Must be the next_cursor of a previous page."))
-    limit = 50
-    if (raw := _one(query, "limit")) is not None:
-        limit = query_number(raw, top=MAX_PAGE) or 0
-        if limit < 1:
-            form.fail("limit", FieldError("limit_invalid", f"Must be a whole number from 1 to {MAX_PAGE}."))
-    return cursor, limit
-
-
 def audit_filter(query: Mapping[str, str], *, repeated: Collection[str]) -> AuditFilter:
     """`actor` (a user id), `target` ("user:42"), `action` ("billing.refund", or "billing" for all of
     that plugin's), `cursor`, `limit`; or the one 422 naming every bad parameter."""
-    form = _form(query, allowed=("actor", "target", "action", "cursor", "limit"), repeated=repeated)
+    form = query_form(query, allowed=("actor", "target", "action", "cursor", "limit"), repeated=repeated)
     actor = None
-    if (raw := _one(query, "actor")) is not None:
+    if (raw := query_value(query, "actor")) is not None:
         actor = query_number(raw, top=BIGINT_MAX)
         if not actor:
             form.fail("actor", FieldError("actor_invalid", "`actor` must be a user id."))
-    target = _one(query, "target")
+    target = query_value(query, "target")
     if target is not None and not _TARGET.match(target):
         form.fail("target", FieldError("target_invalid", "`target` must look like `user:42` or `order:ord_…`."))
-    action = _one(query, "action")
+    action = query_value(query, "action")
     if action is not None and not _ACTION.match(action):
         form.fail("action", FieldError("action_invalid", "`action` must look like `billing.refund` or `billing`."))
-    cursor, limit = _paging(form, query)
+    cursor, limit = query_page(form, query, max_page=MAX_PAGE)
     form.check()
     return AuditFilter(actor, target, action, cursor, limit)
 
@@ -94,29 +67,31 @@ def user_query(
     """`query` (text in the email, phone or name), `tier`, `status` (active, banned), and with `paged`
     `cursor` and `limit`; or the one 422."""
     names = ("query", "tier", "status", *(("cursor", "limit") if paged else ()))
-    form = _form(query, allowed=names, repeated=repeated)
+    form = query_form(query, allowed=names, repeated=repeated)
     text = None
     if (raw := query.get("query")) is not None:
         text = clean_text(raw[: MAX_QUERY * 4]) or None
         if text is not None and len(text) > MAX_QUERY:
             form.fail("query", FieldError("query_too_long", f"Search for at most {MAX_QUERY} characters."))
-    tier = _one(query, "tier")
+    tier = query_value(query, "tier")
     if tier is not None and (not _TIER.match(tier) or (tiers and tier not in tiers)):
         form.fail("tier", FieldError("tier_invalid", f"`tier` must be one of: {', '.join(tiers)}."))
-    status = _one(query, "status")
+    status = query_value(query, "status")
     if status is not None and status not in USER_STATUSES:
         form.fail("status", FieldError("status_invalid", f"`status` must be one of: {', '.join(USER_STATUSES)}."))
-    cursor, limit = _paging(form, query) if paged else (None, 50)
+    cursor, limit = query_page(form, query, max_page=MAX_PAGE) if paged else (None, 50)
     form.check()
     return UserQuery(query=text, tier=tier, status=status, before_id=cursor, limit=limit)
 
 
 def usage_range(query: Mapping[str, str], *, repeated: Collection[str]) -> UsageRange:
     """`from` (inclusive) and `to` (exclusive), ISO 8601 instants, both optional; `to` not before `from`."""
-    form = _form(query, allowed=("from", "to"), repeated=repeated)
+    form = query_form(query, allowed=("from", "to"), repeated=repeated)
     bounds = instant(subject="from", earliest=EARLIEST, latest=LATEST)
-    since = form.take("from", bounds) if _one(query, "from") else None
-    until = form.take("to", instant(subject="to", earliest=EARLIEST, latest=LATEST)) if _one(query, "to") else None
+    since = form.take("from", bounds) if query_value(query, "from") else None
+    until = (
+        form.take("to", instant(subject="to", earliest=EARLIEST, latest=LATEST)) if query_value(query, "to") else None
+    )
     if since is not None and until is not None and since > until:
         form.fail("to", FieldError("to_before_from", "`to` must not be before `from`."))
     form.check()

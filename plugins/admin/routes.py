@@ -84,7 +84,7 @@ class AdminApi:
                 "tier": profile.tier,
                 "plan_expires_at": answers.iso(profile.plan_expires_at),
             },
-            "keys": [answers.key_json(k) for k in keys],
+            "keys": [answers.plain(k) for k in keys],
             "balance": None,
             "requests": None,
             "ledger": None,
@@ -97,10 +97,10 @@ class AdminApi:
                 "reserved_milli": balance.reserved_milli,
                 "available_milli": balance.available_milli,
             }
-            body["requests"] = [answers.usage_json(u) for u in await credits.recent_usage(account_id=account_id)]
-            body["ledger"] = [answers.ledger_json(e) for e in await credits.ledger_entries(account_id=account_id)]
+            body["requests"] = [answers.plain(u) for u in await credits.recent_usage(account_id=account_id)]
+            body["ledger"] = [answers.plain(e) for e in await credits.ledger_entries(account_id=account_id)]
         if billing is not None:
-            body["orders"] = [answers.order_json(o) for o in await billing.orders(account_id=account_id)]
+            body["orders"] = [answers.plain(o) for o in await billing.orders(account_id=account_id)]
         return JSONResponse(body, headers=NO_STORE)
 
     async def ban(self, request: Request) -> Response:
@@ -154,7 +154,7 @@ class AdminApi:
                     UserQuery(query=wanted.query, tier=wanted.tier, status=wanted.status, before_id=before, limit=size)
                 )
                 if page:
-                    yield answers.csv_lines(answers.user_row(u) for u in page)
+                    yield answers.csv_lines(answers.values(u) for u in page)
                 if len(page) < size:
                     return
                 before = page[-1].user_id
@@ -176,7 +176,7 @@ class AdminApi:
             while True:
                 page = await credits.usage_rows(since=wanted.since, until=wanted.until, after_id=after, limit=size)
                 if page:
-                    yield answers.csv_lines(answers.usage_row(u) for u in page)
+                    yield answers.csv_lines(answers.values(u) for u in page)
                 if len(page) < size:
                     return
                 after = page[-1].id

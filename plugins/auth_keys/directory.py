@@ -16,24 +16,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edge.services import KeySummary, UserProfile, UserQuery
 from plugins.auth_keys.clock import utcnow
+from plugins.auth_keys.keys import KEY_COLUMNS
 from plugins.auth_keys.tables import accounts, api_keys, sessions, users
+from plugins.auth_keys.users import PROFILE_COLUMNS
 
 MAX_ID = 2**63 - 1
 _ESCAPE = "!"
 
-_PROFILE = sa.select(
-    users.c.id,
-    users.c.account_id,
-    users.c.name,
-    users.c.email,
-    users.c.phone,
-    users.c.role,
-    users.c.locale,
-    users.c.created_at,
-    users.c.banned_at,
-    accounts.c.tier,
-    accounts.c.plan_expires_at,
-).select_from(users.join(accounts, accounts.c.id == users.c.account_id))
+_PROFILE = sa.select(*PROFILE_COLUMNS, users.c.banned_at).select_from(
+    users.join(accounts, accounts.c.id == users.c.account_id)
+)
 
 
 def like_pattern(text: str) -> str:
@@ -43,19 +35,9 @@ def like_pattern(text: str) -> str:
 
 
 def profile(row: Any) -> UserProfile:
-    return UserProfile(
-        user_id=int(row.id),
-        account_id=int(row.account_id),
-        name=row.name,
-        email=row.email,
-        phone=row.phone,
-        role=row.role,
-        locale=row.locale or "ar",
-        created_at=row.created_at,
-        banned_at=row.banned_at,
-        tier=row.tier,
-        plan_expires_at=row.plan_expires_at,
-    )
+    found = dict(row._mapping)
+    user_id = found.pop("id")
+    return UserProfile(user_id=user_id, **found | {"locale": found["locale"] or "ar"})
 
 
 async def search(conn: AsyncConnection, wanted: UserQuery) -> list[UserProfile]:
@@ -85,36 +67,9 @@ async def one(conn: AsyncConnection, user_id: int) -> UserProfile | None:
 
 
 async def keys(conn: AsyncConnection, *, account_id: int) -> list[KeySummary]:
-    query = sa.select(
-        api_keys.c.id,
-        api_keys.c.user_id,
-        api_keys.c.name,
-        api_keys.c.prefix,
-        api_keys.c.scopes,
-        api_keys.c.created_at,
-        api_keys.c.expires_at,
-        api_keys.c.last_used_at,
-        api_keys.c.revoked_at,
-        api_keys.c.limit_milli,
-        api_keys.c.limit_period,
-    ).where(api_keys.c.account_id == account_id)
+    query = sa.select(*KEY_COLUMNS, api_keys.c.user_id).where(api_keys.c.account_id == account_id)
     rows = (await conn.execute(query.order_by(api_keys.c.id.desc()))).all()
-    return [
-        KeySummary(
-            id=int(r.id),
-            user_id=None if r.user_id is None else int(r.user_id),
-            name=r.name,
-            prefix=r.prefix,
-            scopes=tuple(r.scopes.split(",")),
-            created_at=r.created_at,
-            expires_at=r.expires_at,
-            last_used_at=r.last_used_at,
-            revoked_at=r.revoked_at,
-            limit_milli=r.limit_milli,
-            limit_period=r.limit_period,
-        )
-        for r in rows
-    ]
+    return [KeySummary(**dict(r._mapping) | {"scopes": tuple(r.scopes.split(","))}) for r in rows]
 
 
 async def set_banned(conn: AsyncConnection, *, user_id: int, banned: bool, now: datetime | None = None) -> bool:

@@ -18,7 +18,7 @@ class Announce(Protocol):
     def __call__(self, conn: AsyncConnection, *, user_id: int, account_id: int) -> Awaitable[None]: ...
 
 
-_PROFILE = (
+PROFILE_COLUMNS = (
     users.c.id,
     users.c.account_id,
     users.c.name,
@@ -138,7 +138,7 @@ class UserStore:
 
     async def profile(self, user_id: int) -> dict[str, Any] | None:
         query = (
-            sa.select(*_PROFILE)
+            sa.select(*PROFILE_COLUMNS)
             .select_from(users.join(accounts, accounts.c.id == users.c.account_id))
             .where(users.c.id == user_id)
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import sqlalchemy as sa
 
 from edge.db import Database
@@ -16,31 +18,8 @@ class BillingService:
         self.db = database
 
     async def orders(self, *, account_id: int, limit: int = 50) -> list[OrderSummary]:
-        query = (
-            sa.select(
-                orders.c.reference,
-                orders.c.product_id,
-                orders.c.status,
-                orders.c.price_fils,
-                orders.c.currency,
-                orders.c.created_at,
-                orders.c.paid_at,
-            )
-            .where(orders.c.account_id == account_id)
-            .order_by(orders.c.id.desc())
-            .limit(max(1, limit))
-        )
+        columns = [orders.c[f.name] for f in fields(OrderSummary)]
+        query = sa.select(*columns).where(orders.c.account_id == account_id)
         async with self.db.connect() as conn:
-            rows = (await conn.execute(query)).all()
-        return [
-            OrderSummary(
-                reference=r.reference,
-                product_id=r.product_id,
-                status=r.status,
-                price_fils=int(r.price_fils),
-                currency=r.currency,
-                created_at=r.created_at,
-                paid_at=r.paid_at,
-            )
-            for r in rows
-        ]
+            rows = (await conn.execute(query.order_by(orders.c.id.desc()).limit(max(1, limit)))).all()
+        return [OrderSummary(**row._mapping) for row in rows]

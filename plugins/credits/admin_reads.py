@@ -3,6 +3,7 @@ as keyset pages (by id), so an export of a million rows holds one page at a time
 
 from __future__ import annotations
 
+from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
@@ -12,41 +13,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from edge.services import LedgerEntry, UsageItem
 from plugins.credits.tables import ledger, usage
 
-_USAGE = sa.select(
-    usage.c.id,
-    usage.c.created_at,
-    usage.c.request_id,
-    usage.c.account_id,
-    usage.c.user_id,
-    usage.c.key_id,
-    usage.c.model,
-    usage.c.endpoint,
-    usage.c.route,
-    usage.c.prompt_tokens,
-    usage.c.completion_tokens,
-    usage.c.cost_milli,
-    usage.c.status,
-    usage.c.outcome,
-)
+_USAGE = sa.select(*(usage.c[f.name] for f in fields(UsageItem)))
 
 
 def _item(row: Any) -> UsageItem:
-    return UsageItem(
-        id=int(row.id),
-        created_at=row.created_at,
-        request_id=row.request_id,
-        account_id=int(row.account_id),
-        user_id=None if row.user_id is None else int(row.user_id),
-        key_id=None if row.key_id is None else int(row.key_id),
-        model=row.model,
-        endpoint=row.endpoint,
-        route=row.route,
-        prompt_tokens=int(row.prompt_tokens),
-        completion_tokens=int(row.completion_tokens),
-        cost_milli=int(row.cost_milli),
-        status=int(row.status),
-        outcome=row.outcome,
-    )
+    return UsageItem(**row._mapping)
 
 
 async def recent_usage(conn: AsyncConnection, *, account_id: int, limit: int) -> list[UsageItem]:
@@ -55,21 +26,9 @@ async def recent_usage(conn: AsyncConnection, *, account_id: int, limit: int) ->
 
 
 async def ledger_entries(conn: AsyncConnection, *, account_id: int, limit: int) -> list[LedgerEntry]:
-    query = sa.select(ledger).where(ledger.c.account_id == account_id).order_by(ledger.c.id.desc())
-    rows = (await conn.execute(query.limit(max(1, limit)))).all()
-    return [
-        LedgerEntry(
-            id=int(r.id),
-            kind=r.kind,
-            amount_milli=int(r.amount_milli),
-            balance_after_milli=int(r.balance_after_milli),
-            reference=r.reference,
-            actor=r.actor,
-            reason=r.reason,
-            created_at=r.created_at,
-        )
-        for r in rows
-    ]
+    columns = [ledger.c[f.name] for f in fields(LedgerEntry)]
+    query = sa.select(*columns).where(ledger.c.account_id == account_id).order_by(ledger.c.id.desc())
+    return [LedgerEntry(**r._mapping) for r in (await conn.execute(query.limit(max(1, limit)))).all()]
 
 
 async def usage_rows(

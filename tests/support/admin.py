@@ -42,3 +42,12 @@ async def text_of(served: Any, path: str, headers: dict[str, str]) -> tuple[int,
     """(status, body text, headers) of a GET (the CSV exports)."""
     async with served.request("GET", path, headers=headers) as resp:
         return resp.status, await resp.text(), resp.headers
+
+
+async def refused(served: Any, admin: Any, path: str, cases: dict[str, str]) -> None:
+    """Each query of `cases` on `path` is the one 422 with its code, named in `fields` too."""
+    for query, code in cases.items():
+        async with served.request("GET", f"{path}?{query}", headers=admin.headers) as resp:
+            body = await resp.json()
+        assert resp.status == 422 and body["error"]["code"] == code, (query, body)
+        assert body["error"]["fields"][body["error"]["param"]]["code"] == code, (query, body)
