@@ -10,8 +10,9 @@ CREDITS, orders from BILLING; a service no enabled plugin provides leaves its pa
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -20,13 +21,14 @@ from starlette.routing import BaseRoute, Route
 from edge import audit
 from edge.errors import GatewayError, NotFound
 from edge.inputs import Form, read_json, text
-from edge.services import ACCOUNTS, BILLING, CREDITS, GUARDS, PortalUser, UserQuery
+from edge.services import ACCOUNTS, BILLING, CREDITS, GUARDS, PortalUser, UsageItem, UserProfile
 from plugins.admin import answers, audit_rows, filters
 
 if TYPE_CHECKING:
     from plugins.admin import Plugin
 
 NO_STORE = {"Cache-Control": "no-store"}
+T = TypeVar("T")
 
 
 def _repeated(request: Request) -> set[str]:
@@ -143,23 +145,13 @@ class AdminApi:
         wanted = filters.user_query(
             request.query_params, repeated=_repeated(request), tiers=gateway.config.tiers, paged=False
         )
-        size = self.plugin.settings.export_page_rows
         accounts = gateway.service(ACCOUNTS)
 
-        async def lines() -> AsyncIterator[str]:
-            yield answers.csv_lines([answers.USER_COLUMNS])
-            before: int | None = None
-            while True:
-                page = await accounts.users(
-                    UserQuery(query=wanted.query, tier=wanted.tier, status=wanted.status, before_id=before, limit=size)
-                )
-                if page:
-                    yield answers.csv_lines(answers.values(u) for u in page)
-                if len(page) < size:
-                    return
-                before = page[-1].user_id
+        def fetch(before: int | None, size: int) -> Awaitable[list[UserProfile]]:
+            return accounts.users(replace(wanted, before_id=before, limit=size))
 
-        return _csv(lines(), filename="users.csv")
+        pages = _keyset(fetch, key=lambda user: user.user_id, size=self.plugin.settings.export_page_rows)
+        return _csv(answers.USER_COLUMNS, pages, filename="users.csv")
 
     async def usage_csv(self, request: Request) -> Response:
         await self._admin(request)
@@ -168,26 +160,38 @@ class AdminApi:
         credits = gateway.maybe(CREDITS)
         if credits is None:
             raise NotFound("Usage is recorded by the credits plugin, which is not enabled.", code="no_usage")
-        size = self.plugin.settings.export_page_rows
 
-        async def lines() -> AsyncIterator[str]:
-            yield answers.csv_lines([answers.USAGE_COLUMNS])
-            after = 0
-            while True:
-                page = await credits.usage_rows(since=wanted.since, until=wanted.until, after_id=after, limit=size)
-                if page:
-                    yield answers.csv_lines(answers.values(u) for u in page)
-                if len(page) < size:
-                    return
-                after = page[-1].id
+        def fetch(after: int | None, size: int) -> Awaitable[list[UsageItem]]:
+            return credits.usage_rows(since=wanted.since, until=wanted.until, after_id=after or 0, limit=size)
 
-        return _csv(lines(), filename="usage.csv")
+        pages = _keyset(fetch, key=lambda item: item.id, size=self.plugin.settings.export_page_rows)
+        return _csv(answers.USAGE_COLUMNS, pages, filename="usage.csv")
 
 
-def _csv(lines: AsyncIterator[str], *, filename: str) -> Response:
+async def _keyset(
+    fetch: Callable[[int | None, int], Awaitable[list[T]]], *, key: Callable[[T], int], size: int
+) -> AsyncIterator[list[T]]:
+    """Pages of `size` rows from `fetch(cursor, size)`, each cursor the last row's `key`, until a short page."""
+    cursor: int | None = None
+    while True:
+        page = await fetch(cursor, size)
+        if page:
+            yield page
+        if len(page) < size:
+            return
+        cursor = key(page[-1])
+
+
+def _csv(header: tuple[str, ...], pages: AsyncIterator[list[Any]], *, filename: str) -> Response:
     """A streamed CSV download: one keyset page in memory at a time."""
+
+    async def lines() -> AsyncIterator[str]:
+        yield answers.csv_lines([header])
+        async for page in pages:
+            yield answers.csv_lines(answers.values(row) for row in page)
+
     return StreamingResponse(
-        lines,
+        lines(),
         media_type="text/csv; charset=utf-8",
         headers={**NO_STORE, "Content-Disposition": f'attachment; filename="{filename}"'},
     )
