@@ -235,8 +235,16 @@ async def test_a_ban_stops_keys_on_every_worker_ends_sessions_and_refuses_login(
         assert status == 200 and body["user"]["banned"] is False
         assert await chat(second, secret) == 200
         assert (await login(first, login=user.email, password=user.password))[0] == 200
-        no_reason = await call(first, "POST", f"/api/admin/users/{user.user_id}/ban", admin, {})
-        assert (no_reason[0], no_reason[1]["error"]["code"]) == (422, "reason_required")
+        ban = f"/api/admin/users/{user.user_id}/ban"
+        for body, code in [
+            ({}, "reason_required"),
+            ({"reason": "\u200b "}, "reason_required"),
+            ({"reason": "x" * 501}, "reason_too_long"),
+            ({"reason": "x", "banned_at": None}, "field_unknown"),
+            ([], "invalid_json"),
+        ]:
+            answer = await call(first, "POST", ban, admin, body)
+            assert (answer[0], answer[1]["error"]["code"]) == (422, code), body
         assert (await first.gateway.service(ACCOUNTS).user(user.user_id)).banned_at is None  # type: ignore[union-attr]
 
 
