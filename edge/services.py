@@ -77,6 +77,17 @@ class Contact:
     locale: str
 
 
+@dataclass(frozen=True, slots=True)
+class IssuedKey:
+    """A key just made for someone (the teams plugin: a member's key on the team's account). The secret
+    exists only in this value: show it once, never store or log it."""
+
+    id: int
+    name: str
+    prefix: str
+    secret: str
+
+
 class Keep(enum.Enum):
     """`KEEP`: leave this value of the account as it is."""
 
@@ -177,6 +188,15 @@ class Accounts(Protocol):
         (a plan paid meanwhile moved it, and then nothing changes); whether it did. Caches are told."""
         ...
 
+    async def issue_key(self, *, account_id: int, user_id: int, name: str, scopes: tuple[str, ...]) -> IssuedKey:
+        """A new key of `user_id` billing `account_id` (the caller checked the user may have one there)."""
+        ...
+
+    async def revoke_keys(self, *, account_id: int, user_id: int) -> list[int]:
+        """Revoke every live key `user_id` has on `account_id` and make every worker forget each at once;
+        the revoked keys' ids (none: an empty list)."""
+        ...
+
     async def admins(self) -> list[Contact]:
         """Every admin user's phone and language, for the admins' alerts (at most a few hundred)."""
         ...
@@ -190,7 +210,7 @@ class Accounts(Protocol):
         """The user with its account's plan, or None (any int is safe to ask for)."""
         ...
 
-    async def keys(self, *, account_id: int) -> list[KeySummary]:
+    async def account_keys(self, *, account_id: int) -> list[KeySummary]:
         """Every key of the account, newest first, revoked ones included; never a secret or its hash."""
         ...
 

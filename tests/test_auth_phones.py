@@ -92,7 +92,7 @@ def test_stored_phones_move_to_the_one_form_unless_taken(db_url: str) -> None:
     try:
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn
-            command.downgrade(cfg, "auth_keys_0002")  # before the one phone form (0003)
+            command.downgrade(cfg, "auth_keys_0002")  # to just before the phone migration
             accounts = sa.table("accounts", sa.column("id"), sa.column("name"), sa.column("created_at"))
             now = sa.func.current_timestamp()
             for i, phone in enumerate(("+9660551234567", "+96600551234567", "+9710501234567", "+96597654321")):

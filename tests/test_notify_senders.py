@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 
 import aiohttp
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from edge.logs import JsonFormatter
 from edge.settings import ConfigError
 from plugins.notify import policy
+from plugins.notify.delivery import Policy, outcome_values
 from plugins.notify.policy import Alert, NotConfigured, Permanent, Retry, Sent
 from plugins.notify.provider import CloudSettings, ResayilSettings, from_env
 from plugins.notify.senders import CloudSender, LogSender, Message, ResayilSender, build_sender, masked
@@ -281,3 +283,23 @@ def test_settings_defaults():
         {"ar": "ar", "en": "en"},
     )
     assert "t'" not in repr(cloud_settings)
+
+
+def test_tenacity_paces_the_retries_doubling_between_the_pair_interval_and_the_ceiling() -> None:
+    retries = Policy(
+        batch=1,
+        pair_seconds=6,
+        lease_seconds=60,
+        max_attempts=7,
+        first_backoff_seconds=2,
+        max_backoff_seconds=40,
+        alert_pause_seconds=900,
+    )
+    assert [retries.backoff(n) for n in range(1, 8)] == [6, 6, 8, 16, 32, 40, None]
+    now = datetime(2026, 3, 1, 12, 0)
+    second = outcome_values(Retry("131000"), attempts=2, policy=retries, now=now)
+    assert (second["status"], second["next_attempt_at"]) == ("retrying", now + timedelta(seconds=6))
+    alert = outcome_values(Alert("190"), attempts=3, policy=retries, now=now)
+    assert alert["next_attempt_at"] == now + timedelta(seconds=900)
+    assert outcome_values(Retry("131000"), attempts=7, policy=retries, now=now)["status"] == "failed"
+    assert outcome_values(Alert("190"), attempts=7, policy=retries, now=now)["status"] == "failed"

@@ -77,7 +77,7 @@ class AdminApi:
         if profile is None:
             raise _no_user()
         account_id = profile.account_id
-        keys = await accounts.keys(account_id=account_id)
+        keys = await accounts.account_keys(account_id=account_id)
         credits, billing = gateway.maybe(CREDITS), gateway.maybe(BILLING)
         body = {
             "user": answers.user_json(profile),

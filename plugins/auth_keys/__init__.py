@@ -218,7 +218,7 @@ class Plugin:
             message="Too many registration attempts. Try again in {seconds} seconds.",
         )
         self._bus = Invalidations(cache=self.cache, redis=gateway.redis)
-        self._accounts = AccountStore(database=db, bus=self._bus)
+        self._accounts = AccountStore(database=db, bus=self._bus, keys=self._keys)
         self._guards = SessionGuards(sessions=self._sessions)
         gateway.provide(ACCOUNTS, self._accounts)
         gateway.provide(GUARDS, self._guards)

@@ -15,9 +15,10 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edge.db import Database
-from edge.services import KEEP, Account, Contact, Keep, KeySummary, UserProfile, UserQuery
+from edge.services import KEEP, Account, Contact, IssuedKey, Keep, KeySummary, UserProfile, UserQuery
 from plugins.auth_keys import directory
 from plugins.auth_keys.keycache import Invalidations
+from plugins.auth_keys.keys import KeyStore
 from plugins.auth_keys.tables import accounts, users
 
 # accounts.id is a signed 64-bit integer; SQLite refuses to even compare with a larger one.
@@ -45,9 +46,10 @@ _ACCOUNT = sa.select(
 class AccountStore:
     """Implements `edge.services.Accounts` over the auth tables and the invalidation bus."""
 
-    def __init__(self, *, database: Database, bus: Invalidations) -> None:
+    def __init__(self, *, database: Database, bus: Invalidations, keys: KeyStore) -> None:
         self.db = database
         self.bus = bus
+        self.keys = keys
         # Invalidations sent after a caller's transaction committed (strong references until they finish).
         self._telling: set[asyncio.Task[None]] = set()
 
@@ -125,7 +127,7 @@ class AccountStore:
         async with self.db.connect() as conn:
             return await directory.one(conn, user_id)
 
-    async def keys(self, *, account_id: int) -> list[KeySummary]:
+    async def account_keys(self, *, account_id: int) -> list[KeySummary]:
         async with self.db.connect() as conn:
             return await directory.keys(conn, account_id=account_id)
 
@@ -163,6 +165,18 @@ class AccountStore:
 
     async def invalidate_key(self, key_id: int) -> None:
         await self.bus.publish(f"key:{int(key_id)}")
+
+    async def issue_key(self, *, account_id: int, user_id: int, name: str, scopes: tuple[str, ...]) -> IssuedKey:
+        key, secret = await self.keys.create(
+            account_id=account_id, user_id=user_id, name=name, scopes=scopes, expires_at=None
+        )
+        return IssuedKey(id=key["id"], name=key["name"], prefix=key["prefix"], secret=secret)
+
+    async def revoke_keys(self, *, account_id: int, user_id: int) -> list[int]:
+        revoked = await self.keys.revoke_all(account_id=account_id, user_id=user_id)
+        for key_id in revoked:
+            await self.invalidate_key(key_id)
+        return revoked
 
     async def admins(self) -> list[Contact]:
         query = (

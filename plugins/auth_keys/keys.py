@@ -124,6 +124,17 @@ class KeyStore:
             row = (await conn.execute(sa.select(*KEY_COLUMNS).where(mine))).first()
         return None if row is None else key_json(row)
 
+    async def revoke_all(self, *, account_id: int, user_id: int) -> list[int]:
+        """Revoke every live key of the user on the account; the ids of those this call revoked."""
+        live = sa.and_(
+            api_keys.c.account_id == account_id, api_keys.c.user_id == user_id, api_keys.c.revoked_at.is_(None)
+        )
+        async with self.db.begin() as conn:
+            ids = [int(i) for i in (await conn.execute(sa.select(api_keys.c.id).where(live))).scalars()]
+            if ids:
+                await conn.execute(sa.update(api_keys).where(api_keys.c.id.in_(ids)).values(revoked_at=utcnow()))
+        return ids
+
     async def limit(self, *, key_id: int, account_id: int) -> tuple[int | None, str | None] | None:
         """The account's key's (limit_milli, limit_period); None when the account has no such key."""
         mine = sa.and_(api_keys.c.id == key_id, api_keys.c.account_id == account_id)

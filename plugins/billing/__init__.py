@@ -72,6 +72,8 @@ class Plugin:
         # A pending order MyFatoorah still calls unpaid after this long becomes `expired`.
         order_expiry_seconds: int = 86_400
         max_pending_orders: int = 5
+        # The payer's return asks MyFatoorah about an order at most once per this many seconds.
+        callback_check_seconds: float = 10.0
         # The `billing.pending` job: how often it runs, how many orders it asks about per run at most,
         # and the backoff between two asks about one order.
         check_every_seconds: float = 60.0
@@ -98,7 +100,10 @@ class Plugin:
             raise ConfigError(
                 "plugins.billing.settings: plan_days 1-3660, order_expiry_seconds >= 60, max_pending_orders 1-100"
             )
-        if s.check_every_seconds <= 0 or s.first_check_seconds <= 0 or s.max_check_interval_seconds <= 0:
+        if (
+            min(s.check_every_seconds, s.first_check_seconds, s.max_check_interval_seconds, s.callback_check_seconds)
+            <= 0
+        ):
             raise ConfigError("plugins.billing.settings: the check intervals must be positive")
         if not 1 <= s.max_status_calls_per_run <= 1000:
             raise ConfigError("plugins.billing.settings.max_status_calls_per_run: must be between 1 and 1000")

@@ -46,16 +46,8 @@ async def checkout(plugin: Plugin, *, user: PortalUser, body: dict[str, Any]) ->
     s = plugin.settings
     now = utcnow()
     db = plugin.gateway.database
-    async with db.connect() as conn:
-        pending = await conn.scalar(
-            sa.select(sa.func.count())
-            .select_from(orders)
-            .where(orders.c.account_id == user.account_id, orders.c.status == "pending", orders.c.expires_at > now)
-        )
-    if int(pending or 0) >= s.max_pending_orders:
-        raise TooManyRequests(
-            "Too many unfinished payments: pay or wait for one to expire first.", code="too_many_pending_orders"
-        )
+    if await _pending(plugin, account_id=user.account_id) >= s.max_pending_orders:
+        raise _too_many()
     reference = order_rows.new_reference()
     await order_rows.insert(
         db,
@@ -82,6 +74,12 @@ async def checkout(plugin: Plugin, *, user: PortalUser, body: dict[str, Any]) ->
             "updated_at": now,
         },
     )
+    # Counted again with this order committed: of concurrent checkouts, the last to commit sees all the
+    # others, so no more than the cap can pass (a race may refuse one too many, never let one too many in).
+    if await _pending(plugin, account_id=user.account_id) > s.max_pending_orders:
+        async with db.begin() as conn:
+            await conn.execute(orders.delete().where(orders.c.reference == reference, orders.c.invoice_id.is_(None)))
+        raise _too_many()
     api = plugin.gateway.config.server.public_url.rstrip("/") + "/api/billing"
     request = CheckoutRequest(
         amount_fils=product.price_fils,
@@ -112,3 +110,20 @@ async def checkout(plugin: Plugin, *, user: PortalUser, body: dict[str, Any]) ->
     row = await order_rows.read(db, reference=reference)
     assert row is not None
     return row
+
+
+async def _pending(plugin: Plugin, *, account_id: int) -> int:
+    """The account's orders still waiting for a payment (pending and not past their expiry)."""
+    async with plugin.gateway.database.connect() as conn:
+        count = await conn.scalar(
+            sa.select(sa.func.count())
+            .select_from(orders)
+            .where(orders.c.account_id == account_id, orders.c.status == "pending", orders.c.expires_at > utcnow())
+        )
+    return int(count or 0)
+
+
+def _too_many() -> TooManyRequests:
+    return TooManyRequests(
+        "Too many unfinished payments: pay or wait for one to expire first.", code="too_many_pending_orders"
+    )

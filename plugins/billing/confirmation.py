@@ -46,7 +46,9 @@ class Confirmer:
     async def confirm(self, order: Row, *, key: str, key_type: KeyType, source: Source) -> str:
         """The order's status after asking MyFatoorah about `key`. Raises the client's PaymentError
         (Unreachable, Throttled, NotConfigured, Refused) when there is no usable answer: nothing changed."""
-        status = await self.client.status(key=key, key_type=key_type)
+        # The payer's return is asked once: retries (up to three timeouts) would keep a person waiting
+        # past a proxy's timeout, and the pending-order job asks again anyway.
+        status = await self.client.status(key=key, key_type=key_type, retry=source != "callback")
         found = verdict(expected(order), status)
         fields = {"order": order.reference, "invoice": status.invoice_id, "verdict": found, "source": source}
         log.info("payment status confirmed", extra={"fields": fields})

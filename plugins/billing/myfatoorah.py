@@ -9,7 +9,8 @@ What holds:
   5xx, 429, timeouts, refused connections, HTML pages (a blocked IP gets one) and malformed JSON are
   `Unreachable`; a well-formed "no" is `Refused`, whose message is generic and whose `details` keep
   MyFatoorah's texts for the logs;
-- only the idempotent calls are retried (GetPaymentStatus, InitiatePayment): retrying ExecutePayment,
+- only the idempotent calls are retried (GetPaymentStatus, InitiatePayment), and never after a 429
+  (GetPaymentStatus is rate-limited per account: the caller backs off instead); retrying ExecutePayment,
   SendPayment or MakeRefund after a timeout could create a second invoice or a second refund;
 - the token is sent in one header and never logged or put in an error.
 """
@@ -18,13 +19,20 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, TypeVar
 
 import aiohttp
 import orjson
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    retry_if_not_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
 
 from plugins.billing.gateway_client import (
     CheckoutRequest,
@@ -62,6 +70,13 @@ _TRANSACTION_STATUS: dict[str, TransactionStatus] = {
 }
 
 
+# A transaction's amounts are text with grouped thousands ("12,345.000") and its currency is "KD", as
+# MyFatoorah's GetPaymentStatus examples show them; read strictly, a real payment would be a malformed
+# answer or a currency mismatch (disputed) instead of paid.
+_GROUPED = re.compile(r"^[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0-9]+)?$")
+_CURRENCY = {"KD": "KWD"}
+
+
 class _Malformed(Exception):
     """An answer that does not have the shape MyFatoorah documents."""
 
@@ -72,8 +87,11 @@ def _amount(fils: int) -> orjson.Fragment:
 
 
 def _fils(data: Json, key: str) -> int:
+    value = data.get(key)
+    if isinstance(value, str) and _GROUPED.match(value):
+        value = value.replace(",", "")
     try:
-        return from_decimal(data.get(key))
+        return from_decimal(value)
     except AmountError as exc:
         raise _Malformed(f"{key}: {exc}") from None
 
@@ -208,7 +226,8 @@ class MyFatoorahClient:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._attempts),
             wait=wait_exponential(multiplier=self._wait, max=30),
-            retry=retry_if_exception_type(Unreachable),
+            # Throttled is an Unreachable, but asking again at once is what a rate limit forbids.
+            retry=retry_if_exception_type(Unreachable) & retry_if_not_exception_type(Throttled),
             reraise=True,
         )
         async for attempt in retrying:
@@ -232,10 +251,10 @@ class MyFatoorahClient:
         body = {"NotificationOption": "LNK", **_invoice_body(request)}
         return await self._call("/v2/SendPayment", body, _invoice("InvoiceURL"), retry=False)
 
-    async def status(self, *, key: str, key_type: KeyType) -> PaymentStatus:
+    async def status(self, *, key: str, key_type: KeyType, retry: bool = True) -> PaymentStatus:
         if not key or len(key) > 64 or not key.isascii() or not key.isalnum():
             raise Refused("not a MyFatoorah payment or invoice id")
-        return await self._call("/v2/GetPaymentStatus", {"Key": key, "KeyType": key_type}, _status, retry=True)
+        return await self._call("/v2/GetPaymentStatus", {"Key": key, "KeyType": key_type}, _status, retry=retry)
 
     async def refund(self, *, invoice_id: str, amount_fils: int, comment: str) -> RefundRequested:
         if checked_fils(amount_fils) < 1:
@@ -311,8 +330,12 @@ def _transaction(item: Json) -> Transaction:
         status=_TRANSACTION_STATUS.get(raw, "other") if isinstance(raw, str) else "other",
         method=_text(item, "PaymentGateway", required=False) or "",
         amount_fils=None if value is None else _fils(item, "TransationValue"),
-        currency=_text(item, "Currency", required=False),
+        currency=_currency(_text(item, "Currency", required=False)),
     )
+
+
+def _currency(name: str | None) -> str | None:
+    return _CURRENCY.get(name, name) if name is not None else None
 
 
 def _status(data: Json) -> PaymentStatus:

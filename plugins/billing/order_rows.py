@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Collection
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -14,7 +14,7 @@ from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edge.db import Database
-from plugins.billing.rules import receipt_number
+from plugins.billing.rules import CREDITABLE, receipt_number
 from plugins.billing.tables import orders, receipt_counters
 
 Row = sa.Row[Any]
@@ -86,6 +86,28 @@ async def update(db: Database, *, reference: str, values: dict[str, Any], status
             orders.update()
             .where(orders.c.reference == reference, orders.c.status.in_(list(status)))
             .values(updated_at=utcnow(), **values)
+        )
+        return bool(result.rowcount == 1)
+
+
+async def claim_callback_ask(db: Database, *, reference: str, seconds: float) -> bool:
+    """Whether the payer's return may ask MyFatoorah about this order now: True for at most one caller per
+    `seconds` per order, across workers and hosts (one conditional UPDATE), and only while it may still
+    be credited. The return is an unauthenticated URL; reloading it must not spend GetPaymentStatus's
+    per-account rate limit, which every other payer's confirmation needs too."""
+    now = utcnow()
+    async with db.begin() as conn:
+        result = await conn.execute(
+            orders.update()
+            .where(
+                orders.c.reference == reference,
+                orders.c.status.in_(list(CREDITABLE)),
+                sa.or_(
+                    orders.c.callback_asked_at.is_(None),
+                    orders.c.callback_asked_at <= now - timedelta(seconds=seconds),
+                ),
+            )
+            .values(callback_asked_at=now)
         )
         return bool(result.rowcount == 1)
 

@@ -85,6 +85,13 @@ def routes(plugin: Plugin) -> list[BaseRoute]:
             return _result(plugin, reference=None, result="unknown")
         result = str(row.status)
         if row.status in CREDITABLE and payment_id:
+            if not await order_rows.claim_callback_ask(
+                plugin.gateway.database, reference=reference, seconds=plugin.settings.callback_check_seconds
+            ):
+                # Asked a moment ago (a reload, or a flood), or settled meanwhile: no call to MyFatoorah.
+                now = await order_rows.read(plugin.gateway.database, reference=reference)
+                result = "confirming" if now is None or now.status in CREDITABLE else str(now.status)
+                return _result(plugin, reference=reference, result=result)
             try:
                 result = await plugin.confirmer.confirm(row, key=payment_id, key_type="PaymentId", source="callback")
             except PaymentError as exc:

@@ -50,6 +50,9 @@ orders = sa.Table(
     # When the pending-order job asks MyFatoorah next, and how often it has asked.
     sa.Column("next_check_at", Moment, nullable=True),
     sa.Column("check_attempts", sa.Integer(), nullable=False, server_default="0"),
+    # When the payer's return (an unauthenticated URL) last made the gateway ask MyFatoorah: at most once
+    # per `callback_check_seconds`, so reloading it cannot spend the GetPaymentStatus rate limit.
+    sa.Column("callback_asked_at", Moment, nullable=True),
     sa.Column("receipt_number", sa.String(24), nullable=True, unique=True),
     # A plan's new expiry, as set when it was paid.
     sa.Column("plan_expires_at", Moment, nullable=True),

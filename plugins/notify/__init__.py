@@ -7,7 +7,8 @@ configured provider, paced per recipient, retried with backoff, stopped by perma
 nothing and records `not_configured`. Templates are checked when the plugin is built, so a bad one stops
 startup and `check-config`, never a send. Routes: the admins' outbox (`GET /api/admin/outbox`, `POST
 /api/admin/outbox/{id}/resend`), users' opt-outs (`GET`/`PATCH /api/me/notifications`) and fail2ban's
-`POST /internal/fail2ban` (loopback and token only), which publishes `ip.banned`.
+`POST /internal/fail2ban` (loopback and token only), which publishes `ip.banned`; and the Cloud API's
+signed status webhooks (`/api/notify/webhooks/whatsapp`, statuses.py), which mark messages delivered or failed.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from edge.hookspecs import hookimpl
 from edge.jobs import Job
 from edge.services import ACCOUNTS
 from edge.settings import ConfigError
-from plugins.notify import outbox, provider, routes, templates
+from plugins.notify import outbox, provider, routes, statuses, templates
 from plugins.notify.delivery import Delivery, Policy
 from plugins.notify.notices import IpBanned, Links, Notice, notice
 from plugins.notify.recipients import ADMIN_PHONES, Addressing, admin_phones
@@ -81,6 +82,7 @@ class Plugin:
         if token and len(token) < MIN_TOKEN:
             raise ConfigError(f"{FAIL2BAN_TOKEN}: must have at least {MIN_TOKEN} characters")
         self.fail2ban_token = token or None
+        self.webhook_secrets = statuses.Secrets.from_env(os.environ)
         self.policy = Policy(
             batch=s.batch,
             pair_seconds=s.pair_interval_seconds,
@@ -146,7 +148,7 @@ class Plugin:
 
     @hookimpl
     def resayil_routes(self, gateway: Gateway) -> list[BaseRoute]:
-        """/api/admin/outbox, /api/me/notifications and /internal/fail2ban."""
+        """/api/admin/outbox, /api/me/notifications, /internal/fail2ban and the WhatsApp status webhook."""
         return routes.build(self)
 
     @hookimpl

@@ -5,7 +5,9 @@ What an attempt's outcome (policy.py) does to its row:
 - `NotConfigured` (the `log` provider): `not_configured`, final: nothing was sent and nothing will be;
 - `Permanent`: `failed`, never retried (not a WhatsApp number, blocked, no such template, no message id);
 - `Retry`: `retrying` after a backoff that doubles from `first_backoff_seconds` up to `max_backoff_seconds`
-  (never shorter than the pair interval), until `max_attempts`, then `failed`;
+  (never shorter than the pair interval), until `max_attempts`, then `failed`. Tenacity decides both (its
+  `wait_exponential` and `stop_after_attempt`), but does not drive the attempts: a row waits in the
+  database between them, so any worker's next run of the job may take it, and a restart loses nothing;
 - `Alert` (token expired, account blocked or locked): `retrying` after `alert_pause_seconds`, so messages
   wait for the operator instead of being burnt one by one, and the admins are alerted once a day per code
   (`provider.alert` rows, and an error in the log).
@@ -19,9 +21,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 import orjson
+from tenacity import RetryCallState, Retrying, stop_after_attempt, wait_exponential
 
 from edge.db import Database
 from plugins.notify import outbox
@@ -45,9 +49,23 @@ class Policy:
     max_backoff_seconds: float
     alert_pause_seconds: float
 
-    def backoff(self, attempts: int) -> float:
-        doubled = self.first_backoff_seconds * 2.0 ** min(attempts - 1, 30)
-        return max(min(doubled, self.max_backoff_seconds), self.pair_seconds)
+    @cached_property
+    def retrying(self) -> Retrying:
+        """Asked once per failed attempt, never run: the outbox row is the loop (module docstring)."""
+        return Retrying(
+            stop=stop_after_attempt(self.max_attempts),
+            wait=wait_exponential(
+                multiplier=self.first_backoff_seconds, max=self.max_backoff_seconds, min=self.pair_seconds
+            ),
+        )
+
+    def backoff(self, attempts: int) -> float | None:
+        """Seconds until the next attempt after `attempts` failed ones, or None when they are spent."""
+        state = RetryCallState(self.retrying, None, (), {})
+        state.attempt_number = attempts
+        if self.retrying.stop(state):
+            return None
+        return float(self.retrying.wait(state))
 
 
 def outcome_values(outcome: Outcome, *, attempts: int, policy: Policy, now: datetime) -> dict[str, Any]:
@@ -58,9 +76,11 @@ def outcome_values(outcome: Outcome, *, attempts: int, policy: Policy, now: date
     if isinstance(outcome, NotConfigured):
         return values | {"status": "not_configured", "last_error": None}
     values["last_error"] = outcome.code[:64]
-    if isinstance(outcome, Permanent) or attempts >= policy.max_attempts:
+    wait = policy.backoff(attempts)
+    if isinstance(outcome, Permanent) or wait is None:
         return values | {"status": "failed"}
-    wait = policy.alert_pause_seconds if isinstance(outcome, Alert) else policy.backoff(attempts)
+    if isinstance(outcome, Alert):
+        wait = policy.alert_pause_seconds
     return values | {"status": "retrying", "next_attempt_at": now + timedelta(seconds=wait)}
 
 

@@ -5,6 +5,8 @@
 - `GET` / `PATCH /api/me/notifications` (the logged-in user): `credits_low` and `renewal_due`, both on
   until turned off; the other notices always go.
 - `POST /internal/fail2ban` (fail2ban's action on this host): publishes `ip.banned`.
+- `GET` / `POST /api/notify/webhooks/whatsapp` (Meta): the Cloud API's handshake and status webhooks
+  (statuses.py).
 """
 
 from __future__ import annotations
@@ -15,15 +17,16 @@ import re
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import sqlalchemy as sa
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from edge.errors import Forbidden, GatewayError, NotFound
-from edge.inputs import FieldError, Form, choice, integer, query_number, read_json
+from edge.inputs import FieldError, Form, choice, integer, query_number, read_body, read_json
 from edge.services import GUARDS
-from plugins.notify import outbox
+from plugins.notify import outbox, statuses
 from plugins.notify.notices import IpBanned
 from plugins.notify.tables import STATUSES, notify_preferences
 from plugins.notify.templates import EVENTS
@@ -31,6 +34,7 @@ from plugins.notify.templates import EVENTS
 if TYPE_CHECKING:
     from plugins.notify import Plugin
 
+WEBHOOK_PATH = "/api/notify/webhooks/whatsapp"
 MAX_PAGE = 200
 BIGINT_MAX = 2**63 - 1
 PREFERENCES = ("credits_low", "renewal_due")
@@ -181,6 +185,26 @@ class NotifyApi:
         await self.plugin.gateway.events.publish(event)
         return JSONResponse({"id": event.id}, status_code=202)
 
+    # ---- Meta's status webhooks ---------------------------------------------------------------------
+
+    async def verify_webhook(self, request: Request) -> Response:
+        challenge = self.plugin.webhook_secrets.challenge(request.query_params)
+        if challenge is None:
+            raise Forbidden("The verify token is missing or wrong.", code="forbidden")
+        return PlainTextResponse(challenge)
+
+    async def status_webhook(self, request: Request) -> Response:
+        body = await read_body(request, limit=statuses.MAX_BODY)
+        if not self.plugin.webhook_secrets.signed(body, request.headers.get("x-hub-signature-256")):
+            raise GatewayError("The webhook signature is missing or wrong.", status=401, code="invalid_signature")
+        try:
+            payload: object = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            payload = None
+        found = list(statuses.statuses(payload))
+        changed = await statuses.apply(self.plugin.gateway.database, found, now=self.plugin.now())
+        return JSONResponse({"ok": True, "statuses": len(found), "changed": changed})
+
 
 def build(plugin: Plugin) -> list[BaseRoute]:
     api = NotifyApi(plugin)
@@ -190,4 +214,6 @@ def build(plugin: Plugin) -> list[BaseRoute]:
         Route("/api/me/notifications", api.preferences, methods=["GET"]),
         Route("/api/me/notifications", api.update_preferences, methods=["PATCH"]),
         Route("/internal/fail2ban", api.fail2ban, methods=["POST"]),
+        Route(WEBHOOK_PATH, api.verify_webhook, methods=["GET"]),
+        Route(WEBHOOK_PATH, api.status_webhook, methods=["POST"]),
     ]

@@ -46,6 +46,8 @@ notify_outbox = sa.Table(
     sa.Index("ix_notify_outbox_due", "status", "next_attempt_at"),
     # The pacing question (when did this recipient last get a message) and the admin filter.
     sa.Index("ix_notify_outbox_recipient", "recipient", "last_attempt_at"),
+    # The Cloud API's status webhooks name a message by the id its send was answered with.
+    sa.Index("ix_notify_outbox_message_id", "provider_message_id"),
 )
 
 # A row exists only once a user changed a default; both notices are on by default.

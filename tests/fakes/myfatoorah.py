@@ -4,7 +4,8 @@ It speaks what `shared/reference/myfatoorah.md` describes, as strictly as the re
 kindly: Bearer auth (a wrong or missing token is a bare 401, as the service's ASP.NET front answers),
 the `{IsSuccess, Message, ValidationErrors, Data}` envelope with success read from `IsSuccess` (a refusal
 is HTTP 400 with `IsSuccess: false`), field names with MyFatoorah's exact casing and spelling
-(`TransactionStatus: "Succss"`, `TransationValue`), amounts as JSON numbers with three decimals (KWD),
+(`TransactionStatus: "Succss"`, `TransationValue`), amounts as JSON numbers with three decimals (KWD)
+but as grouped text in a transaction ("12,345.000", currency "KD", as MyFatoorah's examples show them),
 invoice items that must add up to the invoice value, and a transaction list in which a failed attempt
 comes before the successful one (so `InvoiceTransactions[0]` is the wrong one to read).
 
@@ -139,6 +140,11 @@ class _Invoice:
 
 def _kwd(fils: int) -> str:
     return f"{fils // 1000}.{fils % 1000:03d}"
+
+
+def _shown(fils: int) -> str:
+    """A KWD amount as GetPaymentStatus writes it in text fields: grouped thousands ("12,345.000")."""
+    return f"{fils // 1000:,}.{fils % 1000:03d}"
 
 
 def _number(fils: int) -> orjson.Fragment:
@@ -466,7 +472,7 @@ class FakeMyFatoorah:
             "CustomerMobile": invoice.mobile,
             "CustomerEmail": invoice.email,
             "UserDefinedField": invoice.user_defined,
-            "InvoiceDisplayValue": f"{_kwd(invoice.value_fils)} KD",
+            "InvoiceDisplayValue": f"{_shown(invoice.value_fils)} KD",
             "InvoiceItems": invoice.items,
             "InvoiceTransactions": invoice.transactions,
             "Suppliers": [],
@@ -510,16 +516,17 @@ class FakeMyFatoorah:
             "PaymentId": payment_id,
             "AuthorizationId": f"{n:06d}" if success else "",
             "TransactionStatus": status,
-            "TransationValue": _kwd(invoice.value_fils),  # sic
+            "TransationValue": _shown(invoice.value_fils),  # sic
             "CustomerServiceCharge": "0.000",
             "TotalServiceCharge": "0.000",
-            "DueValue": _kwd(invoice.value_fils),
-            "PaidCurrency": "KWD",
-            "PaidCurrencyValue": _kwd(invoice.value_fils),
+            "DueValue": _shown(invoice.value_fils),
+            # MyFatoorah names the dinar "KD" here, not "KWD" (its documented GetPaymentStatus examples).
+            "PaidCurrency": "KD",
+            "PaidCurrencyValue": _shown(invoice.value_fils),
             "VatAmount": "0.000",
             "IpAddress": "127.0.0.1",
             "Country": "Kuwait",
-            "Currency": "KWD",
+            "Currency": "KD",
             "Error": "" if success else "CANCELLED",
             "CardNumber": "",
             "ErrorCode": "" if success else "MF002",

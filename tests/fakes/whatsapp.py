@@ -100,6 +100,8 @@ class FakeSettings:
     undeliverable: set[str] = field(default_factory=set)
     webhook_url: str | None = None
     app_secret: str = "test-app-secret"
+    # Seconds between a send's answer and its first status webhook (Meta's come after the answer, later).
+    webhook_delay: float = 0.0
     clock: Callable[[], float] = time.monotonic
 
 
@@ -437,6 +439,7 @@ class FakeWhatsApp:
     async def _post_statuses(self, message_id: str, to: str, failed: bool) -> None:
         """What WhatsApp posts after accepting a message: sent, delivered, read; or failed with the error."""
         steps = ["failed"] if failed else ["sent", "delivered", "read"]
+        await asyncio.sleep(self.settings.webhook_delay)
         async with aiohttp.ClientSession() as http:
             for step in steps:
                 status: JsonObject = {
