@@ -218,6 +218,38 @@ def instant(*, subject: str, earliest: datetime, latest: datetime) -> Parser[dat
     return parse
 
 
+def query_value(query: Mapping[str, str], name: str) -> str | None:
+    """A query-string parameter, None when absent or empty."""
+    value = query.get(name)
+    return value if value not in (None, "") else None
+
+
+def query_form(query: Mapping[str, str], *, allowed: Collection[str], repeated: Collection[str]) -> Form:
+    """A Form over a query string that already refuses unknown parameters (`field_unknown`) and each allowed
+    one given more than once (`<name>_repeated`): a filter must mean one thing."""
+    form = Form(query)
+    form.only(allowed)
+    for name in sorted(set(repeated) & set(allowed)):
+        form.fail(name, FieldError(f"{name}_repeated", f"Give `{name}` at most once."))
+    return form
+
+
+def query_page(form: Form, query: Mapping[str, str], *, max_page: int) -> tuple[int | None, int]:
+    """(cursor, limit) of a keyset-paged list: `cursor` the next_cursor of a previous page (a whole
+    number in 64 bits), `limit` 1 to `max_page` (50 when absent); a bad one is marked on `form`."""
+    cursor = None
+    if (raw := query_value(query, "cursor")) is not None:
+        cursor = query_number(raw, top=2**63 - 1)
+        if cursor is None:
+            form.fail("cursor", FieldError("cursor_invalid", "Must be the next_cursor of a previous page."))
+    limit = 50
+    if (raw := query_value(query, "limit")) is not None:
+        limit = query_number(raw, top=max_page) or 0
+        if limit < 1:
+            form.fail("limit", FieldError("limit_invalid", f"Must be a whole number from 1 to {max_page}."))
+    return cursor, limit
+
+
 def query_number(raw: str | None, *, top: int) -> int | None:
     """A query-string whole number from 0 to `top` in ASCII digits, else None (also when absent)."""
     value = int(raw) if raw is not None and _DIGITS.fullmatch(raw) else None

@@ -97,6 +97,55 @@ class Keep(enum.Enum):
 KEEP = Keep.KEEP
 
 
+USER_STATUSES = ("active", "banned")
+
+
+@dataclass(frozen=True, slots=True)
+class UserQuery:
+    """An admin's search: `query` in the email, phone or name (plain text, at most 100 characters),
+    `tier` of the account, `status` one of USER_STATUSES; all None: everyone."""
+
+    query: str | None = None
+    tier: str | None = None
+    status: str | None = None
+    before_id: int | None = None
+    limit: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class UserProfile:
+    """A user as an admin sees it, with the account that pays. Times are UTC without a tzinfo."""
+
+    user_id: int
+    account_id: int
+    name: str
+    email: str
+    phone: str
+    role: str
+    locale: str
+    created_at: datetime
+    banned_at: datetime | None
+    tier: str
+    plan_expires_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class KeySummary:
+    """An API key without its secret: what an admin may see."""
+
+    id: int
+    user_id: int | None
+    name: str
+    prefix: str
+    scopes: tuple[str, ...]
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+    limit_milli: int | None
+    limit_period: str | None
+
+
 class Accounts(Protocol):
     async def account(self, account_id: int, *, conn: AsyncConnection | None = None) -> Account | None:
         """The account, or None when there is none with that id (any int is safe to ask for). Inside a
@@ -150,6 +199,29 @@ class Accounts(Protocol):
 
     async def admins(self) -> list[Contact]:
         """Every admin user's phone and language, for the admins' alerts (at most a few hundred)."""
+        ...
+
+    async def users(self, wanted: UserQuery) -> list[UserProfile]:
+        """Users matching `wanted`, newest first (by id), at most `wanted.limit`: page on with the last id
+        as `before_id`. `query` is matched as plain text (LIKE wildcards in it are escaped)."""
+        ...
+
+    async def user(self, user_id: int) -> UserProfile | None:
+        """The user with its account's plan, or None (any int is safe to ask for)."""
+        ...
+
+    async def account_keys(self, *, account_id: int) -> list[KeySummary]:
+        """Every key of the account, newest first, revoked ones included; never a secret or its hash."""
+        ...
+
+    async def ban(self, *, user_id: int, conn: AsyncConnection | None = None) -> UserProfile | None:
+        """Ban the user (idempotent: a banned user keeps the first `banned_at`): their sessions end in
+        the same transaction, login is refused, and keys they made stop on every worker once it commits.
+        The user as it now is, or None when there is none. `conn` as for `set_plan`."""
+        ...
+
+    async def unban(self, *, user_id: int, conn: AsyncConnection | None = None) -> UserProfile | None:
+        """Lift a ban (idempotent): login and the user's keys work again. As `ban` otherwise."""
         ...
 
 
@@ -309,6 +381,40 @@ class Spend:
     resets_at: datetime | None
 
 
+@dataclass(frozen=True, slots=True)
+class UsageItem:
+    """One settled request as the credits plugin recorded it (`created_at` UTC without a tzinfo)."""
+
+    id: int
+    created_at: datetime
+    request_id: str
+    account_id: int
+    user_id: int | None
+    key_id: int | None
+    model: str
+    endpoint: str
+    route: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost_milli: int
+    status: int
+    outcome: str
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """One ledger row (`created_at` UTC without a tzinfo)."""
+
+    id: int
+    kind: str
+    amount_milli: int
+    balance_after_milli: int
+    reference: str
+    actor: str | None
+    reason: str | None
+    created_at: datetime
+
+
 class Credits(Protocol):
     async def grant(
         self,
@@ -340,5 +446,45 @@ class Credits(Protocol):
         """Where `limit` stands in its current period for the account's scope (spent, held, what is left)."""
         ...
 
+    async def recent_usage(self, *, account_id: int, limit: int = 50) -> list[UsageItem]:
+        """The account's last `limit` usage rows, newest first."""
+        ...
+
+    async def ledger_entries(self, *, account_id: int, limit: int = 50) -> list[LedgerEntry]:
+        """The account's last `limit` ledger rows, newest first."""
+        ...
+
+    async def usage_rows(
+        self, *, since: datetime | None, until: datetime | None, after_id: int = 0, limit: int = 1000
+    ) -> list[UsageItem]:
+        """Every account's usage rows created in [since, until) (UTC, None: open), by id after `after_id`,
+        at most `limit`: a keyset page, so an export never holds more than one page."""
+        ...
+
 
 CREDITS: Service[Credits] = Service("credits")
+
+
+# ---- billing: owned by billing ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OrderSummary:
+    """One order as an admin's user page shows it: our reference, never the row number; fils, not floats."""
+
+    reference: str
+    product_id: str
+    status: str
+    price_fils: int
+    currency: str
+    created_at: datetime
+    paid_at: datetime | None
+
+
+class Billing(Protocol):
+    async def orders(self, *, account_id: int, limit: int = 50) -> list[OrderSummary]:
+        """The account's last `limit` orders, newest first."""
+        ...
+
+
+BILLING: Service[Billing] = Service("billing")

@@ -58,7 +58,9 @@ def example_config(*, ollama: Any, cloud: Any, db_url: str, redis_url: str, paym
     """The example config's plugins, in its order, with settings for the fakes and a quick test."""
     example = yaml.safe_load((ROOT / "config" / "gateway.example.yaml").read_text(encoding="utf-8"))
     names = [entry["name"] for entry in example["plugins"]]
-    assert names == ["auth_keys", "tiers", "ratelimit", "credits", "failover", "teams", "billing", "notify"], names
+    assert names == ["auth_keys", "tiers", "ratelimit", "credits", "failover", "teams", "billing", "admin", "notify"], (
+        names
+    )
     settings: dict[str, dict[str, Any]] = {
         "auth_keys": {**FAST_PASSWORDS, **MANY_REGISTRATIONS},
         "failover": {"cloud_daily_cap": 5, "retry_backoff_seconds": 0.01, "retry_backoff_max_seconds": 0.05},

@@ -15,7 +15,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edge.db import Database
-from edge.services import KEEP, Account, Contact, IssuedKey, Keep
+from edge.services import KEEP, Account, Contact, IssuedKey, Keep, KeySummary, UserProfile, UserQuery
+from plugins.auth_keys import directory
 from plugins.auth_keys.keycache import Invalidations
 from plugins.auth_keys.keys import KeyStore
 from plugins.auth_keys.tables import accounts, users
@@ -78,7 +79,8 @@ class AccountStore:
         if conn is not None:
             account = await _set(conn, account_id, values)
             # Caches must not learn of a plan that could still roll back: tell them after the commit.
-            told = account is None or not values or self.db.after_commit(conn, lambda: self._tell_later(account_id))
+            message = f"account:{int(account_id)}"
+            told = account is None or not values or self.db.after_commit(conn, lambda: self._tell_later(message))
             if not told:
                 raise ValueError("set_plan: conn must come from the gateway's database.begin()")
             return account
@@ -117,8 +119,41 @@ class AccountStore:
         await self.invalidate_account(account_id)
         return True
 
-    def _tell_later(self, account_id: int) -> None:
-        task = asyncio.ensure_future(self.invalidate_account(account_id))
+    async def users(self, wanted: UserQuery) -> list[UserProfile]:
+        async with self.db.connect() as conn:
+            return await directory.search(conn, wanted)
+
+    async def user(self, user_id: int) -> UserProfile | None:
+        async with self.db.connect() as conn:
+            return await directory.one(conn, user_id)
+
+    async def account_keys(self, *, account_id: int) -> list[KeySummary]:
+        async with self.db.connect() as conn:
+            return await directory.keys(conn, account_id=account_id)
+
+    async def ban(self, *, user_id: int, conn: AsyncConnection | None = None) -> UserProfile | None:
+        return await self._set_banned(user_id=user_id, banned=True, conn=conn)
+
+    async def unban(self, *, user_id: int, conn: AsyncConnection | None = None) -> UserProfile | None:
+        return await self._set_banned(user_id=user_id, banned=False, conn=conn)
+
+    async def _set_banned(self, *, user_id: int, banned: bool, conn: AsyncConnection | None) -> UserProfile | None:
+        if conn is None:
+            async with self.db.begin() as own:
+                found = await self._set_banned(user_id=user_id, banned=banned, conn=own)
+            return found
+        if not await directory.set_banned(conn, user_id=user_id, banned=banned):
+            return None
+        # Workers must drop the user's keys only once the ban is committed (a lookup before the commit
+        # would cache the key as live again), so the invalidation goes out after it.
+        if not self.db.after_commit(conn, lambda: self._tell_later(f"user:{int(user_id)}")):
+            raise ValueError("ban/unban: conn must come from the gateway's database.begin()")
+        return await directory.one(conn, user_id)
+
+    def _tell_later(self, message: str) -> None:
+        # This worker forgets at once (before the caller answers); the others hear it through Redis.
+        self.bus.cache.apply(message)
+        task = asyncio.ensure_future(self.bus.publish(message))
         self._telling.add(task)
         task.add_done_callback(self._telling.discard)
 

@@ -60,7 +60,7 @@ def key_limits(*, key_id: int, limit_milli: int | None, limit_period: str | None
     return (SpendLimits((SpendLimit("key", key_id, int(limit_milli), limit_period or "total"),)),)
 
 
-_COLUMNS = (
+KEY_COLUMNS = (
     api_keys.c.id,
     api_keys.c.name,
     api_keys.c.prefix,
@@ -106,11 +106,11 @@ class KeyStore:
                 )
             )
             key_id = int(result.inserted_primary_key[0])  # type: ignore[index]
-            row = (await conn.execute(sa.select(*_COLUMNS).where(api_keys.c.id == key_id))).one()
+            row = (await conn.execute(sa.select(*KEY_COLUMNS).where(api_keys.c.id == key_id))).one()
         return key_json(row), secret
 
     async def for_account(self, *, account_id: int) -> list[dict[str, Any]]:
-        query = sa.select(*_COLUMNS).where(api_keys.c.account_id == account_id).order_by(api_keys.c.id.desc())
+        query = sa.select(*KEY_COLUMNS).where(api_keys.c.account_id == account_id).order_by(api_keys.c.id.desc())
         async with self.db.connect() as conn:
             return [key_json(row) for row in await conn.execute(query)]
 
@@ -121,7 +121,7 @@ class KeyStore:
             await conn.execute(
                 sa.update(api_keys).where(mine, api_keys.c.revoked_at.is_(None)).values(revoked_at=utcnow())
             )
-            row = (await conn.execute(sa.select(*_COLUMNS).where(mine))).first()
+            row = (await conn.execute(sa.select(*KEY_COLUMNS).where(mine))).first()
         return None if row is None else key_json(row)
 
     async def revoke_all(self, *, account_id: int, user_id: int) -> list[int]:
@@ -151,11 +151,12 @@ class KeyStore:
         async with self.db.begin() as conn:
             limited = {"limit_milli": limit_milli, "limit_period": limit_period}
             await conn.execute(sa.update(api_keys).where(mine).values(**limited))
-            row = (await conn.execute(sa.select(*_COLUMNS).where(mine))).first()
+            row = (await conn.execute(sa.select(*KEY_COLUMNS).where(mine))).first()
         return None if row is None else key_json(row)
 
     async def lookup(self, digest: str) -> KeyRecord | None:
-        """The live (not revoked) key with this secret hash, with its account's tier and user's role."""
+        """The live key (not revoked, its user not banned) with this secret hash, with its account's tier and
+        user's role."""
         query = (
             sa.select(
                 api_keys.c.id,
@@ -175,7 +176,12 @@ class KeyStore:
                     users, users.c.id == api_keys.c.user_id
                 )
             )
-            .where(api_keys.c.secret_hash == digest, api_keys.c.revoked_at.is_(None))
+            .where(
+                api_keys.c.secret_hash == digest,
+                api_keys.c.revoked_at.is_(None),
+                # A banned user's keys stop; a key without a user (made by the CLI) has no one to ban.
+                users.c.banned_at.is_(None),
+            )
         )
         async with self.db.connect() as conn:
             row = (await conn.execute(query)).first()

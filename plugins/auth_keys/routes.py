@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from edge.errors import GatewayError, NotFound
+from edge.errors import Forbidden, GatewayError, NotFound
 from edge.inputs import Form, read_json
 from edge.security import over_https
 from plugins.auth_keys import inputs, strength
@@ -183,6 +183,12 @@ class AuthApi:
             raise wrong_login()
         assert found is not None
         await self._verified(ticket)
+        # Only after the right password: the ban is told to the user, not to whoever guesses a login.
+        if found.banned_at is not None:
+            raise Forbidden(
+                "This account has been suspended by an administrator. Contact support to restore it.",
+                code="account_banned",
+            )
         if p.passwords.needs_rehash(found.password_hash):
             await p.users.set_password(user_id=found.id, password_hash=await p.passwords.hash(password))
         return await self._start_session(request, user_id=found.id, status=200)

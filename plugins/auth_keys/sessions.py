@@ -109,7 +109,8 @@ class SessionStore:
                     accounts, accounts.c.id == users.c.account_id
                 )
             )
-            .where(sessions.c.id == session_id)
+            # A ban deletes the user's sessions; this keeps one created in the same instant out too.
+            .where(sessions.c.id == session_id, users.c.banned_at.is_(None))
         )
         now = utcnow(self.clock)
         async with self.db.connect() as conn:

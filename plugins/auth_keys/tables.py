@@ -37,6 +37,8 @@ users = sa.Table(
     sa.Column("locale", sa.String(8), nullable=False, server_default="ar"),
     sa.Column("created_at", sa.DateTime(), nullable=False),
     sa.Column("password_changed_at", sa.DateTime(), nullable=True),
+    # Set by an admin's ban: no login, no session, none of the user's keys answer while it is set.
+    sa.Column("banned_at", sa.DateTime(), nullable=True),
 )
 
 # `id` is the SHA-256 of the cookie value, so a copy of the table does not hand out live sessions.

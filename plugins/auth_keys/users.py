@@ -18,7 +18,7 @@ class Announce(Protocol):
     def __call__(self, conn: AsyncConnection, *, user_id: int, account_id: int) -> Awaitable[None]: ...
 
 
-_PROFILE = (
+PROFILE_COLUMNS = (
     users.c.id,
     users.c.account_id,
     users.c.name,
@@ -107,9 +107,9 @@ class UserStore:
         return user_id, account_id
 
     async def credentials(self, login: str) -> Any:
-        """(id, password_hash) of the user whose email or E.164 phone is `login`."""
+        """(id, password_hash, banned_at) of the user whose email or E.164 phone is `login`."""
         column = users.c.email if "@" in login else users.c.phone
-        query = sa.select(users.c.id, users.c.password_hash).where(column == login)
+        query = sa.select(users.c.id, users.c.password_hash, users.c.banned_at).where(column == login)
         async with self.db.connect() as conn:
             return (await conn.execute(query)).first()
 
@@ -138,7 +138,7 @@ class UserStore:
 
     async def profile(self, user_id: int) -> dict[str, Any] | None:
         query = (
-            sa.select(*_PROFILE)
+            sa.select(*PROFILE_COLUMNS)
             .select_from(users.join(accounts, accounts.c.id == users.c.account_id))
             .where(users.c.id == user_id)
         )

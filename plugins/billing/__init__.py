@@ -21,6 +21,7 @@ from edge.config import GatewayConfig
 from edge.events import Event
 from edge.hookspecs import hookimpl
 from edge.jobs import Job
+from edge.services import BILLING
 from edge.settings import ConfigError
 from plugins.billing import pending, reconcile, refunds, renewals
 from plugins.billing.admin import admin_routes
@@ -31,6 +32,7 @@ from plugins.billing.lifecycle import LIFECYCLE_EVENTS
 from plugins.billing.myfatoorah import MyFatoorahClient
 from plugins.billing.products import DEFAULT_PACKS, PackSettings, Product, catalogue
 from plugins.billing.routes import routes
+from plugins.billing.service import BillingService
 
 if TYPE_CHECKING:
     from starlette.routing import BaseRoute
@@ -134,7 +136,8 @@ class Plugin:
 
     @hookimpl
     async def resayil_startup(self, gateway: Gateway) -> None:
-        """Build the catalogue from the tiers and packs, and the MyFatoorah client on the shared session."""
+        """Build the catalogue from the tiers and packs, and the MyFatoorah client on the shared session;
+        provide the `BILLING` service."""
         self._gateway = gateway
         self.products = catalogue(tiers=gateway.config.tiers, packs=self.settings.packs)
         self._client = MyFatoorahClient(
@@ -144,6 +147,7 @@ class Plugin:
             timeout_seconds=self.settings.myfatoorah_timeout_seconds,
         )
         self._confirmer = Confirmer(gateway=gateway, client=self._client, rules=self.rules)
+        gateway.provide(BILLING, BillingService(database=gateway.database))
 
     @hookimpl
     def resayil_routes(self, gateway: Gateway) -> list[BaseRoute]:

@@ -19,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from edge.db import Database
-from edge.inputs import FieldError, Form, instant, query_number
+from edge.inputs import FieldError, Form, instant, query_form, query_number, query_page, query_value
 from plugins.billing.order_rows import Row
 from plugins.billing.refunds import COUNTED
 from plugins.billing.rules import STATUSES
@@ -46,37 +46,21 @@ class OrderFilter:
     cursor: int | None = None
 
 
-def _one(query: Mapping[str, str], name: str) -> str | None:
-    value = query.get(name)
-    return value if value not in (None, "") else None
-
-
 def order_filter(query: Mapping[str, str], *, repeated: set[str]) -> OrderFilter:
     """The filter a query string asks for, or the one 422 naming every bad parameter."""
-    form = Form(query)
-    form.only(FILTERS)
-    for name in sorted(repeated & set(FILTERS)):
-        form.fail(name, FieldError(f"{name}_repeated", f"Give `{name}` at most once."))
-    status = _one(query, "status")
+    form = query_form(query, allowed=FILTERS, repeated=repeated)
+    status = query_value(query, "status")
     if status is not None and status not in STATUSES:
         form.fail("status", FieldError("status_invalid", f"`status` must be one of: {', '.join(STATUSES)}."))
-    product = _one(query, "product")
+    product = query_value(query, "product")
     if product is not None and not _PRODUCT.match(product):
         form.fail("product", FieldError("product_invalid", "`product` must be a product id."))
-    account = cursor = None
-    if (raw := _one(query, "account")) is not None:
+    account = None
+    if (raw := query_value(query, "account")) is not None:
         account = query_number(raw, top=BIGINT_MAX)
         if not account:
             form.fail("account", FieldError("account_invalid", "`account` must be an account id."))
-    if (raw := _one(query, "cursor")) is not None:
-        cursor = query_number(raw, top=BIGINT_MAX)
-        if cursor is None:
-            form.fail("cursor", FieldError("cursor_invalid", "Must be the next_cursor of a previous page."))
-    limit = 50
-    if (raw := _one(query, "limit")) is not None:
-        limit = query_number(raw, top=MAX_PAGE) or 0
-        if limit < 1:
-            form.fail("limit", FieldError("limit_invalid", f"Must be a whole number from 1 to {MAX_PAGE}."))
+    cursor, limit = query_page(form, query, max_page=MAX_PAGE)
     since = form.take("from", instant(subject="from", earliest=EARLIEST, latest=LATEST)) if "from" in query else None
     until = form.take("to", instant(subject="to", earliest=EARLIEST, latest=LATEST)) if "to" in query else None
     if since is not None and until is not None and since > until:

@@ -9,8 +9,8 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import TYPE_CHECKING
 
-from edge.services import Balance, Grant, MonthUsage, Spend, SpendLimit
-from plugins.credits import reports
+from edge.services import Balance, Grant, LedgerEntry, MonthUsage, Spend, SpendLimit, UsageItem
+from plugins.credits import admin_reads, reports
 from plugins.credits import scopes as spend_scopes
 
 if TYPE_CHECKING:
@@ -68,3 +68,17 @@ class CreditService:
             period_start=None if limit.period == "total" else scope.start,
             resets_at=scope.resets_at(plugin.tz),
         )
+
+    async def recent_usage(self, *, account_id: int, limit: int = 50) -> list[UsageItem]:
+        async with self.plugin.gateway.database.connect() as conn:
+            return await admin_reads.recent_usage(conn, account_id=account_id, limit=limit)
+
+    async def ledger_entries(self, *, account_id: int, limit: int = 50) -> list[LedgerEntry]:
+        async with self.plugin.gateway.database.connect() as conn:
+            return await admin_reads.ledger_entries(conn, account_id=account_id, limit=limit)
+
+    async def usage_rows(
+        self, *, since: datetime | None, until: datetime | None, after_id: int = 0, limit: int = 1000
+    ) -> list[UsageItem]:
+        async with self.plugin.gateway.database.connect() as conn:
+            return await admin_reads.usage_rows(conn, since=since, until=until, after_id=after_id, limit=limit)
