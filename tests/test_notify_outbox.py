@@ -15,11 +15,13 @@ import pytest
 import sqlalchemy as sa
 
 from edge.events import CloudBudget80, CloudBudget100, CreditsExhausted, CreditsLow, EnterpriseRegistered, Event
+from plugins.billing.events import SubscriptionActivated, TopupPaid
+from plugins.billing.lifecycle import SubscriptionRenewalDue
 from plugins.notify.notices import IpBanned
 from plugins.notify.tables import notify_outbox
 from tests.conftest import base_config
 from tests.fakes.whatsapp import FakeSettings, FakeWhatsApp, run_fake
-from tests.support.billing_events import BillingEvents, SubscriptionActivated, SubscriptionRenewalDue, TopupPaid
+from tests.support.billing_events import BillingEvents
 from tests.support.clock import ManualClock
 from tests.support.portal import auth_plugin_entry, register_user
 
