@@ -9,6 +9,7 @@ buying Enterprise; the cloud cap filling to 80% and 100% through /v1; a ban post
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
+from edge.services import CREDITS
 from plugins.billing import renewals
 from plugins.notify.tables import notify_outbox
 from tests.conftest import ROOT, base_config
@@ -75,11 +77,19 @@ def example_config(*, ollama: Any, cloud: Any, db_url: str, redis_url: str, paym
     return config
 
 
-async def chat(served: Any, key: dict[str, str], model: str) -> int:
+async def chat(served: Any, key: dict[str, str], model: str, *, account_id: int) -> int:
+    """One request, then its settlement: the reply reaches the client before settle gives back the rest of
+    its hold, and the next request must see the balance a customer waiting between requests would."""
     body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
     async with served.request("POST", "/v1/chat/completions", json=body, headers=key) as resp:
         await resp.read()
-        return int(resp.status)
+        status = int(resp.status)
+    credits = served.gateway.service(CREDITS)
+    for _ in range(500):
+        if (await credits.balance(account_id)).reserved_milli == 0:
+            return status
+        await asyncio.sleep(0.01)
+    raise AssertionError("the request's hold was never settled")
 
 
 async def settle(served: Any) -> None:
@@ -113,10 +123,10 @@ async def test_each_notice_arrives_once_from_its_real_trigger(
         # NOTIF-03, then NOTIF-04: spending through /v1 below 20% of Pro's 5,000 credits, then refused (402).
         key = bearer(await create_key(served, user))
         ollama.settings.usage = {"prompt_tokens": 1, "completion_tokens": 2000}
-        statuses = [await chat(served, key, COSTLY_MODEL)]
+        statuses = [await chat(served, key, COSTLY_MODEL, account_id=user.account_id)]
         while statuses[-1] == 200 and len(statuses) < 20:
-            statuses.append(await chat(served, key, COSTLY_MODEL))
-        statuses.append(await chat(served, key, COSTLY_MODEL))
+            statuses.append(await chat(served, key, COSTLY_MODEL, account_id=user.account_id))
+        statuses.append(await chat(served, key, COSTLY_MODEL, account_id=user.account_id))
         assert statuses[-2:] == [402, 402] and set(statuses[:-2]) == {200}, statuses
         ollama.settings.usage = None
 
@@ -129,7 +139,7 @@ async def test_each_notice_arrives_once_from_its_real_trigger(
         # NOTIF-10: Enterprise bought; then NOTIF-07 and NOTIF-08: its cloud requests fill the cap of 5.
         await paid_order(served, payments, user, "enterprise")
         await payments.webhooks_sent()
-        assert [await chat(served, key, CLOUD_MODEL) for _ in range(6)] == [200] * 5 + [503]
+        assert [await chat(served, key, CLOUD_MODEL, account_id=user.account_id) for _ in range(6)] == [200] * 5 + [503]
 
         # NOTIF-09: fail2ban reports a ban from this host.
         ban = {"ip": "203.0.113.9", "jail": "resayil-portal", "failures": 7, "time": 1773523800}
