@@ -7,6 +7,7 @@ an expiry that Redis enforces with its own TTL runs on Redis's clock and cannot 
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from time import monotonic as _monotonic
 from time import time as _time
 from typing import Protocol
@@ -30,3 +31,8 @@ class SystemClock:
 
 
 SYSTEM = SystemClock()
+
+
+def utc_now(clock: Clock = SYSTEM) -> datetime:
+    """Now on `clock`, as the database keeps instants: UTC without a tzinfo."""
+    return datetime.fromtimestamp(clock.time(), UTC).replace(tzinfo=None)

@@ -28,7 +28,7 @@ import os
 import secrets
 import socket
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import orjson
@@ -36,6 +36,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from edge.clock import utc_now
 from edge.config import EventSettings
 from edge.events import CORE_EVENTS, Event, EventTypes, encode
 from edge.hookspecs import hookimpl
@@ -70,10 +71,6 @@ events = sa.Table(
 )
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
 def backoff(settings: EventSettings, attempts: int) -> float:
     """Seconds before the next attempt after `attempts` failed ones: doubling, capped."""
     return float(min(settings.first_backoff_seconds * 2 ** min(attempts - 1, 30), settings.max_backoff_seconds))
@@ -88,7 +85,7 @@ class Outbox:
         self.settings = settings
         # Who holds a claim, for an operator reading the table: host, process, and a part no other worker has.
         # UTC-naive; tests move it instead of sleeping through backoffs and leases.
-        self.clock: Callable[[], datetime] = utcnow
+        self.clock: Callable[[], datetime] = utc_now
         self.worker = f"{socket.gethostname()[:32]}:{os.getpid()}:{secrets.token_hex(4)}"
 
     async def publish(self, *events: Event, conn: AsyncConnection | None = None) -> None:

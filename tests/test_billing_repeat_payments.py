@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from plugins.billing.order_rows import utcnow as now
+from edge.clock import utc_now as now
 from plugins.billing.pending import check_pending
 from plugins.billing.tables import orders
 from tests.fakes.myfatoorah import FakeMyFatoorah

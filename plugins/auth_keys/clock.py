@@ -8,12 +8,12 @@ from __future__ import annotations
 import calendar
 from datetime import UTC, datetime
 
-from edge.clock import SYSTEM, Clock
+from edge.clock import SYSTEM, Clock, utc_now
 
 
 def utcnow(clock: Clock = SYSTEM) -> datetime:
     # Whole seconds: MariaDB's DATETIME drops fractions, so both databases then hold the same value.
-    return datetime.fromtimestamp(int(clock.time()), UTC).replace(tzinfo=None)
+    return utc_now(clock).replace(microsecond=0)
 
 
 def iso(value: datetime | None) -> str | None:

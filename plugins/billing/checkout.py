@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from edge.clock import utc_now
 from edge.errors import TooManyRequests
 from edge.inputs import Form, choice
 from edge.services import PortalUser
 from plugins.billing import answers, order_rows
 from plugins.billing.gateway_client import CheckoutRequest, NotConfigured, PaymentError
 from plugins.billing.money import CURRENCY
-from plugins.billing.order_rows import Row, utcnow
+from plugins.billing.order_rows import Row
 from plugins.billing.products import find
 from plugins.billing.tables import orders
 
@@ -44,7 +45,7 @@ async def checkout(plugin: Plugin, *, user: PortalUser, body: dict[str, Any]) ->
     product = find(plugin.products, product_id)
     assert product is not None
     s = plugin.settings
-    now = utcnow()
+    now = utc_now()
     db = plugin.gateway.database
     if await _pending(plugin, account_id=user.account_id) >= s.max_pending_orders:
         raise _too_many()
@@ -118,7 +119,7 @@ async def _pending(plugin: Plugin, *, account_id: int) -> int:
         count = await conn.scalar(
             sa.select(sa.func.count())
             .select_from(orders)
-            .where(orders.c.account_id == account_id, orders.c.status == "pending", orders.c.expires_at > utcnow())
+            .where(orders.c.account_id == account_id, orders.c.status == "pending", orders.c.expires_at > utc_now())
         )
     return int(count or 0)
 

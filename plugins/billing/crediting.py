@@ -24,12 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from edge.clock import utc_now
 from edge.events import EnterpriseRegistered, Event
 from edge.services import ACCOUNTS, CREDITS
 from edge.transient import mysql_transient, retrying
 from plugins.billing import order_rows
 from plugins.billing.events import BillingDisputed, SubscriptionActivated, TopupPaid
-from plugins.billing.order_rows import Row, utcnow
+from plugins.billing.order_rows import Row
 from plugins.billing.rules import CREDITABLE, plan_expiry
 
 if TYPE_CHECKING:
@@ -86,7 +87,7 @@ async def credit_paid_order(
 
     Raises UnknownOrder when there is no such order. Whatever else happened before (already paid,
     disputed, a concurrent call won) is not an error: the result says what the order now is."""
-    moment = now or utcnow()
+    moment = now or utc_now()
 
     async def once() -> Credited:
         async with gateway.database.begin() as conn:

@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edge import audit
+from edge.clock import utc_now
 from edge.errors import GatewayError, NotFound
 from edge.inputs import FieldError, Form, choice, integer, invalid, text
 from edge.services import ACCOUNTS, PortalUser
 from plugins.billing import order_rows
 from plugins.billing.crediting import Credited, Payment, credit_paid_order
 from plugins.billing.money import CURRENCY
-from plugins.billing.order_rows import Row, utcnow
+from plugins.billing.order_rows import Row
 from plugins.billing.products import find
 from plugins.billing.tables import orders
 
@@ -54,7 +55,7 @@ async def create(plugin: Plugin, *, admin: PortalUser, ip: str | None, body: dic
         raise invalid({"account_id": FieldError("account_id_not_found", MESSAGES["account_id_not_found"])})
     product = find(plugin.products, product_id)
     assert product is not None
-    now = utcnow()
+    now = utc_now()
     reference = order_rows.new_reference()
     async with plugin.gateway.database.begin() as conn:
         await conn.execute(

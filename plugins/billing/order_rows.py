@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Collection
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from edge.clock import utc_now
 from edge.db import Database
 from plugins.billing.rules import CREDITABLE, receipt_number
 from plugins.billing.tables import orders, receipt_counters
@@ -24,10 +25,6 @@ Row = sa.Row[Any]
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
 # The states the pending-order job asks MyFatoorah about while their next check is due (pending.py).
 ASKED: tuple[str, ...] = ("pending", "failed")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def new_reference() -> str:
@@ -73,7 +70,7 @@ async def move(
     if exact is not None:
         fils, currency = exact
         where += [orders.c.price_fils == fils, orders.c.currency == (currency or "")]
-    result = await conn.execute(orders.update().where(*where).values(status=to, updated_at=utcnow(), **(values or {})))
+    result = await conn.execute(orders.update().where(*where).values(status=to, updated_at=utc_now(), **(values or {})))
     return bool(result.rowcount == 1)
 
 
@@ -87,7 +84,7 @@ async def update(db: Database, *, reference: str, values: dict[str, Any], status
         result = await conn.execute(
             orders.update()
             .where(orders.c.reference == reference, orders.c.status.in_(list(status)))
-            .values(updated_at=utcnow(), **values)
+            .values(updated_at=utc_now(), **values)
         )
         return bool(result.rowcount == 1)
 
@@ -103,7 +100,7 @@ async def record_total_paid(conn: AsyncConnection, *, reference: str, fils: int,
             orders.c.status == "paid",
             sa.or_(orders.c.confirmed_fils.is_(None), orders.c.confirmed_fils < fils),
         )
-        .values(confirmed_fils=fils, confirmed_currency=currency, updated_at=utcnow())
+        .values(confirmed_fils=fils, confirmed_currency=currency, updated_at=utc_now())
     )
     return bool(result.rowcount == 1)
 
@@ -113,7 +110,7 @@ async def claim_callback_ask(db: Database, *, reference: str, seconds: float) ->
     `seconds` per order, across workers and hosts (one conditional UPDATE), and only while it may still
     be credited. The return is an unauthenticated URL; reloading it must not spend GetPaymentStatus's
     per-account rate limit, which every other payer's confirmation needs too."""
-    now = utcnow()
+    now = utc_now()
     async with db.begin() as conn:
         result = await conn.execute(
             orders.update()

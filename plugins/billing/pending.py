@@ -18,9 +18,10 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from edge.clock import utc_now
 from plugins.billing import order_rows
 from plugins.billing.gateway_client import PaymentError, Refused
-from plugins.billing.order_rows import ASKED, Row, utcnow
+from plugins.billing.order_rows import ASKED, Row
 from plugins.billing.rules import next_check
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ async def check_pending(plugin: Plugin) -> int:
     """One run of the job; returns how many orders MyFatoorah was asked about."""
     if not plugin.client.configured:
         return 0
-    now = utcnow()
+    now = utc_now()
     db = plugin.gateway.database
     rows = await order_rows.due(db, now=now, limit=plugin.settings.max_status_calls_per_run)
     asked = 0
@@ -68,7 +69,7 @@ async def later(plugin: Plugin, row: Row) -> None:
     s = plugin.settings
     attempts = int(row.check_attempts) + 1
     when = next_check(
-        attempts=attempts, now=utcnow(), first_seconds=s.first_check_seconds, max_seconds=s.max_check_interval_seconds
+        attempts=attempts, now=utc_now(), first_seconds=s.first_check_seconds, max_seconds=s.max_check_interval_seconds
     )
     await order_rows.update(
         plugin.gateway.database,
@@ -81,5 +82,5 @@ async def later(plugin: Plugin, row: Row) -> None:
 async def check_soon(plugin: Plugin, reference: str) -> None:
     """Have the next run ask about this pending or failed order (its callback or webhook could not confirm it)."""
     await order_rows.update(
-        plugin.gateway.database, reference=reference, values={"next_check_at": utcnow()}, status=ASKED
+        plugin.gateway.database, reference=reference, values={"next_check_at": utc_now()}, status=ASKED
     )

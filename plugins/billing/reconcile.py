@@ -24,10 +24,11 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from edge.cli import Command
+from edge.clock import utc_now
 from plugins.billing.confirmation import expected
 from plugins.billing.gateway_client import PaymentError, Refused
 from plugins.billing.lifecycle import BillingMismatch, mismatch
-from plugins.billing.order_rows import Row, utcnow
+from plugins.billing.order_rows import Row
 from plugins.billing.rules import CREDITABLE, confirmed_amount, paid_twice, verdict
 from plugins.billing.tables import orders
 
@@ -55,7 +56,7 @@ class Report:
 
 async def reconcile(plugin: Plugin, *, days: int, max_calls: int, now: datetime | None = None) -> Report:
     """Check the orders created in the last `days` that have an invoice; publish what disagrees."""
-    now = now or utcnow()
+    now = now or utc_now()
     query = (
         orders.select()
         .where(orders.c.created_at >= now - timedelta(days=days), orders.c.invoice_id.is_not(None))

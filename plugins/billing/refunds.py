@@ -31,13 +31,14 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edge import audit
+from edge.clock import utc_now
 from edge.errors import GatewayError, NotFound
 from edge.inputs import FieldError, invalid
 from edge.services import CREDITS, BalanceTooLow
 from plugins.billing import order_rows
 from plugins.billing.gateway_client import NotConfigured, PaymentError, Refused
 from plugins.billing.money import AmountError, from_decimal
-from plugins.billing.order_rows import Row, utcnow
+from plugins.billing.order_rows import Row
 from plugins.billing.tables import orders, refunds
 from plugins.billing.webhooks import Webhook
 
@@ -127,7 +128,7 @@ def _same(first: Row, ask: Ask) -> Row:
 
 
 async def _record(plugin: Plugin, ask: Ask, *, key: str) -> tuple[Row, bool]:
-    now = utcnow()
+    now = utc_now()
     async with plugin.gateway.database.begin() as conn:
         locked = await conn.execute(
             orders.update().where(orders.c.reference == ask.reference, orders.c.status == "paid").values(updated_at=now)
@@ -255,7 +256,7 @@ async def _settle(
     plugin: Plugin, row: Row, *, status: str, from_: tuple[str, ...], provider_refund_id: str | None = None
 ) -> Row:
     """Move the refund to `status` if it is in `from_`; a refund that did not happen gives its credits back."""
-    values: dict[str, Any] = {"status": status, "updated_at": utcnow()}
+    values: dict[str, Any] = {"status": status, "updated_at": utc_now()}
     if provider_refund_id is not None:
         values["provider_refund_id"] = provider_refund_id
     async with plugin.gateway.database.begin() as conn:

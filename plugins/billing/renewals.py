@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
+from edge.clock import utc_now
 from edge.events import Event
 from edge.services import ACCOUNTS, Account
 from plugins.billing.lifecycle import SubscriptionExpired, SubscriptionRenewalDue
-from plugins.billing.order_rows import utcnow
 from plugins.billing.tables import plan_notices
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ class Renewals:
 
 async def run(plugin: Plugin, *, now: datetime | None = None) -> Renewals:
     """One run of the job: every account whose plan ends within the reminder window, or has ended."""
-    now = now or utcnow()
+    now = now or utc_now()
     window = now + timedelta(days=plugin.settings.renewal_reminder_days)
     accounts = plugin.gateway.service(ACCOUNTS)
     done = Renewals()
@@ -73,7 +73,7 @@ async def _announce(plugin: Plugin, *, account: Account, expiry: datetime, kind:
         async with plugin.gateway.database.begin() as conn:
             await conn.execute(
                 plan_notices.insert().values(
-                    account_id=account.id, plan_expires_at=expiry, kind=kind, created_at=utcnow()
+                    account_id=account.id, plan_expires_at=expiry, kind=kind, created_at=utc_now()
                 )
             )
             await plugin.gateway.events.publish(event, conn=conn)

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from edge.clock import utc_now
 from edge.errors import GatewayError, NotFound
 from edge.inputs import Form, query_number, read_body, read_json
 from edge.services import GUARDS
@@ -188,7 +189,7 @@ async def _first_time(plugin: Plugin, replay_key: str, event: Webhook) -> bool:
                     version=event.version,
                     code=event.code,
                     invoice_id=event.invoice_id[:32] or None,
-                    received_at=order_rows.utcnow(),
+                    received_at=utc_now(),
                 )
             )
     except sa.exc.IntegrityError:

@@ -16,10 +16,11 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edge.clock import utc_now
 from edge.events import Event
 from edge.hookspecs import hookimpl
 from edge.jobs import Job
@@ -109,7 +110,7 @@ class Plugin:
 
     def now(self) -> datetime:
         """UTC-naive, from the gateway's clock (tests move it)."""
-        return datetime.fromtimestamp(self.gateway.clock.time(), UTC).replace(tzinfo=None)
+        return utc_now(self.gateway.clock)
 
     # ---- hooks -----------------------------------------------------------------------------------------
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from starlette.routing import BaseRoute
 
+from edge.clock import utc_now
 from edge.context import RequestContext
 from edge.hookspecs import hookimpl
 from edge.services import SpendLimit, SpendLimits
@@ -69,7 +70,7 @@ class Plugin:
 
     def now(self) -> datetime:
         """UTC-naive, from the gateway's clock (tests move it)."""
-        return datetime.fromtimestamp(self.gateway.clock.time(), UTC).replace(tzinfo=None)
+        return utc_now(self.gateway.clock)
 
     @hookimpl
     async def resayil_startup(self, gateway: Gateway) -> None:
