@@ -1,5 +1,5 @@
 """Plugins never import each other nor look each other up by name: what one offers others is a typed
-service (edge/services.py). Every module under plugins/<p>/ is parsed, every import read wherever it is
+service (edge/services/). Every module under plugins/<p>/ is parsed, every import read wherever it is
 (inside functions and `if TYPE_CHECKING:` blocks too), and every `.plugin(` call refused."""
 
 from __future__ import annotations

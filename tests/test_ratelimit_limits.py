@@ -220,11 +220,7 @@ async def test_one_redis_round_trip_per_request(serve: Any, ollama: Any, sqlite_
     await monitor_client.aclose()
     # The scheduled jobs' lock (edge.joblock) shares this Redis and may claim a run meanwhile; it is not a
     # request's round trip, so its commands (all on its own keys) are left out.
-    ours = [
-        c
-        for c in seen
-        if c.get("db") == db and c.get("client_type") != "lua" and JOB_PREFIX not in c["command"]
-    ]
+    ours = [c for c in seen if c.get("db") == db and c.get("client_type") != "lua" and JOB_PREFIX not in c["command"]]
     assert [c["command"].split()[0].upper() for c in ours] == ["EVALSHA"] * 6
 
 

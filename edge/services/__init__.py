@@ -1,0 +1,101 @@
+"""What plugins offer each other: small typed services, provided by the owning plugin at startup.
+
+Plugins never import each other. One that offers something (auth_keys: accounts and the portal's guards;
+credits: grants, balances and usage) provides it under a `Service` key from this module, and one that needs
+it asks the gateway by the same key (one module per owner under `edge.services`, all names
+re-exported here):
+
+    gateway.provide(ACCOUNTS, self.accounts)        # the owner, in `resayil_startup`
+    await gateway.service(ACCOUNTS).set_plan(...)   # typed: strict mypy checks every call and result
+    credits = gateway.maybe(CREDITS)                # None when no plugin provides it
+
+A service is asked for when it is used (in a route or a hook), not kept at startup, because the order in
+which plugins start is not part of the contract. Results are frozen dataclasses, never `dict[str, Any]`.
+The guards have a core default (`NoGuards`), so a portal route that needs a user answers the same 401
+whether or not a plugin that logs users in is enabled. Keep each Protocol to what its callers use: a new
+caller adds the method it needs, and the owner implements it.
+"""
+
+from __future__ import annotations
+
+from edge.services.accounts import (
+    ACCOUNTS,
+    KEEP,
+    USER_STATUSES,
+    Account,
+    Accounts,
+    Contact,
+    IssuedKey,
+    Keep,
+    KeySummary,
+    UserProfile,
+    UserQuery,
+)
+from edge.services.billing import (
+    BILLING,
+    Billing,
+    OrderSummary,
+)
+from edge.services.credits import (
+    CREDITS,
+    SPEND_PERIODS,
+    Balance,
+    BalanceTooLow,
+    Credits,
+    Grant,
+    LedgerEntry,
+    MonthUsage,
+    Spend,
+    SpendLimit,
+    SpendLimits,
+    UsageItem,
+)
+from edge.services.guards import (
+    GUARDS,
+    Guards,
+    NoGuards,
+    PortalUser,
+    admin_required,
+    not_logged_in,
+)
+from edge.services.keys import (
+    MissingService,
+    Service,
+)
+
+__all__ = [
+    "ACCOUNTS",
+    "BILLING",
+    "CREDITS",
+    "GUARDS",
+    "KEEP",
+    "SPEND_PERIODS",
+    "USER_STATUSES",
+    "Account",
+    "Accounts",
+    "Balance",
+    "BalanceTooLow",
+    "Billing",
+    "Contact",
+    "Credits",
+    "Grant",
+    "Guards",
+    "IssuedKey",
+    "Keep",
+    "KeySummary",
+    "LedgerEntry",
+    "MissingService",
+    "MonthUsage",
+    "NoGuards",
+    "OrderSummary",
+    "PortalUser",
+    "Service",
+    "Spend",
+    "SpendLimit",
+    "SpendLimits",
+    "UsageItem",
+    "UserProfile",
+    "UserQuery",
+    "admin_required",
+    "not_logged_in",
+]

@@ -1,0 +1,183 @@
+"""The credits service, owned by credits: grants, balances, spend limits, usage and the ledger."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Protocol
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from edge.services.keys import Service
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    """An account's milli-credits: `available_milli` = `balance_milli` - `reserved_milli` (live holds)."""
+
+    account_id: int
+    balance_milli: int
+    reserved_milli: int
+    available_milli: int
+
+
+@dataclass(frozen=True, slots=True)
+class MonthUsage:
+    """This calendar month's totals (the credits plugin's timezone) since `since`, its first day."""
+
+    account_id: int
+    since: date
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_milli: int
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """One ledger row a grant wrote, or found: `created` is False when the idempotency key was used
+    before, and the row is then the first one (compare its amount and reason to tell a retry from a
+    reuse). `created_at` is ISO 8601 in UTC, as the API shows it."""
+
+    id: int
+    account_id: int
+    kind: str
+    amount_milli: int
+    balance_after_milli: int
+    reference: str
+    actor: str | None
+    reason: str | None
+    created_at: str
+    created: bool
+
+
+class BalanceTooLow(Exception):
+    """A negative adjustment would take the available balance below zero."""
+
+    def __init__(self, available_milli: int) -> None:
+        super().__init__(f"available balance is {available_milli} milli-credits")
+        self.available_milli = available_milli
+
+
+# ---- spend limits: set by the plugin that knows the scope (auth_keys: keys), enforced by credits ---------------
+
+SPEND_PERIODS = ("day", "month", "total")
+
+
+@dataclass(frozen=True, slots=True)
+class SpendLimit:
+    """At most `limit_milli` spent by one scope (`kind` "key": an API key; "member": a team member) per
+    `period`: a day or a calendar month in the credits plugin's timezone, or in total. `scope_id` is the
+    key's (or the member's) id; scopes of different kinds never share a counter."""
+
+    kind: str
+    scope_id: int
+    limit_milli: int
+    period: str
+
+
+@dataclass(frozen=True, slots=True)
+class SpendLimits:
+    """The principal's identity fact (edge/context.py) listing every limit its requests count against,
+    in the order they are checked. A principal without limits carries no such fact, so the credits plugin
+    adds no work to its requests. A plugin adding a limit replaces the fact with one that has it too."""
+
+    limits: tuple[SpendLimit, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Spend:
+    """One limit's period as it stands: `spent_milli` settled in it, `held_milli` by requests in flight,
+    `remaining_milli` = limit - spent - held (never below 0). `period_start` is the period's first local day
+    (None for `total`), `resets_at` when the next period starts (UTC, None for `total`)."""
+
+    limit: SpendLimit
+    spent_milli: int
+    held_milli: int
+    remaining_milli: int
+    period_start: date | None
+    resets_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageItem:
+    """One settled request as the credits plugin recorded it (`created_at` UTC without a tzinfo)."""
+
+    id: int
+    created_at: datetime
+    request_id: str
+    account_id: int
+    user_id: int | None
+    key_id: int | None
+    model: str
+    endpoint: str
+    route: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost_milli: int
+    status: int
+    outcome: str
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """One ledger row (`created_at` UTC without a tzinfo)."""
+
+    id: int
+    kind: str
+    amount_milli: int
+    balance_after_milli: int
+    reference: str
+    actor: str | None
+    reason: str | None
+    created_at: datetime
+
+
+class Credits(Protocol):
+    async def grant(
+        self,
+        *,
+        account_id: int,
+        amount_milli: int,
+        kind: str,
+        idempotency_key: str,
+        reason: str | None = None,
+        actor: str | None = None,
+        conn: AsyncConnection | None = None,
+    ) -> Grant:
+        """Add credits as one ledger row: `kind` grant, subscription, topup, refund or adjustment (only an
+        adjustment may be negative). Idempotent by (kind, idempotency_key). Raises ValueError for a bad kind
+        or amount, and BalanceTooLow when a negative adjustment would take the available balance below 0.
+        With `conn` (from `gateway.database.begin()`) the row is written in the caller's transaction: it
+        commits or rolls back with the caller's own writes (billing credits a paid order this way)."""
+        ...
+
+    async def balance(self, account_id: int) -> Balance:
+        """The account's balance (zeros for an account that never had credits)."""
+        ...
+
+    async def month_usage(self, account_id: int) -> MonthUsage:
+        """This calendar month's requests, tokens and milli-credits spent."""
+        ...
+
+    async def spend(self, *, account_id: int, limit: SpendLimit) -> Spend:
+        """Where `limit` stands in its current period for the account's scope (spent, held, what is left)."""
+        ...
+
+    async def recent_usage(self, *, account_id: int, limit: int = 50) -> list[UsageItem]:
+        """The account's last `limit` usage rows, newest first."""
+        ...
+
+    async def ledger_entries(self, *, account_id: int, limit: int = 50) -> list[LedgerEntry]:
+        """The account's last `limit` ledger rows, newest first."""
+        ...
+
+    async def usage_rows(
+        self, *, since: datetime | None, until: datetime | None, after_id: int = 0, limit: int = 1000
+    ) -> list[UsageItem]:
+        """Every account's usage rows created in [since, until) (UTC, None: open), by id after `after_id`,
+        at most `limit`: a keyset page, so an export never holds more than one page."""
+        ...
+
+
+CREDITS: Service[Credits] = Service("credits")
