@@ -133,6 +133,57 @@ class LedgerEntry:
     created_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class UsageTotals:
+    """Settled requests, their tokens and the milli-credits they were charged."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    charged_milli: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RouteUsage:
+    """One route's (`local`, `cloud`, or `none`: refused before an upstream was chosen) totals today, over
+    the last 7 and 30 days (today included), and this calendar month."""
+
+    route: str
+    today: UsageTotals
+    last_7_days: UsageTotals
+    last_30_days: UsageTotals
+    this_month: UsageTotals
+
+
+@dataclass(frozen=True, slots=True)
+class TopAccount:
+    """An account and what it spent this month."""
+
+    account_id: int
+    totals: UsageTotals
+
+
+@dataclass(frozen=True, slots=True)
+class TopModel:
+    """A model and what was spent on it this month, every route together."""
+
+    model: str
+    totals: UsageTotals
+
+
+@dataclass(frozen=True, slots=True)
+class UsageOverview:
+    """The platform's usage from the roll-ups, never a scan of usage rows: `today` and `month` are local
+    days of the credits plugin's timezone; `routes` always has `local` and `cloud`; the tops are ordered by
+    milli-credits charged this month, most first."""
+
+    today: date
+    month: date
+    routes: tuple[RouteUsage, ...]
+    top_accounts: tuple[TopAccount, ...]
+    top_models: tuple[TopModel, ...]
+
+
 class Credits(Protocol):
     async def grant(
         self,
@@ -177,6 +228,12 @@ class Credits(Protocol):
     ) -> list[UsageItem]:
         """Every account's usage rows created in [since, until) (UTC, None: open), by id after `after_id`,
         at most `limit`: a keyset page, so an export never holds more than one page."""
+        ...
+
+    async def usage_overview(self, *, top: int = 10) -> UsageOverview:
+        """Every account's usage by route today, over 7 and 30 days and this month, and the `top` accounts
+        and models by milli-credits this month: read from the roll-ups, so its cost does not grow with the
+        number of usage rows."""
         ...
 
 

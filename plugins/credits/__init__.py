@@ -23,7 +23,7 @@ from plugins.credits.api import routes
 from plugins.credits.leases import Leases, Ticket
 from plugins.credits.ledger import DATABASE_ERRORS, Ledger
 from plugins.credits.notices import NOBODY, Notices, Owner
-from plugins.credits.reconcile import arguments, run_reconcile
+from plugins.credits.reconcile import arguments, rollup_command, run_reconcile
 from plugins.credits.rows import Change, utcnow
 from plugins.credits.scopes import LimitReached, Scope
 from plugins.credits.service import CreditService
@@ -163,14 +163,15 @@ class Plugin:
 
     @hookimpl
     def resayil_commands(self) -> list[Command]:
-        """`python -m edge reconcile`: every balance against its ledger and its live holds."""
+        """`python -m edge reconcile` (balances, ledger, holds, roll-ups) and `credits rollup-rebuild`."""
         return [
             Command(
                 "reconcile",
                 "check every balance against its ledger and live holds; exit 1 on any difference",
                 run_reconcile,
                 arguments,
-            )
+            ),
+            rollup_command(),
         ]
 
     @hookimpl

@@ -31,6 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edge.db import Database
+from plugins.credits import rollups
 from plugins.credits import scopes as spend_scopes
 from plugins.credits.entries import log_capped
 from plugins.credits.rows import (
@@ -203,6 +204,7 @@ async def settle(
             },
         )
         await spend_scopes.charge(conn, limited, hold_id=hold_id, charged=charged)
+        await rollups.add(conn, [{**usage_row, "account_id": account_id, "cost_milli": charged}])
         row = None
         if charged:
             row = await append_entry(

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edge.db import Database
+from plugins.credits import rollups
 from plugins.credits.rows import entry_values, in_transaction, low_flag, read_balance, utcnow
 from plugins.credits.tables import balances, holds, ledger, usage
 
@@ -195,7 +196,7 @@ async def write_batch(
     plans: Mapping[str, int],
     low_percent: int,
 ) -> Written:
-    """One transaction for many settlements: usage rows, ledger rows, balances and lease rows.
+    """One transaction for many settlements: usage rows, ledger rows, balances, lease rows and roll-ups.
 
     A lease whose row is gone (released by the sweeper after its worker was thought dead) writes none of
     its charges, as a request whose hold is gone is not charged."""
@@ -298,6 +299,8 @@ async def write_batch(
             await conn.execute(_MOVE_LEASE, moved)
         if dropped:
             await conn.execute(_DROP_LEASE, [{"b_id": lease} for lease in dropped])
+        # Last, in key order (rollups.py): the roll-up rows are locked after every balance row of the batch.
+        await rollups.add(conn, usage_rows)
         return out
 
     return await in_transaction(db, work)

@@ -1,5 +1,7 @@
 """`python -m edge reconcile`: every balance must equal the sum of its ledger, every ledger row must follow
-from the one before it, and `reserved` must equal the account's live holds. Prints what differs; exit 1.
+from the one before it, `reserved` must equal the account's live holds, and every usage roll-up row the sums
+of its usage rows (rollups.py). Prints what differs; exit 1. `python -m edge credits rollup-rebuild`
+recomputes the roll-ups from the usage rows.
 
 Safe on a live system: on MariaDB it reads one REPEATABLE READ snapshot, and on SQLite (one writer at a
 time, row ids in commit order) the totals come from a single statement.
@@ -13,7 +15,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from edge.cli import Command
 from edge.gateway import Gateway
+from plugins.credits import rollups
 from plugins.credits.ledger import Ledger
 from plugins.credits.rows import utcnow
 from plugins.credits.tables import balances, holds, ledger, scope_holds, spend_scopes
@@ -51,6 +55,7 @@ async def find_differences(conn: AsyncConnection) -> tuple[int, list[str]]:
         problems.extend(_account_problems(int(acc), balance, reserved, int(summed), int(held_sum), int(expired_count)))
     problems.extend(await _chain_problems(conn))
     problems.extend(await _scope_problems(conn))
+    problems.extend(await rollups.differences(conn))
     return len(rows), problems
 
 
@@ -150,3 +155,24 @@ async def run_reconcile(gateway: Gateway, args: argparse.Namespace) -> int:
         print(line)
     print(f"reconcile: {checked} account(s) checked, {len(problems)} difference(s)")
     return 1 if problems else 0
+
+
+def rollup_command() -> Command:
+    """`python -m edge credits rollup-rebuild`: the usage roll-ups recomputed from the usage rows."""
+
+    async def run(gateway: Gateway, args: argparse.Namespace) -> int:
+        if args.credits_command != "rollup-rebuild":
+            return 2
+        async with gateway.database.begin() as conn:
+            daily, monthly = await rollups.rebuild(conn)
+        print(f"rollup-rebuild: {daily} daily and {monthly} monthly roll-up row(s) written from the usage rows")
+        return 0
+
+    def subcommands(parser: argparse.ArgumentParser) -> None:
+        sub = parser.add_subparsers(dest="credits_command", required=True)
+        sub.add_parser(
+            "rollup-rebuild",
+            help="recompute usage_daily and usage_monthly from usage_records (stop the gateway first)",
+        )
+
+    return Command("credits", "credits operations: `rollup-rebuild`", run, subcommands)

@@ -9,8 +9,8 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import TYPE_CHECKING
 
-from edge.services import Balance, Grant, LedgerEntry, MonthUsage, Spend, SpendLimit, UsageItem
-from plugins.credits import admin_reads, reports
+from edge.services import Balance, Grant, LedgerEntry, MonthUsage, Spend, SpendLimit, UsageItem, UsageOverview
+from plugins.credits import admin_reads, overview, reports
 from plugins.credits import scopes as spend_scopes
 
 if TYPE_CHECKING:
@@ -82,3 +82,9 @@ class CreditService:
     ) -> list[UsageItem]:
         async with self.plugin.gateway.database.connect() as conn:
             return await admin_reads.usage_rows(conn, since=since, until=until, after_id=after_id, limit=limit)
+
+    async def usage_overview(self, *, top: int = 10) -> UsageOverview:
+        # The day usage rows are stamped with (resayil_settle): the same clock and timezone.
+        today = datetime.now(self.plugin.tz).date()
+        async with self.plugin.gateway.database.connect() as conn:
+            return await overview.read(conn, today=today, top=max(1, top))

@@ -122,3 +122,31 @@ _BOOKKEEPING, _FIRST, _LAST = (
     ("key_id", "user_id"),
 )
 USAGE_SHOWN = (*_FIRST, *(c.name for c in usage.columns if c.name not in (*_BOOKKEEPING, *_FIRST, *_LAST)), *_LAST)
+
+# The roll-ups (plugins/credits/rollups.py): what the admins' overview reads instead of usage_records, written
+# in the transaction of every usage row. A day is the usage row's own `day` (settings.timezone).
+# Per day, model and route, in SHARDS rows by account (account_id % SHARDS), so concurrent settlements of
+# different accounts rarely wait for the same row.
+usage_daily = sa.Table(
+    "usage_daily",
+    metadata,
+    sa.Column("day", sa.Date(), primary_key=True),
+    sa.Column("model", sa.String(200), primary_key=True),
+    sa.Column("route", sa.String(16), primary_key=True),
+    sa.Column("shard", sa.SmallInteger(), primary_key=True, autoincrement=False),
+    sa.Column("requests", sa.BigInteger(), nullable=False),
+    sa.Column("prompt_tokens", sa.BigInteger(), nullable=False),
+    sa.Column("completion_tokens", sa.BigInteger(), nullable=False),
+    sa.Column("charged_milli", sa.BigInteger(), nullable=False),
+)
+# Per account and calendar month (`month`: its first day): the top accounts.
+usage_monthly = sa.Table(
+    "usage_monthly",
+    metadata,
+    sa.Column("month", sa.Date(), primary_key=True),
+    sa.Column("account_id", sa.BigInteger(), primary_key=True, autoincrement=False),
+    sa.Column("requests", sa.BigInteger(), nullable=False),
+    sa.Column("prompt_tokens", sa.BigInteger(), nullable=False),
+    sa.Column("completion_tokens", sa.BigInteger(), nullable=False),
+    sa.Column("charged_milli", sa.BigInteger(), nullable=False),
+)

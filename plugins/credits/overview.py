@@ -1,0 +1,86 @@
+"""The platform's usage as the admins' overview shows it, read from the roll-ups (rollups.py) only.
+
+Two queries whatever the number of usage rows: `usage_daily` over at most 31 days (rows: days x models x
+routes x shards) summed per model and route in four windows at once, and one month of `usage_monthly`
+(a row per account that spent) for the top accounts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from edge.services import RouteUsage, TopAccount, TopModel, UsageOverview, UsageTotals
+from plugins.credits.rollups import month_of
+from plugins.credits.tables import usage_daily, usage_monthly
+
+ROUTES = ("local", "cloud")
+_SUMS = ("requests", "prompt_tokens", "completion_tokens", "charged_milli")
+_WINDOWS = ("today", "last_7_days", "last_30_days", "this_month")
+
+
+def _windows(today: date) -> dict[str, date]:
+    """Each window's first day; every one ends today."""
+    return {
+        "today": today,
+        "last_7_days": today - timedelta(days=6),
+        "last_30_days": today - timedelta(days=29),
+        "this_month": month_of(today),
+    }
+
+
+def _daily_query(today: date) -> sa.Select[Any]:
+    starts = _windows(today)
+    d = usage_daily.c
+    sums = [
+        sa.func.coalesce(sa.func.sum(sa.case((d.day >= start, d[name]), else_=0)), 0)
+        for start in starts.values()
+        for name in _SUMS
+    ]
+    return (
+        sa.select(d.model, d.route, *sums)
+        .where(d.day >= min(starts.values()), d.day <= today)
+        .group_by(d.model, d.route)
+    )
+
+
+def _totals(values: Sequence[Any]) -> UsageTotals:
+    return UsageTotals(*(int(v or 0) for v in values))
+
+
+def _plus(a: UsageTotals, b: UsageTotals) -> UsageTotals:
+    return UsageTotals(*(getattr(a, n) + getattr(b, n) for n in _SUMS))
+
+
+async def read(conn: AsyncConnection, *, today: date, top: int) -> UsageOverview:
+    routes: dict[str, dict[str, UsageTotals]] = {r: {w: UsageTotals() for w in _WINDOWS} for r in ROUTES}
+    models: dict[str, UsageTotals] = {}
+    width = len(_SUMS)
+    for model, route, *sums in (await conn.execute(_daily_query(today))).all():
+        windows = routes.setdefault(route, {w: UsageTotals() for w in _WINDOWS})
+        for i, window in enumerate(_WINDOWS):
+            windows[window] = _plus(windows[window], _totals(sums[i * width : (i + 1) * width]))
+        month = _totals(sums[3 * width :])
+        if month.requests:
+            models[model] = _plus(models.get(model, UsageTotals()), month)
+    m = usage_monthly.c
+    accounts = (
+        await conn.execute(
+            sa.select(m.account_id, *(m[n] for n in _SUMS))
+            .where(m.month == month_of(today))
+            .order_by(m.charged_milli.desc(), m.account_id)
+            .limit(top)
+        )
+    ).all()
+    ranked = sorted(models.items(), key=lambda item: (-item[1].charged_milli, item[0]))[:top]
+    return UsageOverview(
+        today=today,
+        month=month_of(today),
+        routes=tuple(RouteUsage(route, **windows) for route, windows in routes.items()),
+        top_accounts=tuple(TopAccount(int(row[0]), _totals(row[1:])) for row in accounts),
+        top_models=tuple(TopModel(name, totals) for name, totals in ranked),
+    )
