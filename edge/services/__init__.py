@@ -1,9 +1,9 @@
 """What plugins offer each other: small typed services, provided by the owning plugin at startup.
 
 Plugins never import each other. One that offers something (auth_keys: accounts and the portal's guards;
-credits: grants, balances and usage) provides it under a `Service` key from this module, and one that needs
-it asks the gateway by the same key (one module per owner under `edge.services`, all names
-re-exported here):
+credits: grants, balances and usage; failover: upstreams and the cloud budget) provides it under a
+`Service` key from this module, and one that needs it asks the gateway by the same key (one module per
+owner under `edge.services`, all names re-exported here):
 
     gateway.provide(ACCOUNTS, self.accounts)        # the owner, in `resayil_startup`
     await gateway.service(ACCOUNTS).set_plan(...)   # typed: strict mypy checks every call and result
@@ -28,6 +28,7 @@ from edge.services.accounts import (
     IssuedKey,
     Keep,
     KeySummary,
+    UserCounts,
     UserProfile,
     UserQuery,
 )
@@ -35,6 +36,7 @@ from edge.services.billing import (
     BILLING,
     Billing,
     OrderSummary,
+    Revenue,
 )
 from edge.services.credits import (
     CREDITS,
@@ -55,6 +57,12 @@ from edge.services.credits import (
     UsageOverview,
     UsageTotals,
 )
+from edge.services.failover import (
+    FAILOVER,
+    CloudBudgetState,
+    Failover,
+    UpstreamState,
+)
 from edge.services.guards import (
     GUARDS,
     Guards,
@@ -72,6 +80,7 @@ __all__ = [
     "ACCOUNTS",
     "BILLING",
     "CREDITS",
+    "FAILOVER",
     "GUARDS",
     "KEEP",
     "SPEND_PERIODS",
@@ -81,8 +90,10 @@ __all__ = [
     "Balance",
     "BalanceTooLow",
     "Billing",
+    "CloudBudgetState",
     "Contact",
     "Credits",
+    "Failover",
     "Grant",
     "Guards",
     "IssuedKey",
@@ -94,6 +105,7 @@ __all__ = [
     "NoGuards",
     "OrderSummary",
     "PortalUser",
+    "Revenue",
     "RouteUsage",
     "Service",
     "Spend",
@@ -101,9 +113,11 @@ __all__ = [
     "SpendLimits",
     "TopAccount",
     "TopModel",
+    "UpstreamState",
     "UsageItem",
     "UsageOverview",
     "UsageTotals",
+    "UserCounts",
     "UserProfile",
     "UserQuery",
     "admin_required",

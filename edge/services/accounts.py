@@ -104,6 +104,19 @@ class KeySummary:
     limit_period: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class UserCounts:
+    """The platform's users at a moment: per tier (of their account; tiers without users left out), how
+    many registered since each of the moments asked about (same order), and the accounts whose plan
+    expires later than the moment (`active_subscriptions`), of which `expiring_subscriptions` by the
+    `expiring_before` asked about."""
+
+    users_by_tier: tuple[tuple[str, int], ...]
+    new_users: tuple[int, ...]
+    active_subscriptions: int
+    expiring_subscriptions: int
+
+
 class Accounts(Protocol):
     async def account(self, account_id: int, *, conn: AsyncConnection | None = None) -> Account | None:
         """The account, or None when there is none with that id (any int is safe to ask for). Inside a
@@ -180,6 +193,10 @@ class Accounts(Protocol):
 
     async def unban(self, *, user_id: int, conn: AsyncConnection | None = None) -> UserProfile | None:
         """Lift a ban (idempotent): login and the user's keys work again. As `ban` otherwise."""
+        ...
+
+    async def counts(self, *, now: datetime, new_since: tuple[datetime, ...], expiring_before: datetime) -> UserCounts:
+        """Counts for the admins' overview (times UTC): indexed COUNTs, one round trip."""
         ...
 
 

@@ -1,4 +1,4 @@
-"""The billing service, owned by billing: orders as an admin's user page shows them."""
+"""The billing service, owned by billing: orders as an admin's user page shows them, and revenue."""
 
 from __future__ import annotations
 
@@ -22,9 +22,26 @@ class OrderSummary:
     paid_at: datetime | None
 
 
+@dataclass(frozen=True, slots=True)
+class Revenue:
+    """Orders paid in [since, until) (UTC): how many and their price in fils, and the refunds made in it
+    (recorded as `refunded` then); net = paid - refunded."""
+
+    since: datetime
+    until: datetime
+    currency: str
+    paid_orders: int
+    paid_fils: int
+    refunded_fils: int
+
+
 class Billing(Protocol):
     async def orders(self, *, account_id: int, limit: int = 50) -> list[OrderSummary]:
         """The account's last `limit` orders, newest first."""
+        ...
+
+    async def revenue(self, *, since: datetime, until: datetime) -> Revenue:
+        """What was paid (and refunded) in [since, until), from the orders' `paid_at` (indexed)."""
         ...
 
 

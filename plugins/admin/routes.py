@@ -20,9 +20,9 @@ from starlette.routing import BaseRoute, Route
 
 from edge import audit
 from edge.errors import GatewayError, NotFound
-from edge.inputs import Form, read_json, text
+from edge.inputs import Form, query_form, read_json, text
 from edge.services import ACCOUNTS, BILLING, CREDITS, GUARDS, PortalUser, UsageItem, UserProfile
-from plugins.admin import answers, audit_rows, filters
+from plugins.admin import answers, audit_rows, filters, overview
 
 if TYPE_CHECKING:
     from plugins.admin import Plugin
@@ -56,6 +56,11 @@ class AdminApi:
             {"entries": [answers.audit_json(r) for r in rows], "next_cursor": int(rows[-1].id) if more else None},
             headers=NO_STORE,
         )
+
+    async def overview(self, request: Request) -> Response:
+        await self._admin(request)
+        query_form(request.query_params, allowed=(), repeated=()).check()  # it takes none: 422 field_unknown
+        return JSONResponse(await overview.build(self.plugin.gateway), headers=NO_STORE)
 
     async def users(self, request: Request) -> Response:
         await self._admin(request)
@@ -201,6 +206,7 @@ def build(plugin: Plugin) -> list[BaseRoute]:
     api = AdminApi(plugin)
     return [
         Route("/api/admin/audit", api.audit, methods=["GET"]),
+        Route("/api/admin/overview", api.overview, methods=["GET"]),
         Route("/api/admin/users", api.users, methods=["GET"]),
         Route("/api/admin/users.csv", api.users_csv, methods=["GET"]),
         Route("/api/admin/usage.csv", api.usage_csv, methods=["GET"]),

@@ -15,8 +15,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edge.db import Database
-from edge.services import KEEP, Account, Contact, IssuedKey, Keep, KeySummary, UserProfile, UserQuery
-from plugins.auth_keys import directory
+from edge.services import KEEP, Account, Contact, IssuedKey, Keep, KeySummary, UserCounts, UserProfile, UserQuery
+from plugins.auth_keys import counts, directory
 from plugins.auth_keys.keycache import Invalidations
 from plugins.auth_keys.keys import KeyStore
 from plugins.auth_keys.tables import accounts, users
@@ -126,6 +126,10 @@ class AccountStore:
     async def user(self, user_id: int) -> UserProfile | None:
         async with self.db.connect() as conn:
             return await directory.one(conn, user_id)
+
+    async def counts(self, *, now: datetime, new_since: tuple[datetime, ...], expiring_before: datetime) -> UserCounts:
+        async with self.db.connect() as conn:
+            return await counts.counts(conn, now=now, new_since=new_since, expiring_before=expiring_before)
 
     async def account_keys(self, *, account_id: int) -> list[KeySummary]:
         async with self.db.connect() as conn:

@@ -20,6 +20,8 @@ accounts = sa.Table(
     sa.Column("tier", sa.String(32), nullable=False, server_default="basic"),
     sa.Column("plan_expires_at", sa.DateTime(), nullable=True),
     sa.Column("created_at", sa.DateTime(), nullable=False),
+    # The admins' overview counts active and expiring plans by ranges of these (plugins/auth_keys/counts.py).
+    sa.Index("ix_accounts_plan_expires_at", "plan_expires_at"),
 )
 
 users = sa.Table(
@@ -39,6 +41,7 @@ users = sa.Table(
     sa.Column("password_changed_at", sa.DateTime(), nullable=True),
     # Set by an admin's ban: no login, no session, none of the user's keys answer while it is set.
     sa.Column("banned_at", sa.DateTime(), nullable=True),
+    sa.Index("ix_users_created_at", "created_at"),
 )
 
 # `id` is the SHA-256 of the cookie value, so a copy of the table does not hand out live sessions.

@@ -1,14 +1,16 @@
-"""The billing service (`edge.services.Billing`): what other plugins (the admins' user page) read of orders."""
+"""The billing service (`edge.services.Billing`): what other plugins (the admins' pages) read of orders."""
 
 from __future__ import annotations
 
 from dataclasses import fields
+from datetime import datetime
 
 import sqlalchemy as sa
 
 from edge.db import Database
-from edge.services import OrderSummary
-from plugins.billing.tables import orders
+from edge.services import OrderSummary, Revenue
+from plugins.billing.money import CURRENCY
+from plugins.billing.tables import orders, refunds
 
 
 class BillingService:
@@ -23,3 +25,23 @@ class BillingService:
         async with self.db.connect() as conn:
             rows = (await conn.execute(query.order_by(orders.c.id.desc()).limit(max(1, limit)))).all()
         return [OrderSummary(**row._mapping) for row in rows]
+
+    async def revenue(self, *, since: datetime, until: datetime) -> Revenue:
+        o, r = orders.c, refunds.c
+        paid = sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(o.price_fils), 0)).where(
+            o.paid_at >= since, o.paid_at < until, o.status == "paid"
+        )
+        refunded = sa.select(sa.func.coalesce(sa.func.sum(r.amount_fils), 0)).where(
+            r.created_at >= since, r.created_at < until, r.status == "refunded"
+        )
+        async with self.db.connect() as conn:
+            count, fils = (await conn.execute(paid)).one()
+            back = (await conn.execute(refunded)).scalar()
+        return Revenue(
+            since=since,
+            until=until,
+            currency=CURRENCY,
+            paid_orders=int(count),
+            paid_fils=int(fils),
+            refunded_fils=int(back or 0),
+        )

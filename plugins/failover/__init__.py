@@ -9,6 +9,7 @@ from edge.claims import RedisClaim
 from edge.context import RequestContext
 from edge.errors import UpstreamFailure
 from edge.hookspecs import hookimpl
+from edge.services import FAILOVER
 from edge.settings import ConfigError
 from plugins.failover import status
 from plugins.failover.api import admin_routes
@@ -98,6 +99,7 @@ class Plugin:
             fallbacks=self.fallbacks,
         )
         await self.slots.start()
+        gateway.provide(FAILOVER, status.FailoverService(gateway=gateway, slots=self.slots, budget=self.budget))
 
     @hookimpl
     async def resayil_shutdown(self, gateway: Gateway) -> None:

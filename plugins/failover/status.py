@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from edge.services import CloudBudgetState, UpstreamState
 from plugins.failover.budget import CloudBudget
 from plugins.failover.slots import SlotStore
 
@@ -63,3 +64,33 @@ def readiness(states: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 "queue_depth": entry["queue_depth"],
             }
     return parts
+
+
+class FailoverService:
+    """Implements `edge.services.Failover` (the admins' overview) over the same reads as the routes above."""
+
+    def __init__(self, *, gateway: Gateway, slots: SlotStore, budget: CloudBudget) -> None:
+        self.gateway = gateway
+        self.slots = slots
+        self.budget = budget
+
+    async def upstreams(self) -> list[UpstreamState]:
+        states = await upstream_states(gateway=self.gateway, slots=self.slots, budget=self.budget)
+        return [
+            UpstreamState(
+                name=entry["name"],
+                kind=entry["kind"],
+                state=entry["state"],
+                down_for_s=int(entry.get("down_for_s", 0)),
+                parallel=entry.get("parallel"),
+                slots_in_use=entry.get("slots_in_use"),
+                queue_depth=int(entry.get("queue_depth", 0)),
+            )
+            for entry in states["data"]
+        ]
+
+    async def cloud_budget(self) -> CloudBudgetState:
+        status = await self.budget.status()
+        return CloudBudgetState(
+            day=str(status["day"]), used=int(status["used"]), cap=int(status["cap"]), percent=int(status["percent"])
+        )
