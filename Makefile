@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: run test lint bench soak migrate check-config clean
+.PHONY: run test lint bench bench-admin soak migrate check-config clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -33,6 +33,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Issue 19: GET /api/admin/overview over a million usage rows on MariaDB (bench/overview.py).
+bench-admin: $(STAMP)
+	$(BIN)/python -m bench.overview $(BENCH_ARGS)
 
 # Issue 7's memory check: five minutes of mixed load on the full chain, then `reconcile`.
 soak: $(STAMP)

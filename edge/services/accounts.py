@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -121,6 +122,10 @@ class Accounts(Protocol):
     async def account(self, account_id: int, *, conn: AsyncConnection | None = None) -> Account | None:
         """The account, or None when there is none with that id (any int is safe to ask for). Inside a
         transaction pass its `conn`: a second pooled connection per transaction can exhaust the pool."""
+        ...
+
+    async def accounts(self, account_ids: Sequence[int]) -> list[Account]:
+        """The accounts of those ids that exist, in one query (at most a few hundred ids), by id."""
         ...
 
     async def set_plan(

@@ -114,17 +114,17 @@ async def build(gateway: Gateway) -> dict[str, Any]:
     )
     tops: list[dict[str, Any]] | None = None
     if usage is not None:
-        tops = []
-        for top in usage.top_accounts:
-            account = await accounts.account(top.account_id) if accounts else None
-            tops.append(
-                {
-                    "account_id": top.account_id,
-                    "tier": account.tier if account else None,
-                    "owner_user_id": account.owner_user_id if account else None,
-                }
-                | _totals(top.totals)
-            )
+        ids = [top.account_id for top in usage.top_accounts]
+        known = {a.id: a for a in await accounts.accounts(ids)} if accounts and ids else {}
+        tops = [
+            {
+                "account_id": top.account_id,
+                "tier": known[top.account_id].tier if top.account_id in known else None,
+                "owner_user_id": known[top.account_id].owner_user_id if top.account_id in known else None,
+            }
+            | _totals(top.totals)
+            for top in usage.top_accounts
+        ]
     return {
         "generated_at": iso(now),
         "timezone": str(tz),

@@ -8,6 +8,7 @@ second (and in any case after `key_cache_seconds`).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -16,7 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edge.db import Database
 from edge.services import KEEP, Account, Contact, IssuedKey, Keep, KeySummary, UserCounts, UserProfile, UserQuery
-from plugins.auth_keys import counts, directory
+from plugins.auth_keys import directory
+from plugins.auth_keys.counts import counts as count_users
 from plugins.auth_keys.keycache import Invalidations
 from plugins.auth_keys.keys import KeyStore
 from plugins.auth_keys.tables import accounts, users
@@ -119,6 +121,14 @@ class AccountStore:
         await self.invalidate_account(account_id)
         return True
 
+    async def accounts(self, account_ids: Sequence[int]) -> list[Account]:
+        wanted = sorted({i for i in account_ids if 0 < i <= MAX_ID})
+        if not wanted:
+            return []
+        async with self.db.connect() as conn:
+            rows = (await conn.execute(_ACCOUNT.where(accounts.c.id.in_(wanted)).order_by(accounts.c.id))).all()
+        return [_account(row) for row in rows]
+
     async def users(self, wanted: UserQuery) -> list[UserProfile]:
         async with self.db.connect() as conn:
             return await directory.search(conn, wanted)
@@ -129,7 +139,7 @@ class AccountStore:
 
     async def counts(self, *, now: datetime, new_since: tuple[datetime, ...], expiring_before: datetime) -> UserCounts:
         async with self.db.connect() as conn:
-            return await counts.counts(conn, now=now, new_since=new_since, expiring_before=expiring_before)
+            return await count_users(conn, now=now, new_since=new_since, expiring_before=expiring_before)
 
     async def account_keys(self, *, account_id: int) -> list[KeySummary]:
         async with self.db.connect() as conn:

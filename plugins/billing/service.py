@@ -28,15 +28,15 @@ class BillingService:
 
     async def revenue(self, *, since: datetime, until: datetime) -> Revenue:
         o, r = orders.c, refunds.c
-        paid = sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(o.price_fils), 0)).where(
-            o.paid_at >= since, o.paid_at < until, o.status == "paid"
+        paid = sa.and_(o.paid_at >= since, o.paid_at < until, o.status == "paid")
+        refunded = (
+            sa.select(sa.func.coalesce(sa.func.sum(r.amount_fils), 0))
+            .where(r.created_at >= since, r.created_at < until, r.status == "refunded")
+            .scalar_subquery()
         )
-        refunded = sa.select(sa.func.coalesce(sa.func.sum(r.amount_fils), 0)).where(
-            r.created_at >= since, r.created_at < until, r.status == "refunded"
-        )
+        query = sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(o.price_fils), 0), refunded).where(paid)
         async with self.db.connect() as conn:
-            count, fils = (await conn.execute(paid)).one()
-            back = (await conn.execute(refunded)).scalar()
+            count, fils, back = (await conn.execute(query)).one()
         return Revenue(
             since=since,
             until=until,

@@ -1,8 +1,8 @@
 """The platform's usage as the admins' overview shows it, read from the roll-ups (rollups.py) only.
 
 Two queries whatever the number of usage rows: `usage_daily` over at most 31 days (rows: days x models x
-routes x shards) summed per model and route in four windows at once, and one month of `usage_monthly`
-(a row per account that spent) for the top accounts.
+routes x shards) summed per day, model and route, and one month of `usage_monthly` (a row per account
+that spent) for the top accounts.
 """
 
 from __future__ import annotations
@@ -33,18 +33,14 @@ def _windows(today: date) -> dict[str, date]:
     }
 
 
-def _daily_query(today: date) -> sa.Select[Any]:
-    starts = _windows(today)
+def _daily_query(first: date, today: date) -> sa.Select[Any]:
+    # Grouped by a prefix of the primary key (day, model, route, shard): the rows are read in key order
+    # and summed as they come, with no temporary table; the windows are summed from the few rows it returns.
     d = usage_daily.c
-    sums = [
-        sa.func.coalesce(sa.func.sum(sa.case((d.day >= start, d[name]), else_=0)), 0)
-        for start in starts.values()
-        for name in _SUMS
-    ]
     return (
-        sa.select(d.model, d.route, *sums)
-        .where(d.day >= min(starts.values()), d.day <= today)
-        .group_by(d.model, d.route)
+        sa.select(d.day, d.model, d.route, *(sa.func.sum(d[name]) for name in _SUMS))
+        .where(d.day >= first, d.day <= today)
+        .group_by(d.day, d.model, d.route)
     )
 
 
@@ -57,16 +53,17 @@ def _plus(a: UsageTotals, b: UsageTotals) -> UsageTotals:
 
 
 async def read(conn: AsyncConnection, *, today: date, top: int) -> UsageOverview:
+    starts = _windows(today)
     routes: dict[str, dict[str, UsageTotals]] = {r: {w: UsageTotals() for w in _WINDOWS} for r in ROUTES}
     models: dict[str, UsageTotals] = {}
-    width = len(_SUMS)
-    for model, route, *sums in (await conn.execute(_daily_query(today))).all():
+    for day, model, route, *sums in (await conn.execute(_daily_query(min(starts.values()), today))).all():
+        totals = _totals(sums)
         windows = routes.setdefault(route, {w: UsageTotals() for w in _WINDOWS})
-        for i, window in enumerate(_WINDOWS):
-            windows[window] = _plus(windows[window], _totals(sums[i * width : (i + 1) * width]))
-        month = _totals(sums[3 * width :])
-        if month.requests:
-            models[model] = _plus(models.get(model, UsageTotals()), month)
+        for window, start in starts.items():
+            if day >= start:
+                windows[window] = _plus(windows[window], totals)
+        if day >= starts["this_month"]:
+            models[model] = _plus(models.get(model, UsageTotals()), totals)
     m = usage_monthly.c
     accounts = (
         await conn.execute(
