@@ -42,6 +42,7 @@ async def test_every_admin_route_answers_401_403_or_200_by_who_calls(serve: Any,
         admin = await register_user(served, admin=True)
         other_admin = await register_user(served, admin=True)
         reads = [
+            "/api/admin/overview",
             "/api/admin/audit",
             "/api/admin/users",
             f"/api/admin/users/{user.user_id}",

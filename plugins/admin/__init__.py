@@ -1,9 +1,11 @@
-"""The admins' API: the audit trail, users (search, one user's page, ban and unban) and CSV exports.
+"""The admins' API: the platform's overview, the audit trail, users (search, one user's page, ban and
+unban) and CSV exports.
 
 The plugin is settings and hooks. Query strings are checked in `filters.py`, the audit trail is read in
-`audit_rows.py`, the routes are `routes.py` and what they answer is `answers.py`. It owns no tables: users
-and keys come from the ACCOUNTS service, usage and the ledger from CREDITS, orders from BILLING, and the
-audit rows it writes go to the core's audit_log (edge/audit.py) in the same transaction as the change.
+`audit_rows.py`, the overview is put together in `overview.py`, the routes are `routes.py` and what they
+answer is `answers.py`. It owns no tables: users and keys come from the ACCOUNTS service, usage and the
+ledger from CREDITS, orders from BILLING, upstreams from FAILOVER, and the audit rows it writes go to the
+core's audit_log (edge/audit.py) in the same transaction as the change.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ if TYPE_CHECKING:
 
 
 class Plugin:
-    """Serves /api/admin/audit, /api/admin/users[/{id}[/ban|/unban]], /api/admin/users.csv and
-    /api/admin/usage.csv to admins (and 401/403 to everyone else)."""
+    """Serves /api/admin/overview, /api/admin/audit, /api/admin/users[/{id}[/ban|/unban]],
+    /api/admin/users.csv and /api/admin/usage.csv to admins (and 401/403 to everyone else)."""
 
     @dataclass
     class Settings:
@@ -48,5 +50,5 @@ class Plugin:
 
     @hookimpl
     def resayil_routes(self, gateway: Gateway) -> list[BaseRoute]:
-        """/api/admin/audit, /api/admin/users…, /api/admin/users.csv and /api/admin/usage.csv."""
+        """/api/admin/overview, /api/admin/audit, /api/admin/users…, /api/admin/users.csv and /api/admin/usage.csv."""
         return routes.build(self)

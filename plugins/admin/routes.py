@@ -1,7 +1,7 @@
-"""The admins' API under /api/admin: the audit trail, users (search, one user's page, ban and unban) and
-the CSV exports. Every route needs an admin's session: 401 `not_authenticated` without one, 403
-`admin_required` for anyone else, 403 `csrf_failed` for a POST without the session's CSRF token. A banned
-admin has no session (a ban ends them), so they are the 401.
+"""The admins' API under /api/admin: the platform's overview (overview.py), the audit trail, users (search,
+one user's page, ban and unban) and the CSV exports. Every route needs an admin's session: 401
+`not_authenticated` without one, 403 `admin_required` for anyone else, 403 `csrf_failed` for a POST without
+the session's CSRF token. A banned admin has no session (a ban ends them), so they are the 401.
 
 Data other plugins own comes through their services: users and keys from ACCOUNTS, usage and ledger from
 CREDITS, orders from BILLING; a service no enabled plugin provides leaves its part of the page empty
