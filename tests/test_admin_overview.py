@@ -10,8 +10,9 @@ import argparse
 import asyncio
 from collections import defaultdict
 from collections.abc import AsyncIterator
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
@@ -21,6 +22,8 @@ from edge import migrate
 from edge.clock import utc_now
 from edge.db import sync_url
 from edge.services import CREDITS
+from plugins.auth_keys.tables import users
+from plugins.billing.tables import orders
 from plugins.credits.reconcile import rollup_command, run_reconcile
 from plugins.credits.tables import usage, usage_daily, usage_monthly
 from tests.conftest import all_version_locations
@@ -33,6 +36,7 @@ from tests.support.credits import table_rows, until_settled
 from tests.support.portal import LoggedIn, create_key, register_user
 
 CLOUD_MODEL = "deepseek-v3.1:671b-cloud"
+KUWAIT = ZoneInfo("Asia/Kuwait")
 SUMS = ("requests", "prompt_tokens", "completion_tokens", "charged_milli")
 
 
@@ -196,6 +200,45 @@ async def test_the_overview_counts_requests_orders_and_users(
         assert body["top_models"] == models and len(models) == 2
         assert sum(m["charged_milli"] for m in body["top_models"]) == today["total"]["charged_milli"]
         assert await _reconcile(served) == 0
+
+
+async def test_windows_start_at_local_midnights(
+    serve: Any, ollama: Any, cloud: Any, db_url: str, fake: FakeMyFatoorah
+) -> None:
+    """New users and revenue count from Asia/Kuwait's midnights: a second before one is the window before."""
+    async with serve(overview_config(ollama, cloud, db_url, fake)) as served:
+        fake.settings.webhook_url = served.url + "/api/billing/webhooks/myfatoorah"
+        admin = await register_user(served, admin=True)
+        buyer, early = await register_user(served), await register_user(served)
+        midnight = datetime.now(KUWAIT).replace(hour=0, minute=0, second=0, microsecond=0)
+        month = midnight.replace(day=1)
+        second = timedelta(seconds=1)
+        await _set(served, users, users.c.id == early.user_id, created_at=_utc(midnight) - second)
+        await _set(served, users, users.c.id == admin.user_id, created_at=_utc(midnight - timedelta(days=6)) - second)
+        paid = [await paid_order(served, fake, buyer, "pack-5000") for _ in range(3)]
+        await _set(served, orders, orders.c.reference == paid[1]["id"], paid_at=_utc(month))
+        await _set(served, orders, orders.c.reference == paid[2]["id"], paid_at=_utc(month) - second)
+
+        body = await _overview(served, admin)
+        assert body["users"]["new"] == {"today": 1, "last_7_days": 2, "last_30_days": 3}
+        revenue = body["revenue"]
+        assert revenue["this_month"]["since"] == revenue["last_month"]["until"] == _utc(month).isoformat() + "Z"
+        assert (revenue["this_month"]["paid_orders"], revenue["this_month"]["paid_fils"]) == (2, 10_000)
+        assert (revenue["last_month"]["paid_orders"], revenue["last_month"]["paid_fils"]) == (1, 5_000)
+
+        # An order whose payment is disputed is not revenue.
+        await _set(served, orders, orders.c.reference == paid[0]["id"], status="disputed")
+        body = await _overview(served, admin)
+        assert body["revenue"]["this_month"]["paid_orders"] == 1
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
+async def _set(served: Any, table: sa.Table, where: Any, **values: Any) -> None:
+    async with served.gateway.database.begin() as conn:
+        assert (await conn.execute(sa.update(table).where(where).values(**values))).rowcount == 1
 
 
 async def _rollups_equal_usage(served: Any) -> None:
