@@ -13,6 +13,7 @@ calls; the median, 95th percentile and worst time are printed, as the client see
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import statistics
@@ -29,7 +30,7 @@ from sqlalchemy.engine import url as sa_url
 
 from bench.accounts import PASSWORD, Portal
 from bench.procs import BenchError, free_port, spawn, wait_for_http
-from bench.targets import ROOT, fresh_mariadb
+from bench.targets import MARIADB_URL, ROOT, fresh_mariadb
 
 MODELS = (
     "llama3.2:3b",
@@ -145,7 +146,9 @@ def _admin(base_url: str, environ: dict[str, str]) -> Portal:
     portal = Portal(base_url)
     email, phone = "bench-admin@example.com", "+96590000002"
     body = {"name": "Admin", "email": email, "phone": phone, "password": PASSWORD, "locale": "en"}
-    portal.call("POST", "/api/auth/register", body)
+    # With --reuse the run that seeded the database registered them: promoted and logged in below.
+    with contextlib.suppress(BenchError):
+        portal.call("POST", "/api/auth/register", body)
     _edge({**environ, "RESAYIL_ADMIN_PASSWORD": PASSWORD}, "create-admin", "--email", email, "--phone", phone)
     portal.call("POST", "/api/auth/login", {"login": email, "password": PASSWORD})
     return portal
@@ -162,8 +165,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accounts", type=int, default=5_000)
     parser.add_argument("--orders", type=int, default=2_000)
     parser.add_argument("--calls", type=int, default=50, help="timed overview calls")
+    parser.add_argument(
+        "--reuse", action="store_true", help="time the database a previous run seeded again (no seeding)"
+    )
     args = parser.parse_args(argv)
-    database = fresh_mariadb("overview")
+    database = str(sa_url.make_url(MARIADB_URL).set(database="resayil_bench_overview"))
+    if not args.reuse:
+        database = fresh_mariadb("overview")
     environ = {
         **os.environ,
         "RESAYIL_CONFIG": str(ROOT / "config" / "gateway.example.yaml"),
@@ -172,14 +180,15 @@ def main(argv: list[str] | None = None) -> int:
         "RESAYIL_REDIS_URL": "",
     }
     _edge(environ, "migrate")
-    today = datetime.now(ZoneInfo("Asia/Kuwait")).date()
-    started = time.monotonic()
-    print(f"seeding {args.rows:,} usage rows, {args.accounts:,} accounts, {args.orders:,} paid orders ...", flush=True)
-    seed(database, accounts=args.accounts, rows=args.rows, orders=args.orders, today=today)
-    print(f"seeded in {time.monotonic() - started:.0f} s", flush=True)
-    started = time.monotonic()
-    print(_edge(environ, "credits", "rollup-rebuild"), f"({time.monotonic() - started:.1f} s)", flush=True)
-    print(_edge(environ, "reconcile"), flush=True)
+    if not args.reuse:
+        today = datetime.now(ZoneInfo("Asia/Kuwait")).date()
+        started = time.monotonic()
+        print(f"seeding {args.rows:,} usage rows, {args.accounts:,} accounts, {args.orders:,} paid orders", flush=True)
+        seed(database, accounts=args.accounts, rows=args.rows, orders=args.orders, today=today)
+        print(f"seeded in {time.monotonic() - started:.0f} s", flush=True)
+        started = time.monotonic()
+        print(_edge(environ, "credits", "rollup-rebuild"), f"({time.monotonic() - started:.1f} s)", flush=True)
+        print(_edge(environ, "reconcile"), flush=True)
     with _connect(database) as db, db.cursor() as cur:
         sizes = {}
         for table in ("usage_records", "usage_daily", "usage_monthly"):

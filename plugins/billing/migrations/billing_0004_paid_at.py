@@ -1,4 +1,4 @@
-"""billing: an index on billing_orders.paid_at, for the admins' overview's revenue of a month
+"""billing: an index on billing_orders (status, paid_at), for the admins' overview's revenue of a month
 
 Revision ID: billing_0004
 Revises: billing_0003
@@ -14,8 +14,8 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_index("ix_billing_orders_paid_at", "billing_orders", ["paid_at"])
+    op.create_index("ix_billing_orders_paid", "billing_orders", ["status", "paid_at"])
 
 
 def downgrade() -> None:
-    op.drop_index("ix_billing_orders_paid_at", table_name="billing_orders")
+    op.drop_index("ix_billing_orders_paid", table_name="billing_orders")
