@@ -159,6 +159,10 @@ def _percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
 
 
+def _figures(ms: list[float]) -> str:
+    return f"median {statistics.median(ms):.1f} ms, p95 {_percentile(ms, 0.95):.1f} ms, max {max(ms):.1f} ms"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.overview", description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000, help="usage rows to seed")
@@ -205,23 +209,28 @@ def main(argv: list[str] | None = None) -> int:
         base_url = f"http://127.0.0.1:{port}"
         wait_for_http(proc, f"{base_url}/healthz", timeout=60)
         portal = _admin(base_url, environ)
+        body: dict[str, Any] = {}
         for _ in range(5):
             body = portal.call("GET", "/api/admin/overview")
-        times = []
+        times: list[float] = []
+        baseline: list[float] = []
         for _ in range(args.calls):
             t = time.perf_counter()
             body = portal.call("GET", "/api/admin/overview")
             times.append((time.perf_counter() - t) * 1000)
+            # The same round trip to a route that reads nothing, interleaved: what the machine and HTTP cost.
+            t = time.perf_counter()
+            portal.call("GET", "/healthz")
+            baseline.append((time.perf_counter() - t) * 1000)
     month = body["usage"]["this_month"]["total"]
     print(
         f"this month: {month['requests']:,} requests, {month['charged_milli']:,} milli-credits; "
         f"top account {body['top_accounts'][0]['account_id']}; revenue this month "
         f"{body['revenue']['this_month']['paid_fils']:,} fils"
     )
-    print(
-        f"GET /api/admin/overview x{args.calls} over {sizes['usage_records']:,} usage rows: "
-        f"median {statistics.median(times):.1f} ms, p95 {_percentile(times, 0.95):.1f} ms, max {max(times):.1f} ms"
-    )
+    print(f"GET /api/admin/overview x{args.calls} over {sizes['usage_records']:,} usage rows: {_figures(times)}")
+    print(f"GET /healthz (the same client, interleaved): {_figures(baseline)}")
+    print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     return 0
 
 

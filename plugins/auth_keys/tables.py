@@ -20,8 +20,9 @@ accounts = sa.Table(
     sa.Column("tier", sa.String(32), nullable=False, server_default="basic"),
     sa.Column("plan_expires_at", sa.DateTime(), nullable=True),
     sa.Column("created_at", sa.DateTime(), nullable=False),
-    # The admins' overview counts active and expiring plans by ranges of these (plugins/auth_keys/counts.py).
+    # The admins' overview counts plans active and expiring, and users by tier, from these (counts.py).
     sa.Index("ix_accounts_plan_expires_at", "plan_expires_at"),
+    sa.Index("ix_accounts_tier", "tier"),
 )
 
 users = sa.Table(
