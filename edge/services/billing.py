@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -40,8 +41,9 @@ class Billing(Protocol):
         """The account's last `limit` orders, newest first."""
         ...
 
-    async def revenue(self, *, since: datetime, until: datetime) -> Revenue:
-        """What was paid (and refunded) in [since, until), from the orders' `paid_at` (indexed)."""
+    async def revenue(self, *, bounds: Sequence[datetime]) -> list[Revenue]:
+        """What was paid (and refunded) in each period between consecutive `bounds` (UTC, never descending: n
+        bounds make n - 1 periods), in one statement over the orders' indexed (status, `paid_at`)."""
         ...
 
 

@@ -96,7 +96,7 @@ async def build(gateway: Gateway) -> dict[str, Any]:
     accounts, credits = gateway.maybe(ACCOUNTS), gateway.maybe(CREDITS)
     billing, failover = gateway.maybe(BILLING), gateway.maybe(FAILOVER)
     bounds = [_utc(_month_before(month), tz), _utc(month, tz), now]
-    counted, usage, this_month, last_month, upstreams, budget = await asyncio.gather(
+    counted, usage, revenue, upstreams, budget = await asyncio.gather(
         _maybe(
             accounts.counts(
                 now=now,
@@ -107,8 +107,7 @@ async def build(gateway: Gateway) -> dict[str, Any]:
             else None
         ),
         _maybe(credits.usage_overview(top=TOP) if credits else None),
-        _maybe(billing.revenue(since=bounds[1], until=bounds[2]) if billing else None),
-        _maybe(billing.revenue(since=bounds[0], until=bounds[1]) if billing else None),
+        _maybe(billing.revenue(bounds=bounds) if billing else None),
         _maybe(failover.upstreams() if failover else None),
         _maybe(failover.cloud_budget() if failover else None),
     )
@@ -135,8 +134,8 @@ async def build(gateway: Gateway) -> dict[str, Any]:
         else {"active": counted.active_subscriptions, "expiring_7_days": counted.expiring_subscriptions},
         "usage": None if usage is None else _usage(usage),
         "revenue": None
-        if this_month is None or last_month is None
-        else {"currency": this_month.currency, "this_month": _revenue(this_month), "last_month": _revenue(last_month)},
+        if revenue is None
+        else {"currency": revenue[1].currency, "this_month": _revenue(revenue[1]), "last_month": _revenue(revenue[0])},
         "cloud_budget": None if budget is None else asdict(budget),
         "upstreams": None if upstreams is None else [asdict(u) for u in upstreams],
         "top_accounts": tops,

@@ -27,16 +27,17 @@ async def counts(
     conn: AsyncConnection, *, now: datetime, new_since: tuple[datetime, ...], expiring_before: datetime
 ) -> UserCounts:
     expires = accounts.c.plan_expires_at
-    single = sa.select(
+    scalars = [
         *(_count(users, users.c.created_at >= since) for since in new_since),
         _count(accounts, expires > now),
         _count(accounts, expires > now, expires <= expiring_before),
-    )
-    values = [int(n) for n in (await conn.execute(single)).one()]
-    by_tier = sa.select(accounts.c.tier, sa.func.count()).group_by(accounts.c.tier).order_by(accounts.c.tier)
-    tiers = tuple((str(tier), int(n)) for tier, n in (await conn.execute(by_tier)).all())
+    ]
+    # One round trip: a row per tier, each with the same (uncorrelated, computed once) counts beside it.
+    query = sa.select(accounts.c.tier, sa.func.count(), *scalars).group_by(accounts.c.tier).order_by(accounts.c.tier)
+    rows = (await conn.execute(query)).all()
+    values = [int(n) for n in rows[0][2:]] if rows else [0] * len(scalars)  # no account: no user, no plan
     return UserCounts(
-        users_by_tier=tiers,
+        users_by_tier=tuple((str(row[0]), int(row[1])) for row in rows),
         new_users=tuple(values[: len(new_since)]),
         active_subscriptions=values[-2],
         expiring_subscriptions=values[-1],

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from dataclasses import fields
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -26,22 +29,32 @@ class BillingService:
             rows = (await conn.execute(query.order_by(orders.c.id.desc()).limit(max(1, limit)))).all()
         return [OrderSummary(**row._mapping) for row in rows]
 
-    async def revenue(self, *, since: datetime, until: datetime) -> Revenue:
+    async def revenue(self, *, bounds: Sequence[datetime]) -> list[Revenue]:
+        periods = list(itertools.pairwise(bounds))
+        if not periods or any(since > until for since, until in periods):
+            raise ValueError("bounds must be at least two instants, ascending")
         o, r = orders.c, refunds.c
-        paid = sa.and_(o.paid_at >= since, o.paid_at < until, o.status == "paid")
-        refunded = (
-            sa.select(sa.func.coalesce(sa.func.sum(r.amount_fils), 0))
-            .where(r.created_at >= since, r.created_at < until, r.status == "refunded")
-            .scalar_subquery()
-        )
-        query = sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(o.price_fils), 0), refunded).where(paid)
+        columns: list[Any] = []
+        for since, until in periods:
+            paid = sa.and_(o.paid_at >= since, o.paid_at < until)
+            columns += [
+                sa.func.count(sa.case((paid, 1))),
+                sa.cast(sa.func.coalesce(sa.func.sum(sa.case((paid, o.price_fils), else_=0)), 0), sa.BigInteger()),
+                sa.select(sa.cast(sa.func.coalesce(sa.func.sum(r.amount_fils), 0), sa.BigInteger()))
+                .where(r.created_at >= since, r.created_at < until, r.status == "refunded")
+                .scalar_subquery(),
+            ]
+        query = sa.select(*columns).where(o.status == "paid", o.paid_at >= bounds[0], o.paid_at < bounds[-1])
         async with self.db.connect() as conn:
-            count, fils, back = (await conn.execute(query)).one()
-        return Revenue(
-            since=since,
-            until=until,
-            currency=CURRENCY,
-            paid_orders=int(count),
-            paid_fils=int(fils),
-            refunded_fils=int(back or 0),
-        )
+            values = [int(v or 0) for v in (await conn.execute(query)).one()]
+        return [
+            Revenue(
+                since=since,
+                until=until,
+                currency=CURRENCY,
+                paid_orders=values[3 * i],
+                paid_fils=values[3 * i + 1],
+                refunded_fils=values[3 * i + 2],
+            )
+            for i, (since, until) in enumerate(periods)
+        ]
