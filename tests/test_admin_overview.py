@@ -25,6 +25,7 @@ from edge.services import CREDITS
 from plugins.auth_keys.tables import users
 from plugins.billing.tables import orders
 from plugins.credits.reconcile import rollup_command, run_reconcile
+from plugins.credits.rollups import SHARDS
 from plugins.credits.tables import usage, usage_daily, usage_monthly
 from tests.conftest import all_version_locations
 from tests.fakes.myfatoorah import FakeMyFatoorah, FakeSettings, run_fake
@@ -300,7 +301,7 @@ def _old_usage_rows() -> list[dict[str, Any]]:
         {
             "charge_id": f"c{i}",
             "request_id": f"r{i}",
-            "account_id": 7 + i % 3 * 16,
+            "account_id": 7 + i % 3 * SHARDS,
             "model": "llama3.2:3b" if i % 2 else CLOUD_MODEL,
             "endpoint": "chat",
             "route": "local" if i % 2 else "cloud",
@@ -350,6 +351,6 @@ async def test_the_migration_fills_the_rollups_from_usage_rows_already_there(db_
     assert monthly == want_monthly and len(monthly) == 6
     costs = [r["cost_milli"] for r in rows]
     assert daily == {
-        (date(2026, 10, 31), "cloud", 7): (5, sum(costs[0::2])),
-        (date(2026, 11, 1), "local", 7): (5, sum(costs[1::2])),
+        (date(2026, 10, 31), "cloud", 7 % SHARDS): (5, sum(costs[0::2])),
+        (date(2026, 11, 1), "local", 7 % SHARDS): (5, sum(costs[1::2])),
     }

@@ -5,7 +5,7 @@ Revision ID: credits_0004
 Revises: credits_0003
 Create Date: 2026-12-03
 
-`usage_daily` (day, model, route, shard = account_id % 16) and `usage_monthly` (month, account_id) hold the
+`usage_daily` (day, model, route, shard = account_id % 4) and `usage_monthly` (month, account_id) hold the
 sums of the usage rows they cover; the procedure is credits_0003's with the two upserts before its COMMIT.
 """
 
@@ -22,7 +22,7 @@ down_revision = "credits_0003"
 branch_labels = None
 depends_on = None
 
-SHARDS = 16  # plugins/credits/rollups.py
+SHARDS = 4  # plugins/credits/rollups.py
 _SUMS = ("requests", "prompt_tokens", "completion_tokens", "charged_milli")
 
 # credits_0003's, with the roll-ups added last: after the balance row, as lease_rows.write_batch does.
@@ -99,7 +99,7 @@ BEGIN
             completion_tokens = completion_tokens + p_completion, charged_milli = charged_milli + v_charged;
         INSERT INTO usage_daily
                (day, model, route, shard, requests, prompt_tokens, completion_tokens, charged_milli)
-        VALUES (p_day, p_model, p_route, p_account MOD 16, 1, p_prompt, p_completion, v_charged)
+        VALUES (p_day, p_model, p_route, p_account MOD 4, 1, p_prompt, p_completion, v_charged)
         ON DUPLICATE KEY UPDATE requests = requests + 1, prompt_tokens = prompt_tokens + p_prompt,
             completion_tokens = completion_tokens + p_completion, charged_milli = charged_milli + v_charged;
         COMMIT;
