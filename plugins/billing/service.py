@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Sequence
 from dataclasses import fields
@@ -33,20 +34,9 @@ class BillingService:
         periods = list(itertools.pairwise(bounds))
         if not periods or any(since > until for since, until in periods):
             raise ValueError("bounds must be at least two instants, ascending")
-        o, r = orders.c, refunds.c
-        columns: list[Any] = []
-        for since, until in periods:
-            paid = sa.and_(o.paid_at >= since, o.paid_at < until)
-            columns += [
-                sa.func.count(sa.case((paid, 1))),
-                sa.cast(sa.func.coalesce(sa.func.sum(sa.case((paid, o.price_fils), else_=0)), 0), sa.BigInteger()),
-                sa.select(sa.cast(sa.func.coalesce(sa.func.sum(r.amount_fils), 0), sa.BigInteger()))
-                .where(r.created_at >= since, r.created_at < until, r.status == "refunded")
-                .scalar_subquery(),
-            ]
-        query = sa.select(*columns).where(o.status == "paid", o.paid_at >= bounds[0], o.paid_at < bounds[-1])
+        params = {f"b_{i}": moment for i, moment in enumerate(bounds)}
         async with self.db.connect() as conn:
-            values = [int(v or 0) for v in (await conn.execute(query)).one()]
+            values = [int(v or 0) for v in (await conn.execute(_revenue(len(periods)), params)).one()]
         return [
             Revenue(
                 since=since,
@@ -58,3 +48,23 @@ class BillingService:
             )
             for i, (since, until) in enumerate(periods)
         ]
+
+
+@functools.cache
+def _revenue(periods: int) -> sa.Select[Any]:
+    """Paid orders (count, fils) and refunds made (fils) in each of `periods` periods between the bound
+    parameters b_0 < b_1 < ...: built once per number of periods, as building it per call cost more than
+    running it."""
+    o, r = orders.c, refunds.c
+    bounds = [sa.bindparam(f"b_{i}", type_=o.paid_at.type) for i in range(periods + 1)]
+    columns: list[Any] = []
+    for since, until in itertools.pairwise(bounds):
+        paid = sa.and_(o.paid_at >= since, o.paid_at < until)
+        columns += [
+            sa.func.count(sa.case((paid, 1))),
+            sa.cast(sa.func.coalesce(sa.func.sum(sa.case((paid, o.price_fils), else_=0)), 0), sa.BigInteger()),
+            sa.select(sa.cast(sa.func.coalesce(sa.func.sum(r.amount_fils), 0), sa.BigInteger()))
+            .where(r.created_at >= since, r.created_at < until, r.status == "refunded")
+            .scalar_subquery(),
+        ]
+    return sa.select(*columns).where(o.status == "paid", o.paid_at >= bounds[0], o.paid_at < bounds[-1])

@@ -33,21 +33,37 @@ def _windows(today: date) -> dict[str, date]:
     }
 
 
-def _daily_query(starts: dict[str, date], today: date) -> sa.Select[Any]:
+def _daily_query() -> sa.Select[Any]:
     # One row per model and route, each window's sums beside each other: a few rows to decode rather than
     # one per day (the driver's row decoding cost more than the database's grouping). CAST: MariaDB's SUM
     # is a DECIMAL, which the driver would turn into Decimal objects.
     d = usage_daily.c
     sums = [
-        sa.cast(sa.func.sum(sa.case((d.day >= start, d[name]), else_=0)), sa.BigInteger())
-        for start in starts.values()
+        sa.cast(
+            sa.func.sum(sa.case((d.day >= sa.bindparam(f"b_{window}", type_=sa.Date()), d[name]), else_=0)),
+            sa.BigInteger(),
+        )
+        for window in _WINDOWS
         for name in _SUMS
     ]
+    first = sa.bindparam("b_first", type_=sa.Date())
     return (
         sa.select(d.model, d.route, *sums)
-        .where(d.day >= min(starts.values()), d.day <= today)
+        .where(d.day >= first, d.day <= sa.bindparam("b_last", type_=sa.Date()))
         .group_by(d.model, d.route)
     )
+
+
+# Built once with bound parameters, as the hot statements are (rows.py): building and cache-keying a statement
+# of 16 sums on every call cost more than the query.
+_DAILY = _daily_query()
+_m = usage_monthly.c
+_TOP_ACCOUNTS = (
+    sa.select(_m.account_id, *(_m[n] for n in _SUMS))
+    .where(_m.month == sa.bindparam("b_month", type_=sa.Date()))
+    .order_by(_m.charged_milli.desc(), _m.account_id)
+    .limit(sa.bindparam("b_top", type_=sa.Integer(), literal_execute=True))
+)
 
 
 def _totals(values: Sequence[Any]) -> UsageTotals:
@@ -66,7 +82,9 @@ async def read(conn: AsyncConnection, *, today: date, top: int) -> UsageOverview
     for route in ROUTES:
         routes[route] = {w: [0] * len(_SUMS) for w in _WINDOWS}
     width = len(_SUMS)
-    for model, route, *sums in (await conn.execute(_daily_query(starts, today))).all():
+    params = {f"b_{window}": start for window, start in starts.items()}
+    params |= {"b_first": min(starts.values()), "b_last": today}
+    for model, route, *sums in (await conn.execute(_DAILY, params)).all():
         if route not in routes:
             routes[route] = {w: [0] * width for w in _WINDOWS}
         for i, window in enumerate(_WINDOWS):
@@ -74,15 +92,7 @@ async def read(conn: AsyncConnection, *, today: date, top: int) -> UsageOverview
         month = sums[_WINDOWS.index("this_month") * width :][:width]
         if any(month):
             _add(models.setdefault(model, [0] * width), month)
-    m = usage_monthly.c
-    accounts = (
-        await conn.execute(
-            sa.select(m.account_id, *(m[n] for n in _SUMS))
-            .where(m.month == month_of(today))
-            .order_by(m.charged_milli.desc(), m.account_id)
-            .limit(top)
-        )
-    ).all()
+    accounts = (await conn.execute(_TOP_ACCOUNTS, {"b_month": month_of(today), "b_top": top})).all()
     ranked = sorted(models.items(), key=lambda item: (-item[1][-1], item[0]))[:top]
     return UsageOverview(
         today=today,
