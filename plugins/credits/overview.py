@@ -1,8 +1,8 @@
 """The platform's usage as the admins' overview shows it, read from the roll-ups (rollups.py) only.
 
-Two queries whatever the number of usage rows: `usage_daily` over at most 31 days (rows: days x models x
-routes x shards) summed per model and route in the four windows at once, and one month of `usage_monthly`
-(a row per account that spent) for the top accounts.
+Two queries whatever the number of usage rows (the service runs them at once, on two connections):
+`usage_daily` over at most 31 days (rows: days x models x routes x shards) summed per model and route in the
+four windows at once, and one month of `usage_monthly` (a row per account that spent) for the top accounts.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from edge.services import RouteUsage, TopAccount, TopModel, UsageOverview, UsageTotals
+from edge.services import RouteUsage, TopAccount, TopModel, UsageTotals
 from plugins.credits.rollups import month_of
 from plugins.credits.tables import usage_daily, usage_monthly
 
@@ -75,13 +75,14 @@ def _add(into: list[int], values: Sequence[Any]) -> None:
         into[i] += int(value or 0)
 
 
-async def read(conn: AsyncConnection, *, today: date, top: int) -> UsageOverview:
+async def windows(
+    conn: AsyncConnection, *, today: date, top: int
+) -> tuple[tuple[RouteUsage, ...], tuple[TopModel, ...]]:
+    """Every route's totals in the four windows, and the `top` models of this month."""
     starts = _windows(today)
-    routes: dict[str, dict[str, list[int]]] = {}
-    models: dict[str, list[int]] = {}
-    for route in ROUTES:
-        routes[route] = {w: [0] * len(_SUMS) for w in _WINDOWS}
     width = len(_SUMS)
+    routes: dict[str, dict[str, list[int]]] = {r: {w: [0] * width for w in _WINDOWS} for r in ROUTES}
+    models: dict[str, list[int]] = {}
     params = {f"b_{window}": start for window, start in starts.items()}
     params |= {"b_first": min(starts.values()), "b_last": today}
     for model, route, *sums in (await conn.execute(_DAILY, params)).all():
@@ -92,14 +93,14 @@ async def read(conn: AsyncConnection, *, today: date, top: int) -> UsageOverview
         month = sums[_WINDOWS.index("this_month") * width :][:width]
         if any(month):
             _add(models.setdefault(model, [0] * width), month)
-    accounts = (await conn.execute(_TOP_ACCOUNTS, {"b_month": month_of(today), "b_top": top})).all()
     ranked = sorted(models.items(), key=lambda item: (-item[1][-1], item[0]))[:top]
-    return UsageOverview(
-        today=today,
-        month=month_of(today),
-        routes=tuple(
-            RouteUsage(route, **{w: _totals(sums) for w, sums in windows.items()}) for route, windows in routes.items()
-        ),
-        top_accounts=tuple(TopAccount(int(row[0]), _totals(row[1:])) for row in accounts),
-        top_models=tuple(TopModel(name, _totals(sums)) for name, sums in ranked),
+    return (
+        tuple(RouteUsage(route, **{w: _totals(v) for w, v in sums.items()}) for route, sums in routes.items()),
+        tuple(TopModel(name, _totals(sums)) for name, sums in ranked),
     )
+
+
+async def top_accounts(conn: AsyncConnection, *, today: date, top: int) -> tuple[TopAccount, ...]:
+    """The `top` accounts by milli-credits charged this month."""
+    rows = (await conn.execute(_TOP_ACCOUNTS, {"b_month": month_of(today), "b_top": top})).all()
+    return tuple(TopAccount(int(row[0]), _totals(row[1:])) for row in rows)

@@ -6,8 +6,10 @@ and an admin's retried click is one adjustment; the ledger row a repeat finds is
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import date, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from edge.services import Balance, Grant, LedgerEntry, MonthUsage, Spend, SpendLimit, UsageItem, UsageOverview
 from plugins.credits import admin_reads, overview, reports
@@ -17,6 +19,8 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
 
     from plugins.credits import Plugin
+
+T = TypeVar("T")
 
 
 class CreditService:
@@ -86,5 +90,14 @@ class CreditService:
     async def usage_overview(self, *, top: int = 10) -> UsageOverview:
         # The day usage rows are stamped with (resayil_settle): the same clock and timezone.
         today = datetime.now(self.plugin.tz).date()
-        async with self.plugin.gateway.database.connect() as conn:
-            return await overview.read(conn, today=today, top=max(1, top))
+        top = max(1, top)
+        database = self.plugin.gateway.database
+
+        async def read(part: Callable[..., Awaitable[T]]) -> T:
+            async with database.connect() as conn:
+                return await part(conn, today=today, top=top)
+
+        (routes, models), accounts = await asyncio.gather(read(overview.windows), read(overview.top_accounts))
+        return UsageOverview(
+            today=today, month=today.replace(day=1), routes=routes, top_accounts=accounts, top_models=models
+        )
