@@ -18,6 +18,7 @@ from edge.settings import ConfigError
 from plugins.teams import answers, routes
 from plugins.teams.invitations import InvitationStore
 from plugins.teams.members import MemberStore, TeamMembership
+from plugins.teams.policy import permits
 
 if TYPE_CHECKING:
     from edge.gateway import Gateway
@@ -29,7 +30,8 @@ _users = sa.table("users", sa.column("id"), sa.column("account_id"))
 class Plugin:
     """Teams of an Enterprise account: roles (plugins/teams/policy.py), invitations, and in `authorize`
     the rules of a team key, a key whose user is not the account's own: it is refused while the account
-    is below Enterprise (403 `team_requires_enterprise`) or once its member is gone, and otherwise carries
+    is below Enterprise (403 `team_requires_enterprise`), once its member is gone, or while the member's role
+    may hold no team keys (403 `team_forbidden`: billing), and otherwise carries
     the member's monthly credit limit to the credits plugin (a `SpendLimit` of kind "member").
 
     A key of the account's own user costs a dict lookup here; a team key one indexed read of its member's
@@ -101,6 +103,8 @@ class Plugin:
         member = await self.members.get(account_id=principal.account_id, user_id=principal.user_id)
         if member is None:
             raise answers.team_member_gone()
+        if not permits(role=member.role, action="keys.create"):
+            raise answers.team_forbidden("keys.create")  # a role without team keys (billing) spends nothing
         if principal.tier != "enterprise":
             raise answers.team_requires_enterprise()
         principal = principal.with_fact(TeamMembership(account_id=member.account_id, role=member.role))
