@@ -155,6 +155,12 @@ MATRIX: dict[tuple[str, str], tuple[Probe, ...]] = {
             team(owner=FORBIDDEN, admin=FORBIDDEN, member=FORBIDDEN, billing=FORBIDDEN, other_admin=NO_MEMBER),
             body=lambda w: {"role": "member"},
         ),
+        Probe(
+            "PATCH",
+            lambda w: f"/api/team/members/{w.admin.user_id}",
+            team(owner=(200, None), admin=FORBIDDEN, member=FORBIDDEN, billing=FORBIDDEN, other_admin=NO_MEMBER),
+            body=lambda w: {"monthly_limit_milli": None},
+        ),
     ),
     ("DELETE", "/api/team/members/{user_id:int}"): (Probe("DELETE", spare, MEMBERS_CHANGE, undo=rejoin),),
     ("POST", "/api/team/invitations"): (

@@ -124,6 +124,8 @@ class TeamApi:
         form.check()
         if not permits(role=me.role, action="members.update", target_role=target.role, grant=values.get("role")):
             raise answers.team_forbidden("members.update")
+        if target.user_id == me.user_id and "monthly_limit_milli" in values:
+            raise answers.team_forbidden("members.update")  # nobody lifts the limit set on them
         updated = await self.plugin.members.update(account_id=me.account_id, user_id=target.user_id, values=values)
         if updated is None:
             raise answers.member_not_found()
