@@ -40,10 +40,10 @@ COVERED = ("/api/team", "/api/admin/", "/api/keys")
 VOLATILE = {"sessions": {"last_seen_at"}}
 
 
-def matrix_config(ollama: Any, db_url: str) -> dict[str, Any]:
+def matrix_config(ollama: Any, db_url: str, redis_url: str | None = None) -> dict[str, Any]:
     """auth_keys, tiers, credits, billing (no provider), admin, teams, failover and notify: every plugin that
     serves an admin, team or key route."""
-    config = admin_config(ollama, db_url, None)
+    config = admin_config(ollama, db_url, None, redis_url=redis_url)
     config["plugins"] += [
         {"name": "teams"},
         {"name": "failover"},
