@@ -78,18 +78,28 @@ async def own_team(served: Any, world: World, actor: str, body: Any) -> None:
 
 
 async def own_members(served: Any, world: World, actor: str, body: Any) -> None:
-    theirs = {world.other_owner.user_id, world.actors["other_admin"].user_id}  # type: ignore[union-attr]
+    theirs = {world.other_owner.user_id, world.other_admin.user_id}
     assert {m["user_id"] for m in body["data"]} == (theirs if actor == "other_admin" else world.ours), actor
 
 
-async def keys_of_own_account(served: Any, world: World, actor: str, body: Any) -> None:
+async def key_accounts(served: Any, world: World) -> dict[int, int]:
+    async with served.gateway.database.connect() as conn:
+        return {int(k): int(a) for k, a in await conn.execute(sa.select(api_keys.c.id, api_keys.c.account_id))}
+
+
+async def key_on_own_account(served: Any, world: World, actor: str, body: Any) -> None:
+    account = (await key_accounts(served, world))[body["key"]["id"]]
+    assert account == world.actors[actor].account_id, (actor, body)  # type: ignore[union-attr]
+
+
+async def exactly_own_account_keys(served: Any, world: World, actor: str, body: Any) -> None:
+    """Every key of the caller's own account (each has one by now), and no other: not the team keys the
+    caller made on the team's account, unless it is their own account (the owner's)."""
     user = world.actors[actor]
     assert user is not None
-    listed = [k["id"] for k in body["data"]] if "data" in body else [body["key"]["id"]]
-    async with served.gateway.database.connect() as conn:
-        found = await conn.execute(sa.select(api_keys.c.account_id).where(api_keys.c.id.in_(listed)))
-        accounts = set(found.scalars())
-    assert accounts <= {user.account_id}, (actor, body)
+    keys = await key_accounts(served, world)
+    mine = {key for key, account in keys.items() if account == user.account_id}
+    assert mine and {k["id"] for k in body["data"]} == mine, (actor, body)
 
 
 async def team_key_on_own_team(served: Any, world: World, actor: str, body: Any) -> None:
@@ -210,16 +220,16 @@ MATRIX: dict[tuple[str, str], tuple[Probe, ...]] = {
         ),
     ),
     # keys: each user's own account's keys; the owner's key is the owner's alone
-    ("GET", "/api/keys"): (Probe("GET", fixed("/api/keys"), anyone((200, None)), check=keys_of_own_account),),
     ("POST", "/api/keys"): (
         Probe(
             "POST",
             fixed("/api/keys"),
             anyone((201, None)),
             body=lambda w: {"name": "probe", "scopes": ["read"]},
-            check=keys_of_own_account,
+            check=key_on_own_account,
         ),
     ),
+    ("GET", "/api/keys"): (Probe("GET", fixed("/api/keys"), anyone((200, None)), check=exactly_own_account_keys),),
     ("PATCH", "/api/keys/{key_id:int}"): (
         Probe(
             "PATCH",
