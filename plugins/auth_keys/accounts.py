@@ -8,6 +8,7 @@ second (and in any case after `key_cache_seconds`).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
@@ -15,16 +16,20 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edge.db import Database
+from edge.inputs import FieldError
 from edge.services import KEEP, Account, Contact, IssuedKey, Keep, KeySummary, UserProfile, UserQuery
-from plugins.auth_keys import directory
+from plugins.auth_keys import directory, inputs
 from plugins.auth_keys.keycache import Invalidations
 from plugins.auth_keys.keys import KeyStore
+from plugins.auth_keys.phones import normalize_phone
 from plugins.auth_keys.tables import accounts, users
 
 # accounts.id is a signed 64-bit integer; SQLite refuses to even compare with a larger one.
 MAX_ID = 2**63 - 1
 # More admins than this is a mistake, not a team: alerts go to the first ones.
 MAX_ADMINS = 500
+# User ids per `IN (...)` of `profiles`.
+_BATCH = 500
 
 _others = users.alias("others")
 _OWNER = (
@@ -126,6 +131,23 @@ class AccountStore:
     async def user(self, user_id: int) -> UserProfile | None:
         async with self.db.connect() as conn:
             return await directory.one(conn, user_id)
+
+    async def profiles(self, user_ids: Collection[int]) -> list[UserProfile]:
+        wanted = sorted({int(i) for i in user_ids if 0 < i <= MAX_ID})
+        found: list[UserProfile] = []
+        async with self.db.connect() as conn:
+            for start in range(0, len(wanted), _BATCH):
+                found += await directory.many(conn, wanted[start : start + _BATCH])
+        return found
+
+    def normal_email(self, raw: str) -> str | None:
+        try:
+            return inputs.email(raw)
+        except FieldError:
+            return None
+
+    def normal_phone(self, raw: str) -> str | None:
+        return normalize_phone(raw) if isinstance(raw, str) else None
 
     async def account_keys(self, *, account_id: int) -> list[KeySummary]:
         async with self.db.connect() as conn:
