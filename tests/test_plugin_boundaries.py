@@ -3,14 +3,16 @@ service (edge/services/). Every module under plugins/<p>/ is parsed, every impor
 (inside functions and `if TYPE_CHECKING:` blocks too), and every `.plugin(` call refused.
 
 Nor does a plugin reach into another's tables by name (`sa.table("users", ...)`, `sa.Table("users", ...)`,
-or an Alembic `op.add_column("users", ...)` in its migrations): who owns a table is read from each
-plugin's `tables.py` metadata (and the core's own tables belong to the core, used through its modules).
+raw SQL in `sa.text(...)`, or an Alembic `op.add_column("users", ...)` in its migrations): who owns a table
+is read from each plugin's `tables.py` metadata (and the core's own tables belong to the core, used through
+its modules).
 """
 
 from __future__ import annotations
 
 import ast
 import importlib
+import re
 from functools import cache
 from pathlib import Path
 
@@ -99,6 +101,20 @@ def named_table(call: ast.Call) -> str | None:
     return found.value if isinstance(found, ast.Constant) and isinstance(found.value, str) else None
 
 
+_SQL_TABLE = re.compile(r"\b(?:from|join|into|update|table)\s+[`\"]?([a-z_][a-z0-9_]*)", re.IGNORECASE)
+
+
+def sql_tables(call: ast.Call) -> list[str]:
+    """The tables raw SQL in a `sa.text("...")` (or `exec_driver_sql`) call names after FROM, JOIN, INTO,
+    UPDATE or TABLE."""
+    if _called(call) not in ("text", "exec_driver_sql") or not call.args:
+        return []
+    sql = call.args[0]
+    if not (isinstance(sql, ast.Constant) and isinstance(sql.value, str)):
+        return []
+    return _SQL_TABLE.findall(sql.value)
+
+
 def _base(func: ast.Attribute) -> str | None:
     return func.value.id if isinstance(func.value, ast.Name) else None
 
@@ -122,10 +138,12 @@ def crossings(package: Path, owners: dict[str, str] | None = None) -> list[str]:
                     found.append(f"{relative}:{getattr(node, 'lineno', 0)}: imports {name}")
             if isinstance(node, ast.Call) and _called(node) == "plugin":
                 found.append(f"{relative}:{node.lineno}: calls .plugin(...)")
-            if isinstance(node, ast.Call) and (table := named_table(node)) is not None:
-                owner = owners.get(table)
-                if owner is not None and owner != package.name:
-                    found.append(f"{relative}:{node.lineno}: names table {table} of {owner}")
+            if isinstance(node, ast.Call):
+                named = named_table(node)
+                for table in [*([named] if named is not None else []), *sql_tables(node)]:
+                    owner = owners.get(table)
+                    if owner is not None and owner != package.name:
+                        found.append(f"{relative}:{node.lineno}: names table {table} of {owner}")
     return found
 
 
@@ -177,6 +195,8 @@ def test_the_check_finds_tables_of_other_owners_named(tmp_path: Path) -> None:
         "trail = sa.table('audit_log')\n"
         "named = sa.table(name='accounts')\n"
         "unknown = sa.table('nobody_has_this')\n"
+        "raw = sa.text('SELECT u.id FROM team_members m JOIN `users` u ON u.id = m.user_id')\n"
+        "words = sa.text('SELECT 1 FROM team_members WHERE note = :users')\n"
     )
     (package / "migrations" / "m1.py").write_text(
         "from alembic import op\n"
@@ -195,6 +215,7 @@ def test_the_check_finds_tables_of_other_owners_named(tmp_path: Path) -> None:
         "plugins/teams/__init__.py:5: names table api_keys of auth_keys",
         "plugins/teams/__init__.py:7: names table audit_log of edge",
         "plugins/teams/__init__.py:8: names table accounts of auth_keys",
+        "plugins/teams/__init__.py:10: names table users of auth_keys",
         "plugins/teams/migrations/m1.py:4: names table users of auth_keys",
         "plugins/teams/migrations/m1.py:5: names table accounts of auth_keys",
         "plugins/teams/migrations/m1.py:7: names table users of auth_keys",
