@@ -36,13 +36,16 @@ async def test_every_team_action_is_audited_with_who_what_whom_and_where(db_url:
         assert (await call(served, "POST", f"/api/team/invitations/{joining['token']}/accept", member))[0] == 200
         later = await invite(served, owner, email=extra.email)
         assert (await call(served, "POST", f"/api/team/invitations/{later['token']}/accept", extra))[0] == 200
+        status, extras_key = await call(served, "POST", "/api/team/keys", extra, {"name": "extra"})
+        assert status == 201, extras_key
         change = {"role": "admin", "monthly_limit_milli": 5000}
         assert (await call(served, "PATCH", f"/api/team/members/{member.user_id}", owner, change))[0] == 200
         assert (await call(served, "POST", "/api/team/transfer", owner, {"user_id": member.user_id}))[0] == 202
         assert (await call(served, "POST", "/api/team/transfer", member, {"accept": True}))[0] == 200
         # The old owner is the account's own user: nobody removes them; the new owner removes the other.
         assert code(await call(served, "DELETE", f"/api/team/members/{owner.user_id}", member))[0] == 403
-        assert (await call(served, "DELETE", f"/api/team/members/{extra.user_id}", member))[0] == 200
+        status, removed = await call(served, "DELETE", f"/api/team/members/{extra.user_id}", member)
+        assert status == 200 and removed["keys_revoked"] == [extras_key["key"]["id"]]
 
         o, m, x = f"user:{owner.user_id}", f"user:{member.user_id}", f"user:{extra.user_id}"
         assert await audit(served, admin) == [
@@ -86,7 +89,11 @@ async def test_every_team_action_is_audited_with_who_what_whom_and_where(db_url:
         assert details["teams.role_changed"] == {"account_id": account, "before": "member", "after": "admin"}
         assert details["teams.limit_changed"] == {"account_id": account, "before": None, "after": 5000}
         assert details["teams.ownership_accepted"] == {"account_id": account, "previous_owner": owner.user_id}
-        assert details["teams.member_removed"] == {"account_id": account, "role": "member"}
+        assert details["teams.member_removed"] == {
+            "account_id": account,
+            "role": "member",
+            "keys_revoked": [extras_key["key"]["id"]],
+        }
         # The member's history, by target.
         assert [a for a, _, _ in await audit(served, admin, f"target={m}")] == [
             "teams.member_added",

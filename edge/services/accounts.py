@@ -151,9 +151,10 @@ class Accounts(Protocol):
         """A new key of `user_id` billing `account_id` (the caller checked the user may have one there)."""
         ...
 
-    async def revoke_keys(self, *, account_id: int, user_id: int) -> list[int]:
+    async def revoke_keys(self, *, account_id: int, user_id: int, conn: AsyncConnection | None = None) -> list[int]:
         """Revoke every live key `user_id` has on `account_id` and make every worker forget each at once;
-        the revoked keys' ids (none: an empty list)."""
+        the revoked keys' ids (none: an empty list). With `conn` (from `gateway.database.begin()`) in the
+        caller's transaction, and the workers are told once it commits."""
         ...
 
     async def admins(self) -> list[Contact]:

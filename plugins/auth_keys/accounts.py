@@ -194,11 +194,21 @@ class AccountStore:
         )
         return IssuedKey(id=key["id"], name=key["name"], prefix=key["prefix"], secret=secret)
 
-    async def revoke_keys(self, *, account_id: int, user_id: int) -> list[int]:
-        revoked = await self.keys.revoke_all(account_id=account_id, user_id=user_id)
-        for key_id in revoked:
-            await self.invalidate_key(key_id)
+    async def revoke_keys(self, *, account_id: int, user_id: int, conn: AsyncConnection | None = None) -> list[int]:
+        if conn is None:
+            revoked = await self.keys.revoke_all(account_id=account_id, user_id=user_id)
+            for key_id in revoked:
+                await self.invalidate_key(key_id)
+            return revoked
+        revoked = await self.keys.revoke_all(account_id=account_id, user_id=user_id, conn=conn)
+        # As for a ban: workers forget the keys only once the revocation is committed.
+        if revoked and not self.db.after_commit(conn, lambda: self._forget_keys(revoked)):
+            raise ValueError("revoke_keys: conn must come from the gateway's database.begin()")
         return revoked
+
+    def _forget_keys(self, key_ids: list[int]) -> None:
+        for key_id in key_ids:
+            self._tell_later(f"key:{int(key_id)}")
 
     async def admins(self) -> list[Contact]:
         query = (

@@ -6,9 +6,10 @@ nothing: the routes answer 404 for it exactly as for an id nobody has.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -18,6 +19,13 @@ from edge.db import Database
 from edge.services import UserProfile
 from plugins.teams.tables import team_members
 from plugins.teams.trail import Actor, note
+
+
+class Revoke(Protocol):
+    def __call__(
+        self, *, account_id: int, user_id: int, conn: AsyncConnection | None = None
+    ) -> Awaitable[list[int]]: ...
+
 
 _COLUMNS = (
     team_members.c.account_id,
@@ -117,18 +125,30 @@ class MemberStore:
             row = (await conn.execute(sa.select(*_COLUMNS).where(_mine(account_id, user_id)))).first()
         return None if row is None else _membership(row)
 
-    async def remove(self, *, account_id: int, user_id: int, actor: Actor) -> bool:
+    async def remove(self, *, account_id: int, user_id: int, actor: Actor, revoke: Revoke) -> list[int] | None:
+        """Remove the member and, in the same transaction, revoke their keys on the team's account
+        (`revoke`: the ACCOUNTS service's, given the transaction); the revoked keys' ids, or None when the
+        team has no such member (or it is the owner)."""
         async with self.db.begin() as conn:
             before = await _locked(conn, account_id, user_id)
             if before is None or before.role == "owner":
-                return False
+                return None
             gone = await conn.execute(
                 team_members.delete().where(_mine(account_id, user_id), team_members.c.role != "owner")
             )
             if gone.rowcount != 1:
-                return False
-            await note(conn, actor, "member_removed", target=f"user:{user_id}", account_id=account_id, role=before.role)
-        return True
+                return None
+            revoked = await revoke(account_id=account_id, user_id=user_id, conn=conn)
+            await note(
+                conn,
+                actor,
+                "member_removed",
+                target=f"user:{user_id}",
+                account_id=account_id,
+                role=before.role,
+                keys_revoked=revoked,
+            )
+        return revoked
 
     async def offer(self, *, account_id: int, user_id: int, actor: Actor) -> None:
         """Offer the ownership to one member (an earlier offer to another is withdrawn)."""

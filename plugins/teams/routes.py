@@ -142,18 +142,20 @@ class TeamApi:
         )
 
     async def remove_member(self, request: Request) -> Response:
-        """Remove the member, then revoke their keys on the team's account. The order matters only for a
-        crash in between: a team key whose member is gone is refused by `authorize` anyway."""
+        """Remove the member and revoke their keys on the team's account, in one transaction (every worker
+        forgets the keys once it commits)."""
         user, me = await self._allowed(request, "members.remove")
         target = await self._target(me, _path_id(request, "user_id"))
         if target.home or not permits(role=me.role, action="members.remove", target_role=target.role):
             raise answers.team_forbidden("members.remove")
-        actor = self._actor(request, user)
-        if not await self.plugin.members.remove(account_id=me.account_id, user_id=target.user_id, actor=actor):
-            raise answers.member_not_found()
-        revoked = await self.plugin.gateway.service(ACCOUNTS).revoke_keys(
-            account_id=me.account_id, user_id=target.user_id
+        revoked = await self.plugin.members.remove(
+            account_id=me.account_id,
+            user_id=target.user_id,
+            actor=self._actor(request, user),
+            revoke=self.plugin.gateway.service(ACCOUNTS).revoke_keys,
         )
+        if revoked is None:
+            raise answers.member_not_found()
         return JSONResponse({"removed": target.user_id, "keys_revoked": revoked})
 
     async def invite(self, request: Request) -> Response:

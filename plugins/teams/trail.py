@@ -10,7 +10,7 @@ and `details` always names the team (`account_id`):
 | `teams.invitation_revoked` | `invitation:<id>` | |
 | `teams.invitation_accepted` | `invitation:<id>` | `user_id`, `role`, `registered` (joined while registering) |
 | `teams.member_added` | `user:<id>` | `role`, `invitation_id` |
-| `teams.member_removed` | `user:<id>` | `role` |
+| `teams.member_removed` | `user:<id>` | `role`, `keys_revoked` (their keys' ids, revoked in the same transaction) |
 | `teams.role_changed` | `user:<id>` | `before`, `after` |
 | `teams.limit_changed` | `user:<id>` | `before`, `after` (milli-credits a month, null: none) |
 | `teams.ownership_offered` | `user:<id>` | |
