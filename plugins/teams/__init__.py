@@ -7,24 +7,21 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import sqlalchemy as sa
 from starlette.routing import BaseRoute
 
 from edge.clock import utc_now
 from edge.context import RequestContext
 from edge.hookspecs import hookimpl
-from edge.services import SpendLimit, SpendLimits
+from edge.services import ACCOUNTS, TEAMS, SpendLimit, SpendLimits
 from edge.settings import ConfigError
 from plugins.teams import answers, routes
 from plugins.teams.invitations import InvitationStore
 from plugins.teams.members import MemberStore, TeamMembership
 from plugins.teams.policy import permits
+from plugins.teams.service import TeamService
 
 if TYPE_CHECKING:
     from edge.gateway import Gateway
-
-# auth_keys' users: a user's own account never changes, so the answer is kept (see `_home`).
-_users = sa.table("users", sa.column("id"), sa.column("account_id"))
 
 
 class Plugin:
@@ -79,6 +76,7 @@ class Plugin:
         self._gateway = gateway
         self._members = MemberStore(database=gateway.database)
         self._invitations = InvitationStore(database=gateway.database)
+        gateway.provide(TEAMS, TeamService(self))
 
     @hookimpl
     def resayil_routes(self, gateway: Gateway) -> list[BaseRoute]:
@@ -118,11 +116,11 @@ class Plugin:
         """The user's own account (None for a user that does not exist)."""
         home = self._homes.get(user_id)
         if home is None:
-            async with self.gateway.database.connect() as conn:
-                found = (await conn.execute(sa.select(_users.c.account_id).where(_users.c.id == user_id))).first()
+            # Asked of auth_keys (the ACCOUNTS service); a user's own account never changes, so it is kept.
+            found = await self.gateway.service(ACCOUNTS).user(user_id)
             if found is None:
                 return None
             if len(self._homes) >= self.settings.home_cache_size:
                 self._homes.clear()
-            home = self._homes[user_id] = int(found[0])
+            home = self._homes[user_id] = found.account_id
         return home
