@@ -13,12 +13,13 @@ What stays true, on any number of workers and hosts:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edge.db import Database
 from plugins.notify.tables import notify_outbox
@@ -155,9 +156,15 @@ class Busy(Exception):
     """The row is being sent right now: resending it would race the sender."""
 
 
-async def resend(db: Database, *, row_id: int, now: datetime) -> Row | None:
+async def resend(
+    db: Database,
+    *,
+    row_id: int,
+    now: datetime,
+    also: Callable[[AsyncConnection, Row], Awaitable[None]] | None = None,
+) -> Row | None:
     """Queue the row again now, with a fresh allowance of attempts; None when there is no such row, Busy
-    while a sender holds it."""
+    while a sender holds it. `also(conn, row as it was)` runs in the same transaction when it is queued."""
     async with db.begin() as conn:
         row = (await conn.execute(sa.select(notify_outbox).where(notify_outbox.c.id == row_id))).first()
         if row is None:
@@ -169,5 +176,7 @@ async def resend(db: Database, *, row_id: int, now: datetime) -> Row | None:
             .where(notify_outbox.c.id == row_id, notify_outbox.c.status == row.status)
             .values(status="queued", attempts=0, next_attempt_at=now, claimed_until=None, updated_at=now)
         )
+        if also is not None:
+            await also(conn, row)
         found: Row = (await conn.execute(sa.select(notify_outbox).where(notify_outbox.c.id == row_id))).one()
     return found

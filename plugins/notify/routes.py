@@ -1,7 +1,9 @@
 """notify's HTTP API: the admins' outbox, users' opt-outs, and fail2ban's ban reports.
 
 - `GET /api/admin/outbox?status=&event=&recipient=&limit=&cursor=` (admins): messages, newest first.
-- `POST /api/admin/outbox/{id}/resend` (admins): queue a message again now; 409 while it is being sent.
+- `POST /api/admin/outbox/{id}/resend` (admins; optional body `{"reason"}`): queue a message again now, with
+  its `notify.resend` audit row (edge/audit.py, target `outbox:<id>`) in the same transaction; 409 while it
+  is being sent.
 - `GET` / `PATCH /api/me/notifications` (the logged-in user): `credits_low` and `renewal_due`, both on
   until turned off; the other notices always go.
 - `POST /internal/fail2ban` (fail2ban's action on this host): publishes `ip.banned`.
@@ -19,12 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from edge import audit
 from edge.errors import Forbidden, GatewayError, NotFound
-from edge.inputs import FieldError, Form, choice, integer, query_number, read_body, read_json
+from edge.inputs import FieldError, Form, choice, integer, query_number, read_body, read_json, text
 from edge.services import GUARDS
 from plugins.notify import outbox, statuses
 from plugins.notify.notices import IpBanned
@@ -110,12 +114,37 @@ class NotifyApi:
         return JSONResponse({"object": "list", "data": rows, "next_cursor": next_cursor})
 
     async def resend(self, request: Request) -> Response:
-        await self.plugin.gateway.service(GUARDS).require_admin(request)
+        admin = await self.plugin.gateway.service(GUARDS).require_admin(request)
         row_id = int(request.path_params["message_id"])
+        form = Form(await read_json(request))
+        form.only(("reason",))
+        reason = form.take("reason", text(subject="reason", max_length=500)) if "reason" in form.data else None
+        form.check()
+
+        async def audited(conn: AsyncConnection, row: outbox.Row) -> None:
+            await audit.record(
+                conn,
+                actor_user_id=admin.user_id,
+                action="notify.resend",
+                target=f"outbox:{row_id}",
+                reason=reason,
+                ip=audit.request_ip(request),
+                details={
+                    "event_name": row.event_name,
+                    "event_id": row.event_id,
+                    "audience": row.audience,
+                    "recipient": row.recipient,
+                    "status_before": row.status,
+                    "attempts_before": int(row.attempts),
+                },
+            )
+
         found = None
         try:
             if row_id <= BIGINT_MAX:
-                found = await outbox.resend(self.plugin.gateway.database, row_id=row_id, now=self.plugin.now())
+                found = await outbox.resend(
+                    self.plugin.gateway.database, row_id=row_id, now=self.plugin.now(), also=audited
+                )
         except outbox.Busy:
             raise GatewayError("The message is being sent right now.", status=409, code="message_sending") from None
         if found is None:
