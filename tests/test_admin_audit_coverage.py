@@ -306,12 +306,17 @@ async def test_every_mutating_admin_route_writes_exactly_one_audit_row(
     assert [row["action"] for row in done] == [case.action for case in AUDITED.values()]
 
 
-async def test_a_plan_change_and_a_credit_adjustment_say_what_changed(db_url: str, ollama: Any, serve: Any) -> None:
+async def test_a_plan_change_a_credit_adjustment_and_a_resend_say_what_changed(
+    db_url: str, ollama: Any, serve: Any
+) -> None:
+    """Their details; a reason left out of a plan change or a resend is null; and with no trusted proxy
+    configured, a client's own X-Forwarded-For is not believed: the row has the peer's address."""
     async with serve(matrix_config(ollama, db_url)) as served:
         admin = await register_user(served, admin=True, locale="en")
         victim = await register_user(served, tier="pro", locale="en")
         path = f"/api/admin/accounts/{victim.account_id}"
-        assert (await call(served, "PATCH", path, admin, {"tier": "enterprise"}))[0] == 200
+        spoofed = {"X-Forwarded-For": "198.51.100.9"}
+        assert (await call(served, "PATCH", path, admin, {"tier": "enterprise"}, **spoofed))[0] == 200
         status, row = await call(served, "POST", f"{path}/credits", admin, {"delta_milli": 1500, "reason": "typo fix"})
         assert status == 201
         await served.gateway.drain()
@@ -319,6 +324,7 @@ async def test_a_plan_change_and_a_credit_adjustment_say_what_changed(db_url: st
         message = resent["data"][0]
         assert (await call(served, "POST", f"/api/admin/outbox/{message['id']}/resend", admin))[0] == 200
         plan, credits, resend = await trail(served, admin)
+    assert {plan["ip"], credits["ip"], resend["ip"]} == {"127.0.0.1"}
     assert (plan["reason"], plan["details"]) == (
         None,
         {"before": {"tier": "pro", "plan_expires_at": None}, "after": {"tier": "enterprise", "plan_expires_at": None}},
