@@ -17,9 +17,13 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from sqlalchemy.exc import DBAPIError
 
+from edge import migrate
 from edge.audit import audit_log, record
+from edge.db import sync_url
+from tests.conftest import all_version_locations
 from tests.support.billing_admin import call
 from tests.support.matrix import matrix_config, served_routes
 from tests.support.portal import LoggedIn, register_user
@@ -392,3 +396,29 @@ async def test_a_retried_credit_adjustment_is_one_ledger_row_and_one_audit_row(
     assert answers[-1][0] == 409 and shown == 200
     assert {answer["id"] for _, answer in answers[:-1]} == {ledger["data"][0]["id"]} and len(ledger["data"]) == 1
     assert [(e["action"], e["details"]["ledger_id"]) for e in entries] == [("credits.adjust", ledger["data"][0]["id"])]
+
+
+def test_the_append_only_migration_goes_down_and_up_again(db_url: str) -> None:
+    """core_0003 down: audit rows can be changed again (the triggers are gone); up: refused again."""
+    cfg = migrate.alembic_config(all_version_locations())
+    engine = sa.create_engine(sync_url(db_url), future=True)
+    row = {"at": datetime(2026, 1, 1), "action": "test.one", "target": "user:1", "details": "{}"}
+    try:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "core_0002")
+            conn.execute(audit_log.insert().values(**row))
+            assert conn.execute(audit_log.update().values(reason="changed")).rowcount == 1
+            assert conn.execute(audit_log.delete()).rowcount == 1
+    finally:
+        engine.dispose()
+        # Back at every head even when a step above failed: the MariaDB database serves the whole session.
+        migrate.upgrade(db_url, all_version_locations())
+    engine = sa.create_engine(sync_url(db_url), future=True)
+    try:
+        with engine.begin() as conn:
+            conn.execute(audit_log.insert().values(**row))
+        with pytest.raises(DBAPIError, match="audit_log is append-only"), engine.begin() as conn:
+            conn.execute(audit_log.delete())
+    finally:
+        engine.dispose()
