@@ -64,9 +64,7 @@ _own = users.alias("own")
 # The key's account's own user is banned (the user who registered the account; a team's members each have
 # their own account, so they are never the team account's own user).
 _OWN_USER_BANNED = (
-    sa.exists()
-    .where(_own.c.account_id == api_keys.c.account_id, _own.c.banned_at.is_not(None))
-    .correlate(api_keys)
+    sa.exists().where(_own.c.account_id == api_keys.c.account_id, _own.c.banned_at.is_not(None)).correlate(api_keys)
 )
 
 KEY_COLUMNS = (
