@@ -137,6 +137,10 @@ class AdminApi:
                 ip=audit.request_ip(request),
                 details={"account_id": changed.account_id, "banned_at": answers.iso(changed.banned_at)},
             )
+        # The commit sent the invalidations on their way; these are awaited, so every worker's message is in
+        # Redis before the admin sees the ban (a request sent after it finds the user's keys dropped).
+        await accounts.invalidate_user(user_id)
+        await accounts.invalidate_account(changed.account_id)
         return JSONResponse({"user": answers.user_json(changed)}, headers=NO_STORE)
 
     async def users_csv(self, request: Request) -> Response:

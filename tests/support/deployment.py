@@ -67,13 +67,14 @@ async def deployed(
     *,
     plugins: Sequence[dict[str, Any]],
     lease_requests: int = 0,
-    latency: str = LATENCY,
+    fake_args: Sequence[str] = ("--latency", LATENCY),
     credits: dict[str, Any] | None = None,
 ) -> AsyncIterator[Deployed]:
-    """One `serve --workers 2` with the credits plugin and `plugins` on an emptied MariaDB database; on a
-    clean exit, `reconcile` must find nothing and the log must hold no error."""
+    """One `serve --workers 2` with the credits plugin (`credits`: its settings) and `plugins` on an emptied
+    MariaDB database, the fake Ollama run with `fake_args`; on a clean exit, `reconcile` must find nothing
+    and the log must hold no error."""
     truncate_mariadb(mariadb_database)
-    with fake_ollama_process("--latency", latency) as ollama_url:
+    with fake_ollama_process(*fake_args) as ollama_url:
         config = credits_config(
             ollama_url=ollama_url,
             database_url=mariadb_database,
