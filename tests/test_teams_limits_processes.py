@@ -51,12 +51,15 @@ async def v1_account(site: Any, secret: str) -> dict[str, Any]:
     return found
 
 
+# With leases the owner's unlimited key takes its credits from a worker's lease while the member's keys hold
+# against their limit in the database: both ways on one account at once.
+@pytest.mark.parametrize("lease_requests", [0, 32], ids=["holds", "leases"])
 async def test_200_concurrent_requests_on_two_workers_never_spend_past_a_members_monthly_limit(
-    tmp_path: Path, mariadb_database: str, redis_url: str
+    tmp_path: Path, mariadb_database: str, redis_url: str, lease_requests: int
 ) -> None:
     limit = HOLD * HOLDS
     plugins = [auth_plugin_entry(), {"name": "teams", "settings": {}}]
-    async with deployed(tmp_path, mariadb_database, redis_url, plugins=plugins) as site:
+    async with deployed(tmp_path, mariadb_database, redis_url, plugins=plugins, lease_requests=lease_requests) as site:
         remote, gateway = site.remote, site.gateway
         owner = await register_user(remote, tier="enterprise", locale="en")
         team = owner.account_id
