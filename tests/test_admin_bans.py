@@ -18,7 +18,7 @@ from plugins.auth_keys.tables import api_keys
 from tests.support.admin import admin_config, chat
 from tests.support.billing_admin import call
 from tests.support.portal import LoggedIn, bearer, create_key, login, register_user
-from tests.test_teams import join
+from tests.support.teams import join
 
 HOUR = 3600
 

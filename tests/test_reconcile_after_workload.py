@@ -27,7 +27,7 @@ from tests.support.credits import table_rows, until_settled
 from tests.support.deployment import Deployed, burst, deployed
 from tests.support.portal import LoggedIn, auth_plugin_entry, bearer, create_key, register_user
 from tests.support.servers import clean_env, run_cli
-from tests.test_teams import join
+from tests.support.teams import join
 
 pytestmark = pytest.mark.slow
 

@@ -22,7 +22,7 @@ from tests.support.bodies import chat_body
 from tests.support.credits import table_rows, until_settled
 from tests.support.deployment import burst, deployed
 from tests.support.portal import auth_plugin_entry, bearer, create_key, register_user
-from tests.test_teams import call, join
+from tests.support.teams import call, join
 
 pytestmark = pytest.mark.slow
 

@@ -1,9 +1,9 @@
 """What plugins offer each other: small typed services, provided by the owning plugin at startup.
 
 Plugins never import each other. One that offers something (auth_keys: accounts and the portal's guards;
-credits: grants, balances and usage) provides it under a `Service` key from this module, and one that needs
-it asks the gateway by the same key (one module per owner under `edge.services`, all names
-re-exported here):
+credits: grants, balances and usage; teams: joining on registration, a user's team) provides it under a
+`Service` key from this module, and one that needs it asks the gateway by the same key (one module per
+owner under `edge.services`, all names re-exported here):
 
     gateway.provide(ACCOUNTS, self.accounts)        # the owner, in `resayil_startup`
     await gateway.service(ACCOUNTS).set_plan(...)   # typed: strict mypy checks every call and result
@@ -62,6 +62,12 @@ from edge.services.keys import (
     MissingService,
     Service,
 )
+from edge.services.teams import (
+    TEAMS,
+    TeamJoin,
+    Teams,
+    TeamStanding,
+)
 
 __all__ = [
     "ACCOUNTS",
@@ -70,6 +76,7 @@ __all__ = [
     "GUARDS",
     "KEEP",
     "SPEND_PERIODS",
+    "TEAMS",
     "USER_STATUSES",
     "Account",
     "Accounts",
@@ -93,6 +100,9 @@ __all__ = [
     "Spend",
     "SpendLimit",
     "SpendLimits",
+    "TeamJoin",
+    "TeamStanding",
+    "Teams",
     "UsageItem",
     "UserProfile",
     "UserQuery",
