@@ -223,9 +223,9 @@ async def test_opted_out_users_get_no_low_credit_or_renewal_notice_but_the_rest(
 ) -> None:
     async with serve(notify_config(ollama, db_url), plugins=[BillingEvents()]) as served:
         user = await register_user(served, phone=USER)
-        body = {"credits_low": False, "renewal_due": False}
-        async with served.request("PATCH", "/api/me/notifications", json=body, headers=user.headers) as resp:
-            assert resp.status == 200 and await resp.json() == body
+        body = {"notifications": {"credits.low": False, "subscription.renewal_due": False}}
+        async with served.request("PATCH", "/api/me", json=body, headers=user.headers) as resp:
+            assert resp.status == 200 and (await resp.json())["user"]["notifications"] == body["notifications"]
         events = user_events(user.account_id, user.user_id, "ar")
         await publish(served, *(event for event, _ in events.values()))
         await send_all(served)

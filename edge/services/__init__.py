@@ -1,9 +1,9 @@
 """What plugins offer each other: small typed services, provided by the owning plugin at startup.
 
 Plugins never import each other. One that offers something (auth_keys: accounts and the portal's guards;
-credits: grants, balances and usage) provides it under a `Service` key from this module, and one that needs
-it asks the gateway by the same key (one module per owner under `edge.services`, all names
-re-exported here):
+credits: grants, balances and usage; notify: users' notification preferences) provides it under a
+`Service` key from this module, and one that needs it asks the gateway by the same key (one module per
+owner under `edge.services`, all names re-exported here):
 
     gateway.provide(ACCOUNTS, self.accounts)        # the owner, in `resayil_startup`
     await gateway.service(ACCOUNTS).set_plan(...)   # typed: strict mypy checks every call and result
@@ -62,6 +62,11 @@ from edge.services.keys import (
     MissingService,
     Service,
 )
+from edge.services.preferences import (
+    PREFERENCES,
+    NotificationChoices,
+    Preferences,
+)
 
 __all__ = [
     "ACCOUNTS",
@@ -69,6 +74,7 @@ __all__ = [
     "CREDITS",
     "GUARDS",
     "KEEP",
+    "PREFERENCES",
     "SPEND_PERIODS",
     "USER_STATUSES",
     "Account",
@@ -87,8 +93,10 @@ __all__ = [
     "MissingService",
     "MonthUsage",
     "NoGuards",
+    "NotificationChoices",
     "OrderSummary",
     "PortalUser",
+    "Preferences",
     "Service",
     "Spend",
     "SpendLimit",
