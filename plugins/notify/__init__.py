@@ -121,7 +121,9 @@ class Plugin:
         """Build the sender on the gateway's HTTP session and the addressing of rows; provide `PREFERENCES`."""
         self._gateway = gateway
         sender = build_sender(self.provider, http=gateway.session)
-        self._addressing = Addressing(database=gateway.database, templates=self.templates, admins=self.admins)
+        self._addressing = Addressing(
+            database=gateway.database, templates=self.templates, admins=self.admins, free_text=sender.free_text
+        )
         self._delivery = Delivery(
             database=gateway.database, sender=sender, policy=self.policy, clock=self.now, alert=self.alert
         )
