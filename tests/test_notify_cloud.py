@@ -25,6 +25,7 @@ from tests.test_notify_outbox import (
     ADMIN_EN,
     USER,
     admin_events,
+    noon,
     notify_config,
     outbox_rows,
     publish,
@@ -50,7 +51,7 @@ def approved() -> list[CloudTemplate]:
 
 @pytest.fixture
 async def meta(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[FakeWhatsApp, ManualClock]]:
-    clock = ManualClock()
+    clock = noon()  # the provider alert is once a day: a run crossing midnight would rightly send two
     settings = FakeSettings(pair_interval=PAIR, clock=clock.monotonic, templates=approved())
     async with run_fake(settings) as fake:
         monkeypatch.setenv("RESAYIL_WHATSAPP_PROVIDER", "cloud")
@@ -147,10 +148,16 @@ async def test_a_provider_needing_an_operator_alerts_each_admin_once_across_work
     fake, clock = meta
     fake.settings.pair_interval = 0
     fake.settings.fail_next = [code] * 100
-    config = notify_config(ollama, db_url, redis_url=redis_url, pair_interval_seconds=0, alert_pause_seconds=60)
+    config = notify_config(
+        ollama, db_url, redis_url=redis_url, pair_interval_seconds=0, alert_pause_seconds=60, batch=4
+    )
     async with serve(config, clock=clock) as first, serve(config, clock=clock) as second:
         events = admin_events()
         await publish(first, *(event for event, _ in events.values()))
+        # Four messages each: both workers see the provider refuse, and both ask for the alert.
+        await send_all(first, runs=1)
+        await send_all(second, runs=1)
+        assert len(fake.received) == 8 and {r["code"] for r in fake.received} == {code}
         for _ in range(4):
             await send_all(first, runs=1)
             await send_all(second, runs=1)
