@@ -29,12 +29,13 @@ from tests.fakes.myfatoorah import FakeMyFatoorah
 from tests.fakes.whatsapp import FakeSettings, FakeWhatsApp, run_fake
 from tests.support.billing import WEBHOOK_PATH, WEBHOOK_SECRET, account_row, billing_entry
 from tests.support.billing_admin import paid_order
-from tests.support.portal import FAST_PASSWORDS, MANY_REGISTRATIONS, bearer, create_key, register_user
+from tests.support.portal import FAST_PASSWORDS, MANY_REGISTRATIONS, PASSWORD, bearer, create_key, register_user
 from tests.test_notify_cloud import approved
 from tests.test_notify_outbox import ADMIN_AR, ADMIN_EN, blocks, order
 
 F2B_TOKEN = "f2b-token-0123456789abcdef"
 USER = "+96551234567"
+ARABIC_USER = {"name": "نورة", "email": "noura@example.com", "phone": "+96551234568", "password": PASSWORD}
 CLOUD_MODEL = "deepseek-v3.1:671b-cloud"
 # A model whose requests cost a lot, so that a few requests spend a plan: 1000 milli-credits a token.
 COSTLY_MODEL = "qwen3:30b"
@@ -118,8 +119,10 @@ async def settle(served: Any) -> None:
 async def pull_every_trigger(served: Any, ollama: Any, payments: FakeMyFatoorah) -> list[Any]:
     """Each of the ten triggers, in a customer's order; then every message sent. The outbox rows, by id."""
     payments.settings.webhook_url = served.url + WEBHOOK_PATH
-    # NOTIF-01: registering.
+    # NOTIF-01: registering, in English, and (Arabic being the default) without choosing a language.
     user = await register_user(served, locale="en", name="Fatima", phone=USER)
+    async with served.request("POST", "/api/auth/register", json=ARABIC_USER) as resp:
+        assert resp.status == 201, await resp.text()
     # NOTIF-05, then NOTIF-02: a pack and the Pro plan bought and paid through MyFatoorah.
     await paid_order(served, payments, user, "pack-5000")
     await paid_order(served, payments, user, "pro")
@@ -205,6 +208,11 @@ async def test_each_notice_arrives_once_from_its_real_trigger(
         return [blocks(text)[0] for text in texts]
 
     assert "Hello Fatima, welcome" in english("user.registered", USER)[0]
+    (welcome,) = [by_id[r.provider_message_id]["text"] or "" for r in rows if r.recipient == ARABIC_USER["phone"]]
+    arabic, english_block = blocks(welcome)
+    # Arabic first; the English block names her in Arabic letters, so it is told by its English words.
+    assert "نورة" in arabic and "welcome" not in arabic and english_block.startswith("Hello")
+    assert "welcome" in english_block
     assert "5,000 credits were added to your account for 5.000 KWD" in english("topup.paid", USER)[0]
     assert "Your Pro plan is active." in english("subscription.activated", USER)[0]
     assert "Your balance is" in english("credits.low", USER)[0]
@@ -245,10 +253,12 @@ async def test_through_the_cloud_api_each_user_notice_is_two_templates_theirs_fi
     sent_at = {r["message_id"]: n for n, r in enumerate(meta.accepted)}
     by_key = {r.dedup_key: r for r in rows}
     followers = [r for r in rows if r.after_key is not None]
-    assert len(followers) == len(USER_EVENTS)
+    assert len(followers) == len(USER_EVENTS) + 1  # and the Arabic user's welcome
     for second in followers:
         first = by_key[second.after_key]
-        assert (first.event_name, first.language, second.language) == (second.event_name, "en", "ar")
+        theirs = ("en", "ar") if second.recipient == USER else ("ar", "en")
+        assert (first.event_name, first.language, second.language) == (second.event_name, *theirs)
+        assert first.recipient == second.recipient
         assert sent_at[first.provider_message_id] < sent_at[second.provider_message_id]
     for admin, language in ((ADMIN_AR, "ar"), (ADMIN_EN, "en")):
         got = sorted((r["template"], r["language"]) for r in meta.accepted if r["to"] == admin[1:])
