@@ -5,6 +5,7 @@ opted-out user spending down through /v1 gets `credits.exhausted` but no `credit
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -195,3 +196,16 @@ async def test_an_opted_out_user_spending_down_gets_exhausted_but_no_low_notice(
     accepted = {r["message_id"]: r for r in whatsapp.accepted}
     texts = [accepted[r.provider_message_id]["text"] or "" for r in rows if r.recipient == quiet.phone]
     assert sum("out of credits" in t for t in texts) == 1 and not any("Heads up" in t for t in texts)
+
+
+async def test_concurrent_changes_for_a_new_user_all_succeed(
+    serve: Any, ollama: Any, db_url: str, redis_url: str, provider: FakeWhatsApp
+) -> None:
+    """The first change creates the user's row: many at once must not collide into a 500 (one upsert)."""
+    async with serve(notify_config(ollama, db_url, redis_url=redis_url)) as served:
+        user = await register_user(served)
+        bodies = [{"notifications": {"credits.low": n % 2 == 0, "subscription.renewal_due": False}} for n in range(8)]
+        answers = await asyncio.gather(*(call(served, "PATCH", user.headers, body) for body in bodies))
+        assert [status for status, _ in answers] == [200] * 8, answers
+        shown = (await call(served, "GET", user.headers))[1]["user"]["notifications"]
+    assert shown["subscription.renewal_due"] is False and shown["credits.low"] in {True, False}
