@@ -1,9 +1,9 @@
 """What plugins offer each other: small typed services, provided by the owning plugin at startup.
 
 Plugins never import each other. One that offers something (auth_keys: accounts and the portal's guards;
-credits: grants, balances and usage; notify: users' notification preferences) provides it under a
-`Service` key from this module, and one that needs it asks the gateway by the same key (one module per
-owner under `edge.services`, all names re-exported here):
+credits: grants, balances and usage; teams: joining on registration, a user's team; notify: users'
+notification preferences) provides it under a `Service` key from this module, and one that needs it asks
+the gateway by the same key (one module per owner under `edge.services`, all names re-exported here):
 
     gateway.provide(ACCOUNTS, self.accounts)        # the owner, in `resayil_startup`
     await gateway.service(ACCOUNTS).set_plan(...)   # typed: strict mypy checks every call and result
@@ -67,6 +67,12 @@ from edge.services.preferences import (
     NotificationChoices,
     Preferences,
 )
+from edge.services.teams import (
+    TEAMS,
+    TeamJoin,
+    Teams,
+    TeamStanding,
+)
 
 __all__ = [
     "ACCOUNTS",
@@ -76,6 +82,7 @@ __all__ = [
     "KEEP",
     "PREFERENCES",
     "SPEND_PERIODS",
+    "TEAMS",
     "USER_STATUSES",
     "Account",
     "Accounts",
@@ -101,6 +108,9 @@ __all__ = [
     "Spend",
     "SpendLimit",
     "SpendLimits",
+    "TeamJoin",
+    "TeamStanding",
+    "Teams",
     "UsageItem",
     "UserProfile",
     "UserQuery",

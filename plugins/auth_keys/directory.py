@@ -66,6 +66,13 @@ async def one(conn: AsyncConnection, user_id: int) -> UserProfile | None:
     return None if row is None else profile(row)
 
 
+async def many(conn: AsyncConnection, user_ids: list[int]) -> list[UserProfile]:
+    """The users among `user_ids` (ids already in range, a bounded batch)."""
+    if not user_ids:
+        return []
+    return [profile(row) for row in (await conn.execute(_PROFILE.where(users.c.id.in_(user_ids)))).all()]
+
+
 async def keys(conn: AsyncConnection, *, account_id: int) -> list[KeySummary]:
     query = sa.select(*KEY_COLUMNS, api_keys.c.user_id).where(api_keys.c.account_id == account_id)
     rows = (await conn.execute(query.order_by(api_keys.c.id.desc()))).all()

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edge.context import Principal
 from edge.db import Database
@@ -124,15 +125,18 @@ class KeyStore:
             row = (await conn.execute(sa.select(*KEY_COLUMNS).where(mine))).first()
         return None if row is None else key_json(row)
 
-    async def revoke_all(self, *, account_id: int, user_id: int) -> list[int]:
-        """Revoke every live key of the user on the account; the ids of those this call revoked."""
+    async def revoke_all(self, *, account_id: int, user_id: int, conn: AsyncConnection | None = None) -> list[int]:
+        """Revoke every live key of the user on the account (in `conn`'s transaction when given); the ids of
+        those this call revoked."""
+        if conn is None:
+            async with self.db.begin() as own:
+                return await self.revoke_all(account_id=account_id, user_id=user_id, conn=own)
         live = sa.and_(
             api_keys.c.account_id == account_id, api_keys.c.user_id == user_id, api_keys.c.revoked_at.is_(None)
         )
-        async with self.db.begin() as conn:
-            ids = [int(i) for i in (await conn.execute(sa.select(api_keys.c.id).where(live))).scalars()]
-            if ids:
-                await conn.execute(sa.update(api_keys).where(api_keys.c.id.in_(ids)).values(revoked_at=utcnow()))
+        ids = [int(i) for i in (await conn.execute(sa.select(api_keys.c.id).where(live))).scalars()]
+        if ids:
+            await conn.execute(sa.update(api_keys).where(api_keys.c.id.in_(ids)).values(revoked_at=utcnow()))
         return ids
 
     async def limit(self, *, key_id: int, account_id: int) -> tuple[int | None, str | None] | None:

@@ -12,7 +12,7 @@ from starlette.routing import BaseRoute, Route
 from edge.errors import Forbidden, GatewayError, NotFound
 from edge.inputs import FieldError, Form, read_json
 from edge.security import over_https
-from edge.services import PREFERENCES
+from edge.services import PREFERENCES, TEAMS, TeamJoin
 from plugins.auth_keys import inputs, strength
 from plugins.auth_keys.guards import check_csrf
 from plugins.auth_keys.inputs import invalid
@@ -99,8 +99,8 @@ class AuthApi:
         await self.plugin.throttle.give_back(ticket, kinds=("ip", "name"))
         await self.plugin.throttle.forget(ticket, kind="name_ip")
 
-    def _signed_in(self, request: Request, status: int, user: dict[str, Any], token: str, csrf: str) -> Response:
-        response = JSONResponse({"user": user, "csrf_token": csrf}, status_code=status, headers=NO_STORE)
+    def _signed_in(self, request: Request, status: int, body: dict[str, Any], token: str, csrf: str) -> Response:
+        response = JSONResponse({**body, "csrf_token": csrf}, status_code=status, headers=NO_STORE)
         response.set_cookie(
             COOKIE_NAME,
             token,
@@ -112,7 +112,9 @@ class AuthApi:
         )
         return response
 
-    async def _start_session(self, request: Request, *, user_id: int, status: int) -> Response:
+    async def _start_session(
+        self, request: Request, *, user_id: int, status: int, extra: dict[str, Any] | None = None
+    ) -> Response:
         p = self.plugin
         token, csrf = await p.sessions.create(
             user_id=user_id,
@@ -122,7 +124,7 @@ class AuthApi:
         )
         profile = await p.users.profile(user_id)
         assert profile is not None
-        return self._signed_in(request, status, profile, token, csrf)
+        return self._signed_in(request, status, {"user": profile, **(extra or {})}, token, csrf)
 
     async def register(self, request: Request) -> Response:
         p = self.plugin
@@ -132,6 +134,10 @@ class AuthApi:
         phone = form.take("phone", inputs.phone)
         password = form.take("password", inputs.password)
         locale = form.take("locale", inputs.locale)
+        invitation = form.take("invitation", inputs.invitation)
+        teams = p.gateway.maybe(TEAMS)
+        if invitation is not None and teams is None:
+            form.fail("invitation", "invitation_not_found")
         if email is not None or phone is not None:
             # Counted before anything is scored or looked up, so `email_taken`/`phone_taken` cannot be
             # probed in bulk, nor the password scorer kept busy.
@@ -145,6 +151,7 @@ class AuthApi:
                     form.fail(field, code)
         form.check()
         tier = p.settings.registration_tier
+        joined: list[TeamJoin] = []
 
         async def announce(conn: AsyncConnection, *, user_id: int, account_id: int) -> None:
             registration = {
@@ -157,6 +164,15 @@ class AuthApi:
                 "tier": tier,
             }
             await p.publish_registered(conn, registration)
+            if invitation is not None and teams is not None:
+                # Into the team in the same transaction: a refused invitation (used, revoked, expired,
+                # someone else's) raises its answer here, and nobody is registered.
+                ip = client_ip(request) or None
+                joined.append(
+                    await teams.join_registering(
+                        conn, token=invitation, user_id=user_id, email=email, phone=phone, ip=ip
+                    )
+                )
 
         try:
             user_id, _ = await p.users.create(
@@ -170,7 +186,8 @@ class AuthApi:
             )
         except Taken as exc:
             raise invalid(exc.fields) from None
-        return await self._start_session(request, user_id=user_id, status=201)
+        team = {"team": {"account_id": joined[0].account_id, "role": joined[0].role}} if joined else None
+        return await self._start_session(request, user_id=user_id, status=201, extra=team)
 
     async def login(self, request: Request) -> Response:
         p = self.plugin
