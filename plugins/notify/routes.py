@@ -1,11 +1,10 @@
-"""notify's HTTP API: the admins' outbox, users' opt-outs, and fail2ban's ban reports.
+"""notify's HTTP API: the admins' outbox and fail2ban's ban reports (users' opt-outs are in `PATCH /api/me`,
+through the `PREFERENCES` service: preferences.py).
 
 - `GET /api/admin/outbox?status=&event=&recipient=&limit=&cursor=` (admins): messages, newest first.
 - `POST /api/admin/outbox/{id}/resend` (admins; optional body `{"reason"}`): queue a message again now, with
   its `notify.resend` audit row (edge/audit.py, target `outbox:<id>`) in the same transaction; 409 while it
   is being sent.
-- `GET` / `PATCH /api/me/notifications` (the logged-in user): `credits_low` and `renewal_due`, both on
-  until turned off; the other notices always go.
 - `POST /internal/fail2ban` (fail2ban's action on this host): publishes `ip.banned`.
 - `GET` / `POST /api/notify/webhooks/whatsapp` (Meta): the Cloud API's handshake and status webhooks
   (statuses.py).
@@ -20,7 +19,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
-import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -32,7 +30,7 @@ from edge.inputs import FieldError, Form, choice, integer, query_number, read_bo
 from edge.services import GUARDS
 from plugins.notify import outbox, statuses
 from plugins.notify.notices import IpBanned
-from plugins.notify.tables import STATUSES, notify_preferences
+from plugins.notify.tables import STATUSES
 from plugins.notify.templates import EVENTS
 
 if TYPE_CHECKING:
@@ -41,7 +39,6 @@ if TYPE_CHECKING:
 WEBHOOK_PATH = "/api/notify/webhooks/whatsapp"
 MAX_PAGE = 200
 BIGINT_MAX = 2**63 - 1
-PREFERENCES = ("credits_low", "renewal_due")
 # Headers a reverse proxy adds: a request carrying one was relayed, so its loopback peer is not its origin.
 _RELAYED = ("x-forwarded-for", "forwarded", "x-real-ip")
 _JAIL = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -53,15 +50,6 @@ MESSAGES = {
     "cursor_invalid": "Must be the next_cursor of a previous page.",
     "recipient_invalid": "Must be a phone number in E.164, such as +96512345678.",
 }
-
-
-def _boolean(subject: str) -> Any:
-    def parse(value: Any) -> bool:
-        if not isinstance(value, bool):
-            raise FieldError(f"{subject}_invalid", f"`{subject}` must be true or false.")
-        return value
-
-    return parse
 
 
 def _ip(value: Any) -> str:
@@ -151,40 +139,6 @@ class NotifyApi:
             raise NotFound("There is no message with this id.", code="message_not_found")
         return JSONResponse({"message": outbox.shown(found)})
 
-    # ---- users ---------------------------------------------------------------------------------------
-
-    async def preferences(self, request: Request) -> Response:
-        user = await self.plugin.gateway.service(GUARDS).require_user(request)
-        return JSONResponse(await self._preferences(user.user_id))
-
-    async def update_preferences(self, request: Request) -> Response:
-        user = await self.plugin.gateway.service(GUARDS).require_user(request)
-        form = Form(await read_json(request))
-        form.only(PREFERENCES)
-        values = {name: form.take(name, _boolean(name)) for name in PREFERENCES if name in form.data}
-        form.check()
-        if values:
-            db = self.plugin.gateway.database
-            now = self.plugin.now()
-            async with db.begin() as conn:
-                where = notify_preferences.c.user_id == user.user_id
-                changed = await conn.execute(notify_preferences.update().where(where).values(**values, updated_at=now))
-                if (
-                    not changed.rowcount
-                    and await conn.scalar(sa.select(notify_preferences.c.user_id).where(where)) is None
-                ):
-                    await conn.execute(
-                        notify_preferences.insert().values(user_id=user.user_id, updated_at=now, **values)
-                    )
-        return JSONResponse(await self._preferences(user.user_id))
-
-    async def _preferences(self, user_id: int) -> dict[str, bool]:
-        async with self.plugin.gateway.database.connect() as conn:
-            row = (
-                await conn.execute(sa.select(notify_preferences).where(notify_preferences.c.user_id == user_id))
-            ).first()
-        return {name: True if row is None else bool(getattr(row, name)) for name in PREFERENCES}
-
     # ---- fail2ban ------------------------------------------------------------------------------------
 
     def _from_fail2ban(self, request: Request) -> None:
@@ -240,8 +194,6 @@ def build(plugin: Plugin) -> list[BaseRoute]:
     return [
         Route("/api/admin/outbox", api.list_outbox, methods=["GET"]),
         Route("/api/admin/outbox/{message_id:int}/resend", api.resend, methods=["POST"]),
-        Route("/api/me/notifications", api.preferences, methods=["GET"]),
-        Route("/api/me/notifications", api.update_preferences, methods=["PATCH"]),
         Route("/internal/fail2ban", api.fail2ban, methods=["POST"]),
         Route(WEBHOOK_PATH, api.verify_webhook, methods=["GET"]),
         Route(WEBHOOK_PATH, api.status_webhook, methods=["POST"]),
