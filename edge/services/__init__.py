@@ -1,9 +1,10 @@
 """What plugins offer each other: small typed services, provided by the owning plugin at startup.
 
 Plugins never import each other. One that offers something (auth_keys: accounts and the portal's guards;
-credits: grants, balances and usage; failover: upstreams and the cloud budget) provides it under a
-`Service` key from this module, and one that needs it asks the gateway by the same key (one module per
-owner under `edge.services`, all names re-exported here):
+credits: grants, balances and usage; failover: upstreams and the cloud budget; teams: joining on
+registration, a user's team; notify: users' notification preferences) provides it under a `Service` key from
+this module, and one that needs it asks the gateway by the same key (one module per owner under
+`edge.services`, all names re-exported here):
 
     gateway.provide(ACCOUNTS, self.accounts)        # the owner, in `resayil_startup`
     await gateway.service(ACCOUNTS).set_plan(...)   # typed: strict mypy checks every call and result
@@ -75,6 +76,17 @@ from edge.services.keys import (
     MissingService,
     Service,
 )
+from edge.services.preferences import (
+    PREFERENCES,
+    NotificationChoices,
+    Preferences,
+)
+from edge.services.teams import (
+    TEAMS,
+    TeamJoin,
+    Teams,
+    TeamStanding,
+)
 
 __all__ = [
     "ACCOUNTS",
@@ -83,7 +95,9 @@ __all__ = [
     "FAILOVER",
     "GUARDS",
     "KEEP",
+    "PREFERENCES",
     "SPEND_PERIODS",
+    "TEAMS",
     "USER_STATUSES",
     "Account",
     "Accounts",
@@ -103,14 +117,19 @@ __all__ = [
     "MissingService",
     "MonthUsage",
     "NoGuards",
+    "NotificationChoices",
     "OrderSummary",
     "PortalUser",
+    "Preferences",
     "Revenue",
     "RouteUsage",
     "Service",
     "Spend",
     "SpendLimit",
     "SpendLimits",
+    "TeamJoin",
+    "TeamStanding",
+    "Teams",
     "TopAccount",
     "TopModel",
     "UpstreamState",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -168,9 +168,10 @@ class Accounts(Protocol):
         """A new key of `user_id` billing `account_id` (the caller checked the user may have one there)."""
         ...
 
-    async def revoke_keys(self, *, account_id: int, user_id: int) -> list[int]:
+    async def revoke_keys(self, *, account_id: int, user_id: int, conn: AsyncConnection | None = None) -> list[int]:
         """Revoke every live key `user_id` has on `account_id` and make every worker forget each at once;
-        the revoked keys' ids (none: an empty list)."""
+        the revoked keys' ids (none: an empty list). With `conn` (from `gateway.database.begin()`) in the
+        caller's transaction, and the workers are told once it commits."""
         ...
 
     async def admins(self) -> list[Contact]:
@@ -184,6 +185,21 @@ class Accounts(Protocol):
 
     async def user(self, user_id: int) -> UserProfile | None:
         """The user with its account's plan, or None (any int is safe to ask for)."""
+        ...
+
+    async def profiles(self, user_ids: Collection[int]) -> list[UserProfile]:
+        """The users among `user_ids` that exist (any ints are safe), in no particular order; at most a few
+        thousand ids per call (a team's members)."""
+        ...
+
+    def normal_email(self, raw: str) -> str | None:
+        """`raw` in the one form a user's email is stored and matched in (NFKC, case-folded, trimmed), or
+        None when it is not an email address registration would take."""
+        ...
+
+    def normal_phone(self, raw: str) -> str | None:
+        """`raw` (`+965 5123 4567`, `0096551234567`, a bare local number, Arabic-Indic digits, ...) in the
+        E.164 form a user's phone is stored and matched in, or None when it is not a phone number."""
         ...
 
     async def account_keys(self, *, account_id: int) -> list[KeySummary]:

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from edge.services import UsageItem, UserProfile
+from edge.services import TeamStanding, UsageItem, UserProfile
 
 _FORMULA = ("=", "+", "-", "@", "\t", "\r")
 _PHONE = re.compile(r"^\+[0-9]{6,15}$")
@@ -86,3 +86,31 @@ def csv_lines(rows: Iterable[Sequence[Any]]) -> str:
 def values(record: Any) -> tuple[Any, ...]:
     """A dataclass's field values in field order: one CSV row."""
     return tuple(getattr(record, f.name) for f in fields(record))
+
+
+def ban_team(team: TeamStanding) -> dict[str, Any]:
+    """What banning a user means for the team they are in (the ban answer's `team`): their own keys stop
+    with them; the other members' keys keep working and keep billing the team's account; the team's other
+    managers keep managing it. The levers to stop the whole team are named."""
+    others = team.other_members
+    if team.role == "owner":
+        effect = (
+            f"The owner's own keys stop. The team's {others} other member(s) keep their keys, which still bill "
+            f"account {team.account_id}; its {team.other_managers} other admin(s) can still manage members, but "
+            "nobody can move the ownership while the owner is banned. To stop the team's spending too, move "
+            "the account below Enterprise (members' keys then answer 403 team_requires_enterprise) or ban "
+            "its members."
+        )
+    else:
+        effect = (
+            f"This {team.role}'s keys on account {team.account_id} stop; the team's {others} other member(s) "
+            "and their keys are unchanged."
+        )
+    return {
+        "account_id": team.account_id,
+        "role": team.role,
+        "other_members": others,
+        "other_managers": team.other_managers,
+        "members_keys": "keep_working",
+        "effect": effect,
+    }

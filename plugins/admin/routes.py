@@ -21,7 +21,7 @@ from starlette.routing import BaseRoute, Route
 from edge import audit
 from edge.errors import GatewayError, NotFound
 from edge.inputs import Form, query_form, read_json, text
-from edge.services import ACCOUNTS, BILLING, CREDITS, GUARDS, PortalUser, UsageItem, UserProfile
+from edge.services import ACCOUNTS, BILLING, CREDITS, GUARDS, TEAMS, PortalUser, UsageItem, UserProfile
 from plugins.admin import answers, audit_rows, filters, overview
 
 if TYPE_CHECKING:
@@ -128,11 +128,17 @@ class AdminApi:
             raise _no_user()
         if banned and user_id == admin.user_id:
             raise GatewayError("An administrator cannot ban themselves.", status=409, code="cannot_ban_self")
-        accounts = gateway.service(ACCOUNTS)
+        accounts, teams = gateway.service(ACCOUNTS), gateway.maybe(TEAMS)
         async with gateway.database.begin() as conn:
             changed = await (accounts.ban if banned else accounts.unban)(user_id=user_id, conn=conn)
             if changed is None:
                 raise _no_user()
+            # Read in the ban's transaction: what the answer says about the user's team is what was banned.
+            standing = await teams.standing(user_id, conn=conn) if teams is not None else None
+            team = None if standing is None else answers.ban_team(standing)
+            details: dict[str, Any] = {"account_id": changed.account_id, "banned_at": answers.iso(changed.banned_at)}
+            if team is not None:
+                details["team"] = {k: team[k] for k in ("account_id", "role", "other_members")}
             await audit.record(
                 conn,
                 actor_user_id=admin.user_id,
@@ -140,9 +146,16 @@ class AdminApi:
                 target=f"user:{user_id}",
                 reason=reason,
                 ip=audit.request_ip(request),
-                details={"account_id": changed.account_id, "banned_at": answers.iso(changed.banned_at)},
+                details=details,
             )
-        return JSONResponse({"user": answers.user_json(changed)}, headers=NO_STORE)
+        # The commit sent the invalidations on their way; these are awaited, so every worker's message is in
+        # Redis before the admin sees the ban (a request sent after it finds the user's keys dropped).
+        await accounts.invalidate_user(user_id)
+        await accounts.invalidate_account(changed.account_id)
+        body: dict[str, Any] = {"user": answers.user_json(changed)}
+        if banned:
+            body["team"] = team
+        return JSONResponse(body, headers=NO_STORE)
 
     async def users_csv(self, request: Request) -> Response:
         await self._admin(request)

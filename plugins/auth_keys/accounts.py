@@ -8,7 +8,7 @@ second (and in any case after `key_cache_seconds`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -16,17 +16,21 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edge.db import Database
+from edge.inputs import FieldError
 from edge.services import KEEP, Account, Contact, IssuedKey, Keep, KeySummary, UserCounts, UserProfile, UserQuery
-from plugins.auth_keys import directory
+from plugins.auth_keys import directory, inputs
 from plugins.auth_keys.counts import counts as count_users
 from plugins.auth_keys.keycache import Invalidations
 from plugins.auth_keys.keys import KeyStore
+from plugins.auth_keys.phones import normalize_phone
 from plugins.auth_keys.tables import accounts, users
 
 # accounts.id is a signed 64-bit integer; SQLite refuses to even compare with a larger one.
 MAX_ID = 2**63 - 1
 # More admins than this is a mistake, not a team: alerts go to the first ones.
 MAX_ADMINS = 500
+# User ids per `IN (...)` of `profiles`.
+_BATCH = 500
 
 _others = users.alias("others")
 _OWNER = (
@@ -141,6 +145,23 @@ class AccountStore:
         async with self.db.connect() as conn:
             return await count_users(conn, now=now, new_since=new_since, expiring_before=expiring_before)
 
+    async def profiles(self, user_ids: Collection[int]) -> list[UserProfile]:
+        wanted = sorted({int(i) for i in user_ids if 0 < i <= MAX_ID})
+        found: list[UserProfile] = []
+        async with self.db.connect() as conn:
+            for start in range(0, len(wanted), _BATCH):
+                found += await directory.many(conn, wanted[start : start + _BATCH])
+        return found
+
+    def normal_email(self, raw: str) -> str | None:
+        try:
+            return inputs.email(raw)
+        except FieldError:
+            return None
+
+    def normal_phone(self, raw: str) -> str | None:
+        return normalize_phone(raw) if isinstance(raw, str) else None
+
     async def account_keys(self, *, account_id: int) -> list[KeySummary]:
         async with self.db.connect() as conn:
             return await directory.keys(conn, account_id=account_id)
@@ -158,18 +179,23 @@ class AccountStore:
             return found
         if not await directory.set_banned(conn, user_id=user_id, banned=banned):
             return None
-        # Workers must drop the user's keys only once the ban is committed (a lookup before the commit
-        # would cache the key as live again), so the invalidation goes out after it.
-        if not self.db.after_commit(conn, lambda: self._tell_later(f"user:{int(user_id)}")):
+        found = await directory.one(conn, user_id)
+        assert found is not None
+        # The user's own keys, and the keys without a user on their own account (which answer for it, see
+        # KeyStore.lookup). Workers must drop them only once the ban is committed (a lookup before the
+        # commit would cache a key as live again), so the invalidations go out after it.
+        told = (f"user:{int(user_id)}", f"account:{int(found.account_id)}")
+        if not self.db.after_commit(conn, lambda: self._tell_later(*told)):
             raise ValueError("ban/unban: conn must come from the gateway's database.begin()")
-        return await directory.one(conn, user_id)
+        return found
 
-    def _tell_later(self, message: str) -> None:
+    def _tell_later(self, *messages: str) -> None:
         # This worker forgets at once (before the caller answers); the others hear it through Redis.
-        self.bus.cache.apply(message)
-        task = asyncio.ensure_future(self.bus.publish(message))
-        self._telling.add(task)
-        task.add_done_callback(self._telling.discard)
+        for message in messages:
+            self.bus.cache.apply(message)
+            task = asyncio.ensure_future(self.bus.publish(message))
+            self._telling.add(task)
+            task.add_done_callback(self._telling.discard)
 
     async def invalidate_account(self, account_id: int) -> None:
         await self.bus.publish(f"account:{int(account_id)}")
@@ -186,11 +212,21 @@ class AccountStore:
         )
         return IssuedKey(id=key["id"], name=key["name"], prefix=key["prefix"], secret=secret)
 
-    async def revoke_keys(self, *, account_id: int, user_id: int) -> list[int]:
-        revoked = await self.keys.revoke_all(account_id=account_id, user_id=user_id)
-        for key_id in revoked:
-            await self.invalidate_key(key_id)
+    async def revoke_keys(self, *, account_id: int, user_id: int, conn: AsyncConnection | None = None) -> list[int]:
+        if conn is None:
+            revoked = await self.keys.revoke_all(account_id=account_id, user_id=user_id)
+            for key_id in revoked:
+                await self.invalidate_key(key_id)
+            return revoked
+        revoked = await self.keys.revoke_all(account_id=account_id, user_id=user_id, conn=conn)
+        # As for a ban: workers forget the keys only once the revocation is committed.
+        if revoked and not self.db.after_commit(conn, lambda: self._forget_keys(revoked)):
+            raise ValueError("revoke_keys: conn must come from the gateway's database.begin()")
         return revoked
+
+    def _forget_keys(self, key_ids: list[int]) -> None:
+        for key_id in key_ids:
+            self._tell_later(f"key:{int(key_id)}")
 
     async def admins(self) -> list[Contact]:
         query = (

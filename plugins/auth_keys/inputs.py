@@ -49,6 +49,8 @@ MESSAGES = {
     "password_personal": "The password must not be or contain your email address or phone number.",
     "locale_invalid": "The language must be `ar` or `en`.",
     "login_required": "Enter your email address or phone number.",
+    "invitation_invalid": "`invitation` must be the token from a team invitation's link, or absent.",
+    "invitation_not_found": "Team invitations are not enabled here.",
     "scopes_invalid": "Scopes must be a non-empty list of `read`, `write` and `delete`.",
     "expires_at_invalid": "`expires_at` must be an ISO 8601 date and time.",
     "expires_at_past": "`expires_at` must be in the future.",
@@ -115,6 +117,15 @@ def phone(value: Any) -> str:
     if normalized is None:
         raise bad("phone_invalid")
     return normalized
+
+
+def invitation(value: Any) -> str | None:
+    """A team invitation's token (the link's last part), checked by the teams plugin; absent: none."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 1 <= len(value) <= 100:
+        raise bad("invitation_invalid")
+    return value
 
 
 def password(value: Any) -> str:

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edge.context import Principal
 from edge.db import Database
@@ -59,6 +60,13 @@ def key_limits(*, key_id: int, limit_milli: int | None, limit_period: str | None
         return ()
     return (SpendLimits((SpendLimit("key", key_id, int(limit_milli), limit_period or "total"),)),)
 
+
+_own = users.alias("own")
+# The key's account's own user is banned (the user who registered the account; a team's members each have
+# their own account, so they are never the team account's own user).
+_OWN_USER_BANNED = (
+    sa.exists().where(_own.c.account_id == api_keys.c.account_id, _own.c.banned_at.is_not(None)).correlate(api_keys)
+)
 
 KEY_COLUMNS = (
     api_keys.c.id,
@@ -124,15 +132,18 @@ class KeyStore:
             row = (await conn.execute(sa.select(*KEY_COLUMNS).where(mine))).first()
         return None if row is None else key_json(row)
 
-    async def revoke_all(self, *, account_id: int, user_id: int) -> list[int]:
-        """Revoke every live key of the user on the account; the ids of those this call revoked."""
+    async def revoke_all(self, *, account_id: int, user_id: int, conn: AsyncConnection | None = None) -> list[int]:
+        """Revoke every live key of the user on the account (in `conn`'s transaction when given); the ids of
+        those this call revoked."""
+        if conn is None:
+            async with self.db.begin() as own:
+                return await self.revoke_all(account_id=account_id, user_id=user_id, conn=own)
         live = sa.and_(
             api_keys.c.account_id == account_id, api_keys.c.user_id == user_id, api_keys.c.revoked_at.is_(None)
         )
-        async with self.db.begin() as conn:
-            ids = [int(i) for i in (await conn.execute(sa.select(api_keys.c.id).where(live))).scalars()]
-            if ids:
-                await conn.execute(sa.update(api_keys).where(api_keys.c.id.in_(ids)).values(revoked_at=utcnow()))
+        ids = [int(i) for i in (await conn.execute(sa.select(api_keys.c.id).where(live))).scalars()]
+        if ids:
+            await conn.execute(sa.update(api_keys).where(api_keys.c.id.in_(ids)).values(revoked_at=utcnow()))
         return ids
 
     async def limit(self, *, key_id: int, account_id: int) -> tuple[int | None, str | None] | None:
@@ -155,8 +166,8 @@ class KeyStore:
         return None if row is None else key_json(row)
 
     async def lookup(self, digest: str) -> KeyRecord | None:
-        """The live key (not revoked, its user not banned) with this secret hash, with its account's tier and
-        user's role."""
+        """The live key (not revoked, its user not banned, or for a key without a user its account's own
+        user not banned) with this secret hash, with its account's tier and user's role."""
         query = (
             sa.select(
                 api_keys.c.id,
@@ -179,8 +190,10 @@ class KeyStore:
             .where(
                 api_keys.c.secret_hash == digest,
                 api_keys.c.revoked_at.is_(None),
-                # A banned user's keys stop; a key without a user (made by the CLI) has no one to ban.
+                # A banned user's keys stop; a key without a user answers for its account's own user, so
+                # it stops too while that user is banned (team members' keys on the account do not).
                 users.c.banned_at.is_(None),
+                sa.or_(api_keys.c.user_id.is_not(None), ~_OWN_USER_BANNED),
             )
         )
         async with self.db.connect() as conn:

@@ -7,29 +7,28 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import sqlalchemy as sa
 from starlette.routing import BaseRoute
 
 from edge.clock import utc_now
 from edge.context import RequestContext
 from edge.hookspecs import hookimpl
-from edge.services import SpendLimit, SpendLimits
+from edge.services import ACCOUNTS, TEAMS, SpendLimit, SpendLimits
 from edge.settings import ConfigError
 from plugins.teams import answers, routes
 from plugins.teams.invitations import InvitationStore
 from plugins.teams.members import MemberStore, TeamMembership
+from plugins.teams.policy import permits
+from plugins.teams.service import TeamService
 
 if TYPE_CHECKING:
     from edge.gateway import Gateway
-
-# auth_keys' users: a user's own account never changes, so the answer is kept (see `_home`).
-_users = sa.table("users", sa.column("id"), sa.column("account_id"))
 
 
 class Plugin:
     """Teams of an Enterprise account: roles (plugins/teams/policy.py), invitations, and in `authorize`
     the rules of a team key, a key whose user is not the account's own: it is refused while the account
-    is below Enterprise (403 `team_requires_enterprise`) or once its member is gone, and otherwise carries
+    is below Enterprise (403 `team_requires_enterprise`), once its member is gone, or while the member's role
+    may hold no team keys (403 `team_forbidden`: billing), and otherwise carries
     the member's monthly credit limit to the credits plugin (a `SpendLimit` of kind "member").
 
     A key of the account's own user costs a dict lookup here; a team key one indexed read of its member's
@@ -77,6 +76,7 @@ class Plugin:
         self._gateway = gateway
         self._members = MemberStore(database=gateway.database)
         self._invitations = InvitationStore(database=gateway.database)
+        gateway.provide(TEAMS, TeamService(self))
 
     @hookimpl
     def resayil_routes(self, gateway: Gateway) -> list[BaseRoute]:
@@ -101,6 +101,8 @@ class Plugin:
         member = await self.members.get(account_id=principal.account_id, user_id=principal.user_id)
         if member is None:
             raise answers.team_member_gone()
+        if not permits(role=member.role, action="keys.create"):
+            raise answers.team_forbidden("keys.create")  # a role without team keys (billing) spends nothing
         if principal.tier != "enterprise":
             raise answers.team_requires_enterprise()
         principal = principal.with_fact(TeamMembership(account_id=member.account_id, role=member.role))
@@ -114,11 +116,11 @@ class Plugin:
         """The user's own account (None for a user that does not exist)."""
         home = self._homes.get(user_id)
         if home is None:
-            async with self.gateway.database.connect() as conn:
-                found = (await conn.execute(sa.select(_users.c.account_id).where(_users.c.id == user_id))).first()
+            # Asked of auth_keys (the ACCOUNTS service); a user's own account never changes, so it is kept.
+            found = await self.gateway.service(ACCOUNTS).user(user_id)
             if found is None:
                 return None
             if len(self._homes) >= self.settings.home_cache_size:
                 self._homes.clear()
-            home = self._homes[user_id] = int(found[0])
+            home = self._homes[user_id] = found.account_id
         return home

@@ -6,18 +6,27 @@ nothing: the routes answer 404 for it exactly as for an id nobody has.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edge.db import Database
+from edge.services import UserProfile
 from plugins.teams.tables import team_members
+from plugins.teams.trail import Actor, note
 
-# auth_keys' users, read for the names and logins a member list shows (the table's names are kept stable).
-_users = sa.table("users", sa.column("id"), sa.column("name"), sa.column("email"), sa.column("phone"))
+
+class Revoke(Protocol):
+    def __call__(
+        self, *, account_id: int, user_id: int, conn: AsyncConnection | None = None
+    ) -> Awaitable[list[int]]: ...
+
+
 _COLUMNS = (
     team_members.c.account_id,
     team_members.c.user_id,
@@ -37,6 +46,7 @@ class Membership:
     home: bool
     monthly_limit_milli: int | None
     offered_owner: bool
+    joined_at: datetime
 
 
 def _membership(row: Any) -> Membership:
@@ -48,6 +58,7 @@ def _membership(row: Any) -> Membership:
         home=bool(row.home),
         monthly_limit_milli=None if limit is None else int(limit),
         offered_owner=bool(row.offered_owner),
+        joined_at=row.joined_at,
     )
 
 
@@ -70,55 +81,88 @@ class MemberStore:
             row = (await conn.execute(sa.select(*_COLUMNS).where(_mine(account_id, user_id)))).first()
         return None if row is None else _membership(row)
 
-    async def found_team(self, *, account_id: int, user_id: int, now: datetime) -> Membership | None:
-        """Make the account's own user the owner of its team (the first time they use it); the user's
-        membership as it then is (None only if they joined another team meanwhile)."""
+    async def found_team(self, *, account_id: int, actor: Actor) -> Membership | None:
+        """Make the account's own user (the actor) the owner of its team (the first time they use it); the
+        user's membership as it then is (None only if they joined another team meanwhile)."""
+        user_id = actor.user_id
         try:
             async with self.db.begin() as conn:
                 await conn.execute(
                     team_members.insert().values(
-                        account_id=account_id, user_id=user_id, role="owner", home=True, joined_at=now
+                        account_id=account_id, user_id=user_id, role="owner", home=True, joined_at=actor.at
                     )
                 )
+                await note(conn, actor, "team_founded", target=f"user:{user_id}", account_id=account_id, role="owner")
         except IntegrityError:
             pass  # a concurrent first call founded it, or the user is in another team
         return await self.of_user(user_id)
 
-    async def listing(self, *, account_id: int) -> list[dict[str, Any]]:
+    async def listing(self, *, account_id: int) -> list[Membership]:
         query = (
-            sa.select(*_COLUMNS, _users.c.name, _users.c.email, _users.c.phone)
-            .select_from(team_members.outerjoin(_users, _users.c.id == team_members.c.user_id))
+            sa.select(*_COLUMNS)
             .where(team_members.c.account_id == account_id)
             .order_by(team_members.c.joined_at, team_members.c.user_id)
         )
         async with self.db.connect() as conn:
-            return [member_json(row) for row in await conn.execute(query)]
+            return [_membership(row) for row in await conn.execute(query)]
 
-    async def update(self, *, account_id: int, user_id: int, values: dict[str, Any]) -> Membership | None:
+    async def update(self, *, account_id: int, user_id: int, values: dict[str, Any], actor: Actor) -> Membership | None:
+        """Change the member's `role` and/or `monthly_limit_milli`; each value that changes is audited."""
         async with self.db.begin() as conn:
-            if values:
-                await conn.execute(team_members.update().where(_mine(account_id, user_id)).values(**values))
+            before = await _locked(conn, account_id, user_id)
+            if before is None:
+                return None
+            changed = {k: v for k, v in values.items() if getattr(before, k) != v}
+            if changed:
+                await conn.execute(team_members.update().where(_mine(account_id, user_id)).values(**changed))
+            for field, action in (("role", "role_changed"), ("monthly_limit_milli", "limit_changed")):
+                if field in changed:
+                    after = changed[field]
+                    old = getattr(before, field)
+                    await note(
+                        conn, actor, action, target=f"user:{user_id}", account_id=account_id, before=old, after=after
+                    )
             row = (await conn.execute(sa.select(*_COLUMNS).where(_mine(account_id, user_id)))).first()
         return None if row is None else _membership(row)
 
-    async def remove(self, *, account_id: int, user_id: int) -> bool:
+    async def remove(self, *, account_id: int, user_id: int, actor: Actor, revoke: Revoke) -> list[int] | None:
+        """Remove the member and, in the same transaction, revoke their keys on the team's account
+        (`revoke`: the ACCOUNTS service's, given the transaction); the revoked keys' ids, or None when the
+        team has no such member (or it is the owner)."""
         async with self.db.begin() as conn:
+            before = await _locked(conn, account_id, user_id)
+            if before is None or before.role == "owner":
+                return None
             gone = await conn.execute(
                 team_members.delete().where(_mine(account_id, user_id), team_members.c.role != "owner")
             )
-        return gone.rowcount == 1
+            if gone.rowcount != 1:
+                return None
+            revoked = await revoke(account_id=account_id, user_id=user_id, conn=conn)
+            await note(
+                conn,
+                actor,
+                "member_removed",
+                target=f"user:{user_id}",
+                account_id=account_id,
+                role=before.role,
+                keys_revoked=revoked,
+            )
+        return revoked
 
-    async def offer(self, *, account_id: int, user_id: int) -> None:
+    async def offer(self, *, account_id: int, user_id: int, actor: Actor) -> None:
         """Offer the ownership to one member (an earlier offer to another is withdrawn)."""
         async with self.db.begin() as conn:
             await conn.execute(
                 team_members.update().where(team_members.c.account_id == account_id).values(offered_owner=False)
             )
             await conn.execute(team_members.update().where(_mine(account_id, user_id)).values(offered_owner=True))
+            await note(conn, actor, "ownership_offered", target=f"user:{user_id}", account_id=account_id)
 
-    async def take_ownership(self, *, account_id: int, user_id: int) -> bool:
-        """The offered member becomes the owner and the owner an admin, in one transaction; False when no
-        offer to this member stands (withdrawn, or already taken)."""
+    async def take_ownership(self, *, account_id: int, actor: Actor) -> bool:
+        """The offered member (the actor) becomes the owner and the owner an admin, in one transaction;
+        False when no offer to this member stands (withdrawn, or already taken)."""
+        user_id = actor.user_id
         async with self.db.begin() as conn:
             taken = await conn.execute(
                 team_members.update()
@@ -127,28 +171,60 @@ class MemberStore:
             )
             if taken.rowcount != 1:
                 return False
-            await conn.execute(
-                team_members.update()
-                .where(
-                    team_members.c.account_id == account_id,
-                    team_members.c.role == "owner",
-                    team_members.c.user_id != user_id,
-                )
-                .values(role="admin")
+            others = sa.and_(
+                team_members.c.account_id == account_id,
+                team_members.c.role == "owner",
+                team_members.c.user_id != user_id,
+            )
+            previous = await conn.scalar(sa.select(team_members.c.user_id).where(others))
+            await conn.execute(team_members.update().where(others).values(role="admin"))
+            await note(
+                conn,
+                actor,
+                "ownership_accepted",
+                target=f"user:{user_id}",
+                account_id=account_id,
+                previous_owner=None if previous is None else int(previous),
             )
         return True
 
+    async def standing(self, conn: AsyncConnection, user_id: int) -> tuple[Membership, int, int] | None:
+        """The user's membership, how many others are in the team, and how many of those are its owner or
+        admins; None in no team."""
+        row = (await conn.execute(sa.select(*_COLUMNS).where(team_members.c.user_id == user_id))).first()
+        if row is None:
+            return None
+        member = _membership(row)
+        c = team_members.c
+        others = sa.and_(c.account_id == member.account_id, c.user_id != user_id)
+        counted = (
+            await conn.execute(
+                sa.select(
+                    sa.func.count(),
+                    sa.func.coalesce(sa.func.sum(sa.case((c.role.in_(("owner", "admin")), 1), else_=0)), 0),
+                ).where(others)
+            )
+        ).one()
+        return member, int(counted[0]), int(counted[1])
 
-def member_json(row: Any) -> dict[str, Any]:
+
+async def _locked(conn: AsyncConnection, account_id: int, user_id: int) -> Membership | None:
+    """The member's row, locked until the transaction ends (MariaDB; SQLite has one writer anyway)."""
+    row = (await conn.execute(sa.select(*_COLUMNS).where(_mine(account_id, user_id)).with_for_update())).first()
+    return None if row is None else _membership(row)
+
+
+def member_json(member: Membership, person: UserProfile | None) -> dict[str, Any]:
+    """A member as the team's list shows it: the role and limit, and the user's name and logins."""
     return {
-        "user_id": int(row.user_id),
-        "role": row.role,
-        "name": row.name,
-        "email": row.email,
-        "phone": row.phone,
-        "monthly_limit_milli": None if row.monthly_limit_milli is None else int(row.monthly_limit_milli),
-        "ownership_offered": bool(row.offered_owner),
-        "joined_at": row.joined_at.isoformat() + "Z",
+        "user_id": member.user_id,
+        "role": member.role,
+        "name": person.name if person else None,
+        "email": person.email if person else None,
+        "phone": person.phone if person else None,
+        "monthly_limit_milli": member.monthly_limit_milli,
+        "ownership_offered": member.offered_owner,
+        "joined_at": member.joined_at.isoformat() + "Z",
     }
 
 

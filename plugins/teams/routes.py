@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-import re
+from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -21,11 +21,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from edge.inputs import FieldError, Form, choice, integer, read_json, text
+from edge import audit
+from edge.inputs import FieldError, Form, Parser, choice, integer, read_json, text
 from edge.services import ACCOUNTS, GUARDS, PortalUser
 from plugins.teams import answers
-from plugins.teams.members import Membership
+from plugins.teams.invitations import TOKEN, Invitee
+from plugins.teams.members import Membership, member_json
 from plugins.teams.policy import GRANTABLE, permits
+from plugins.teams.trail import Actor
 
 if TYPE_CHECKING:
     from plugins.teams import Plugin
@@ -33,25 +36,25 @@ if TYPE_CHECKING:
 BIGINT_MAX = 2**63 - 1
 MAX_LIMIT_MILLI = 10**15
 NO_STORE = {"cache-control": "no-store"}
-_EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]{1,189}\.[^@\s]{1,60}")
-_PHONE = re.compile(r"\+[1-9][0-9]{6,14}")
-_TOKEN = re.compile(r"rti_[A-Za-z0-9_-]{43}")
 
 
-def _email(value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or len(value) > 254 or not _EMAIL.fullmatch(value.strip()):
-        raise FieldError("email_invalid", "`email` must be an email address.")
-    return value.strip().lower()
+def _login(normal: Callable[[str], str | None], error: FieldError) -> Parser[str | None]:
+    """An email or a phone in the form auth_keys stores a user's in (`normal`, from the ACCOUNTS service),
+    so the invitation matches the user it names however the inviter typed it."""
+
+    def parse(value: Any) -> str | None:
+        if value is None:
+            return None
+        found = normal(value) if isinstance(value, str) and len(value) <= 254 else None
+        if found is None:
+            raise error
+        return found
+
+    return parse
 
 
-def _phone(value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not _PHONE.fullmatch(value):
-        raise FieldError("phone_invalid", "`phone` must be a phone number in E.164, such as +96512345678.")
-    return value
+_EMAIL_INVALID = FieldError("email_invalid", "`email` must be an email address.")
+_PHONE_INVALID = FieldError("phone_invalid", "`phone` must be a phone number, such as +965 5123 4567.")
 
 
 def _limit(value: Any) -> int | None:
@@ -68,6 +71,9 @@ class TeamApi:
     def __init__(self, plugin: Plugin) -> None:
         self.plugin = plugin
 
+    def _actor(self, request: Request, user: PortalUser) -> Actor:
+        return Actor(user_id=user.user_id, ip=audit.request_ip(request), at=self.plugin.now())
+
     async def _member(self, request: Request) -> tuple[PortalUser, Membership]:
         """The logged-in user and their membership; the account's own Enterprise user founds its team the
         first time. 403 `team_required` for anyone else in no team."""
@@ -75,9 +81,7 @@ class TeamApi:
         members = self.plugin.members
         membership = await members.of_user(user.user_id)
         if membership is None and user.tier == "enterprise":
-            membership = await members.found_team(
-                account_id=user.account_id, user_id=user.user_id, now=self.plugin.now()
-            )
+            membership = await members.found_team(account_id=user.account_id, actor=self._actor(request, user))
         if membership is None:
             raise answers.team_required()
         return user, membership
@@ -107,10 +111,14 @@ class TeamApi:
 
     async def list_members(self, request: Request) -> Response:
         _, me = await self._allowed(request, "members.read")
-        return JSONResponse({"object": "list", "data": await self.plugin.members.listing(account_id=me.account_id)})
+        members = await self.plugin.members.listing(account_id=me.account_id)
+        people = await self.plugin.gateway.service(ACCOUNTS).profiles([m.user_id for m in members])
+        by_id = {p.user_id: p for p in people}
+        data = [member_json(m, by_id.get(m.user_id)) for m in members]
+        return JSONResponse({"object": "list", "data": data})
 
     async def update_member(self, request: Request) -> Response:
-        _, me = await self._allowed(request, "members.update")
+        user, me = await self._allowed(request, "members.update")
         target = await self._target(me, _path_id(request, "user_id"))
         form = Form(await read_json(request))
         form.only(("role", "monthly_limit_milli"))
@@ -124,7 +132,11 @@ class TeamApi:
         form.check()
         if not permits(role=me.role, action="members.update", target_role=target.role, grant=values.get("role")):
             raise answers.team_forbidden("members.update")
-        updated = await self.plugin.members.update(account_id=me.account_id, user_id=target.user_id, values=values)
+        if target.user_id == me.user_id and "monthly_limit_milli" in values:
+            raise answers.team_forbidden("members.update")  # nobody lifts the limit set on them
+        updated = await self.plugin.members.update(
+            account_id=me.account_id, user_id=target.user_id, values=values, actor=self._actor(request, user)
+        )
         if updated is None:
             raise answers.member_not_found()
         return JSONResponse(
@@ -132,41 +144,40 @@ class TeamApi:
         )
 
     async def remove_member(self, request: Request) -> Response:
-        """Remove the member, then revoke their keys on the team's account. The order matters only for a
-        crash in between: a team key whose member is gone is refused by `authorize` anyway."""
-        _, me = await self._allowed(request, "members.remove")
+        """Remove the member and revoke their keys on the team's account, in one transaction (every worker
+        forgets the keys once it commits)."""
+        user, me = await self._allowed(request, "members.remove")
         target = await self._target(me, _path_id(request, "user_id"))
         if target.home or not permits(role=me.role, action="members.remove", target_role=target.role):
             raise answers.team_forbidden("members.remove")
-        if not await self.plugin.members.remove(account_id=me.account_id, user_id=target.user_id):
-            raise answers.member_not_found()
-        revoked = await self.plugin.gateway.service(ACCOUNTS).revoke_keys(
-            account_id=me.account_id, user_id=target.user_id
+        revoked = await self.plugin.members.remove(
+            account_id=me.account_id,
+            user_id=target.user_id,
+            actor=self._actor(request, user),
+            revoke=self.plugin.gateway.service(ACCOUNTS).revoke_keys,
         )
+        if revoked is None:
+            raise answers.member_not_found()
         return JSONResponse({"removed": target.user_id, "keys_revoked": revoked})
 
     async def invite(self, request: Request) -> Response:
         user, me = await self._allowed(request, "members.invite")
         form = Form(await read_json(request))
         form.only(("email", "phone", "role"))
-        email, phone = form.take("email", _email), form.take("phone", _phone)
+        accounts = self.plugin.gateway.service(ACCOUNTS)
+        email = form.take("email", _login(accounts.normal_email, _EMAIL_INVALID))
+        phone = form.take("phone", _login(accounts.normal_phone, _PHONE_INVALID))
         role = form.take("role", choice(subject="role", options=GRANTABLE))
         if "email" not in form.errors and "phone" not in form.errors and (email is None) == (phone is None):
             form.fail("email", FieldError("email_or_phone", "Send exactly one of `email` and `phone`."))
         form.check()
-        account = await self.plugin.gateway.service(ACCOUNTS).account(me.account_id)
+        account = await accounts.account(me.account_id)
         if account is None or account.tier != "enterprise":
             raise answers.team_requires_enterprise()
-        now = self.plugin.now()
-        expires_at = now + timedelta(seconds=self.plugin.settings.invitation_seconds)
+        actor = self._actor(request, user)
+        expires_at = actor.at + timedelta(seconds=self.plugin.settings.invitation_seconds)
         invitation_id, token = await self.plugin.invitations.create(
-            account_id=me.account_id,
-            email=email,
-            phone=phone,
-            role=role,
-            invited_by=user.user_id,
-            now=now,
-            expires_at=expires_at,
+            account_id=me.account_id, email=email, phone=phone, role=role, actor=actor, expires_at=expires_at
         )
         base = self.plugin.gateway.config.server.public_url.rstrip("/")
         body = {
@@ -181,10 +192,10 @@ class TeamApi:
         return JSONResponse(body, status_code=201, headers=NO_STORE)
 
     async def revoke_invitation(self, request: Request) -> Response:
-        _, me = await self._allowed(request, "invitations.revoke")
+        user, me = await self._allowed(request, "invitations.revoke")
         invitation_id = _path_id(request, "invitation_id")
         if not await self.plugin.invitations.revoke(
-            account_id=me.account_id, invitation_id=invitation_id, now=self.plugin.now()
+            account_id=me.account_id, invitation_id=invitation_id, actor=self._actor(request, user)
         ):
             raise answers.invitation_not_found()
         return JSONResponse({"id": invitation_id, "revoked": True})
@@ -192,19 +203,23 @@ class TeamApi:
     async def accept(self, request: Request) -> Response:
         user = await self.plugin.gateway.service(GUARDS).require_user(request)
         token = request.path_params["token"]
-        if not _TOKEN.fullmatch(token):
+        if not TOKEN.fullmatch(token):
             raise answers.invitation_not_found()
-        invitation = await self.plugin.invitations.accept(token=token, user=user, now=self.plugin.now())
+        invitee = Invitee(user_id=user.user_id, account_id=user.account_id, email=user.email, phone=user.phone)
+        invitation = await self.plugin.invitations.accept(
+            token=token, invitee=invitee, actor=self._actor(request, user)
+        )
         return JSONResponse({"account_id": invitation.account_id, "role": invitation.role})
 
     async def transfer(self, request: Request) -> Response:
         """The owner offers (`user_id`); the offered member accepts (`accept: true`)."""
-        _, me = await self._member(request)
+        user, me = await self._member(request)
+        actor = self._actor(request, user)
         form = Form(await read_json(request))
         form.only(("user_id", "accept"))
         if form.data.get("accept") is True:
             form.check()
-            if not await self.plugin.members.take_ownership(account_id=me.account_id, user_id=me.user_id):
+            if not await self.plugin.members.take_ownership(account_id=me.account_id, actor=actor):
                 raise answers.no_offer()
             return JSONResponse({"account_id": me.account_id, "owner": me.user_id})
         user_id = form.take("user_id", integer(subject="user_id", low=1, high=BIGINT_MAX))
@@ -214,7 +229,7 @@ class TeamApi:
         target = await self._target(me, user_id)
         if target.user_id == me.user_id:
             raise answers.member_not_found()
-        await self.plugin.members.offer(account_id=me.account_id, user_id=target.user_id)
+        await self.plugin.members.offer(account_id=me.account_id, user_id=target.user_id, actor=actor)
         return JSONResponse({"account_id": me.account_id, "offered_to": target.user_id}, status_code=202)
 
     async def create_key(self, request: Request) -> Response:
