@@ -220,12 +220,20 @@ async def test_windows_start_at_local_midnights(
         await _set(served, orders, orders.c.reference == paid[1]["id"], paid_at=_utc(month))
         await _set(served, orders, orders.c.reference == paid[2]["id"], paid_at=_utc(month) - second)
 
+        refund = {"amount_fils": 2000, "reason": "customer asked"}
+        assert (await call(served, "POST", f"/api/admin/orders/{paid[0]['id']}/refund", admin, refund))[0] == 201
+
         body = await _overview(served, admin)
         assert body["users"]["new"] == {"today": 1, "last_7_days": 2, "last_30_days": 3}
         revenue = body["revenue"]
         assert revenue["this_month"]["since"] == revenue["last_month"]["until"] == _utc(month).isoformat() + "Z"
-        assert (revenue["this_month"]["paid_orders"], revenue["this_month"]["paid_fils"]) == (2, 10_000)
+        this_month = [revenue["this_month"][k] for k in ("paid_orders", "paid_fils", "refunded_fils", "net_fils")]
+        assert this_month == [2, 10_000, 2_000, 8_000]
         assert (revenue["last_month"]["paid_orders"], revenue["last_month"]["paid_fils"]) == (1, 5_000)
+        # The billing plugin's own revenue report says the same of this month.
+        query = f"from={month.date().isoformat()}&to={midnight.date().isoformat()}"
+        status, report = await call(served, "GET", f"/api/admin/revenue?{query}", admin)
+        assert status == 200 and (report["orders"], report["paid_fils"], report["refunds_fils"]) == (2, 10_000, 2_000)
 
         # An order whose payment is disputed is not revenue.
         await _set(served, orders, orders.c.reference == paid[0]["id"], status="disputed")

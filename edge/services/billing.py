@@ -25,8 +25,9 @@ class OrderSummary:
 
 @dataclass(frozen=True, slots=True)
 class Revenue:
-    """Orders paid in [since, until) (UTC): how many and their price in fils, and the refunds made in it
-    (recorded as `refunded` then); net = paid - refunded."""
+    """Orders paid in [since, until) (UTC): how many and their price in fils, and the refunds asked for in it
+    that count against what was paid (all but those that certainly did not happen, as /api/admin/revenue
+    counts them); net = paid - refunded."""
 
     since: datetime
     until: datetime

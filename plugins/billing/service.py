@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from edge.db import Database
 from edge.services import OrderSummary, Revenue
 from plugins.billing.money import CURRENCY
+from plugins.billing.refunds import COUNTED
 from plugins.billing.tables import orders, refunds
 
 
@@ -52,7 +53,8 @@ class BillingService:
 
 @functools.cache
 def _revenue(periods: int) -> sa.Select[Any]:
-    """Paid orders (count, fils) and refunds made (fils) in each of `periods` periods between the bound
+    """Paid orders (count, fils) and refunds asked for (fils; those counted against what was paid, as
+    /api/admin/revenue counts them) in each of `periods` periods between the bound
     parameters b_0 < b_1 < ...: built once per number of periods, as building it per call cost more than
     running it."""
     o, r = orders.c, refunds.c
@@ -64,7 +66,7 @@ def _revenue(periods: int) -> sa.Select[Any]:
             sa.func.count(sa.case((paid, 1))),
             sa.cast(sa.func.coalesce(sa.func.sum(sa.case((paid, o.price_fils), else_=0)), 0), sa.BigInteger()),
             sa.select(sa.cast(sa.func.coalesce(sa.func.sum(r.amount_fils), 0), sa.BigInteger()))
-            .where(r.created_at >= since, r.created_at < until, r.status == "refunded")
+            .where(r.created_at >= since, r.created_at < until, r.status.in_(COUNTED))
             .scalar_subquery(),
         ]
     return sa.select(*columns).where(o.status == "paid", o.paid_at >= bounds[0], o.paid_at < bounds[-1])
