@@ -164,8 +164,11 @@ class Credits(Protocol):
         """Where `limit` stands in its current period for the account's scope (spent, held, what is left)."""
         ...
 
-    async def recent_usage(self, *, account_id: int, limit: int = 50) -> list[UsageItem]:
-        """The account's last `limit` usage rows, newest first."""
+    async def recent_usage(
+        self, *, account_id: int, limit: int = 50, user_id: int | None = None, before_id: int | None = None
+    ) -> list[UsageItem]:
+        """The account's last `limit` usage rows, newest first: only `user_id`'s when given, only those with
+        ids below `before_id` when given (page on with the last one's id)."""
         ...
 
     async def ledger_entries(self, *, account_id: int, limit: int = 50) -> list[LedgerEntry]:

@@ -69,9 +69,13 @@ class CreditService:
             resets_at=scope.resets_at(plugin.tz),
         )
 
-    async def recent_usage(self, *, account_id: int, limit: int = 50) -> list[UsageItem]:
+    async def recent_usage(
+        self, *, account_id: int, limit: int = 50, user_id: int | None = None, before_id: int | None = None
+    ) -> list[UsageItem]:
         async with self.plugin.gateway.database.connect() as conn:
-            return await admin_reads.recent_usage(conn, account_id=account_id, limit=limit)
+            return await admin_reads.recent_usage(
+                conn, account_id=account_id, limit=limit, user_id=user_id, before_id=before_id
+            )
 
     async def ledger_entries(self, *, account_id: int, limit: int = 50) -> list[LedgerEntry]:
         async with self.plugin.gateway.database.connect() as conn:
