@@ -258,3 +258,27 @@ async def test_billing_and_the_owner_see_the_teams_usage_each_member_their_own(
         outsider = await register_user(served)
         for path in ("/api/team/usage", "/api/team/usage/mine"):
             assert error(await call(served, "GET", path, outsider)) == (403, "team_required")
+
+
+async def test_concurrent_changes_of_one_key_take_turns(db_url: str, ollama: Any, serve: Any) -> None:
+    async with serve(config(ollama, db_url)) as served:
+        t = await team(served)
+        made = await team_key(served, t.member)
+        path = f"/api/team/keys/{made['key']['id']}"
+        limits = [1000 * (i + 1) for i in range(8)]
+        answers = await asyncio.gather(
+            *(call(served, "PATCH", path, (t.owner, t.admin)[i % 2], {"limit_milli": n}) for i, n in enumerate(limits))
+        )
+        assert [status for status, _ in answers] == [200] * len(limits)
+        rows = [r["details"] for r in await audit_rows(served) if r["action"] == "teams.key_limit_changed"]
+        # Each change read what the one before it left: the audit rows chain, from no limit to the last.
+        assert len(rows) == len(limits) and rows[0]["before"]["limit_milli"] is None
+        assert all(a["after"] == b["before"] for a, b in zip(rows, rows[1:], strict=False))
+        assert sorted(r["after"]["limit_milli"] for r in rows) == limits
+        answers = await asyncio.gather(
+            *(call(served, "DELETE", path, (t.owner, t.admin, t.member)[i % 3]) for i in range(9))
+        )
+        assert [status for status, _ in answers] == [200] * 9
+        assert len({body["key"]["revoked_at"] for _, body in answers}) == 1
+        assert len([r for r in await audit_rows(served) if r["action"] == "teams.key_revoked"]) == 1
+        assert (await chat(served, made["secret"]))[0] == 401

@@ -59,12 +59,14 @@ async def one(conn: AsyncConnection, *, account_id: int, key_id: int, user_id: i
 
 
 async def _locked(conn: AsyncConnection, *, account_id: int, key_id: int, user_id: int | None) -> KeySummary | None:
-    """The team key, its row locked until the transaction ends (two changes of one key take turns)."""
+    """The team key, its row locked until the transaction ends, so two changes of one key take turns and
+    each reads what the other left. The lock is taken by a write that changes nothing: SQLite's driver starts
+    the transaction (and takes the write lock) only at a write, and MariaDB locks the row it updates."""
     if not 0 < key_id <= MAX_ID:
         return None
-    query = _SUMMARY.where(api_keys.c.id == key_id, _team_key(account_id=account_id, user_id=user_id))
-    row = (await conn.execute(query.with_for_update())).first()
-    return None if row is None else summary(row)
+    mine = sa.and_(api_keys.c.id == key_id, _team_key(account_id=account_id, user_id=user_id))
+    await conn.execute(sa.update(api_keys).where(mine).values(limit_milli=api_keys.c.limit_milli))
+    return await one(conn, account_id=account_id, key_id=key_id, user_id=user_id)
 
 
 async def revoke(conn: AsyncConnection, *, account_id: int, key_id: int, user_id: int | None) -> KeyChange | None:
