@@ -6,6 +6,7 @@ second worker at once; each change leaves one audit row."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 from tests.support.billing_admin import audit_rows
@@ -134,6 +135,10 @@ async def test_revoking_a_team_key_stops_it_and_reaches_no_other_key(db_url: str
         await call(served, "DELETE", f"/api/team/members/{t.member.user_id}", t.owner)
         assert error(await call(served, "GET", "/api/team/keys", t.member)) == (403, "team_required")
         assert await revoke(t.member, admins["key"]["id"]) == (403, "team_required")
+        # Their keys stay listed for the team, revoked, with who made them.
+        status, body = await call(served, "GET", "/api/team/keys", t.owner)
+        gone = [k for k in body["data"] if k["user_id"] == t.member.user_id]
+        assert len(gone) == 2 and all(k["revoked_at"] and k["user"]["email"] == t.member.email for k in gone)
 
 
 async def test_managers_set_a_team_keys_limit_a_member_cannot_lift_it(db_url: str, ollama: Any, serve: Any) -> None:
@@ -273,7 +278,7 @@ async def test_concurrent_changes_of_one_key_take_turns(db_url: str, ollama: Any
         rows = [r["details"] for r in await audit_rows(served) if r["action"] == "teams.key_limit_changed"]
         # Each change read what the one before it left: the audit rows chain, from no limit to the last.
         assert len(rows) == len(limits) and rows[0]["before"]["limit_milli"] is None
-        assert all(a["after"] == b["before"] for a, b in zip(rows, rows[1:], strict=False))
+        assert all(a["after"] == b["before"] for a, b in itertools.pairwise(rows))
         assert sorted(r["after"]["limit_milli"] for r in rows) == limits
         answers = await asyncio.gather(
             *(call(served, "DELETE", path, (t.owner, t.admin, t.member)[i % 3]) for i in range(9))
