@@ -287,3 +287,36 @@ async def test_concurrent_changes_of_one_key_take_turns(db_url: str, ollama: Any
         assert len({body["key"]["revoked_at"] for _, body in answers}) == 1
         assert len([r for r in await audit_rows(served) if r["action"] == "teams.key_revoked"]) == 1
         assert (await chat(served, made["secret"]))[0] == 401
+
+
+async def test_an_admin_never_acts_on_the_owners_keys_nor_lifts_their_own_limit(
+    db_url: str, ollama: Any, serve: Any
+) -> None:
+    async with serve(config(ollama, db_url)) as served:
+        t = await team(served)
+        members = await team_key(served, t.member)
+        admins = await team_key(served, t.admin)
+        # The member becomes the owner: their keys are the owner's team keys now.
+        assert (await call(served, "POST", "/api/team/transfer", t.owner, {"user_id": t.member.user_id}))[0] == 202
+        assert (await call(served, "POST", "/api/team/transfer", t.member, {"accept": True}))[0] == 200
+        owners = f"/api/team/keys/{members['key']['id']}"
+        assert await listed(served, t.admin) == {members["key"]["id"], admins["key"]["id"]}
+        assert error(await call(served, "DELETE", owners, t.admin)) == (403, "team_forbidden")
+        assert error(await call(served, "PATCH", owners, t.admin, {"limit_milli": 1})) == (403, "team_forbidden")
+        status, body, _ = await chat(served, members["secret"])
+        assert status == 200, body
+        # An admin limits no key of their own; the owner limits theirs and the admin's.
+        path = f"/api/team/keys/{admins['key']['id']}"
+        assert error(await call(served, "PATCH", path, t.admin, {"limit_milli": 5})) == (403, "team_forbidden")
+        assert (await call(served, "PATCH", path, t.member, {"limit_milli": 5}))[0] == 200
+        assert error(await call(served, "PATCH", path, t.admin, {"limit_milli": None})) == (403, "team_forbidden")
+        assert (await call(served, "PATCH", owners, t.member, {"limit_milli": 10**6}))[0] == 200
+        assert (await call(served, "DELETE", owners, t.member))[0] == 200
+        assert (await chat(served, members["secret"]))[0] == 401
+        status, body = await call(served, "GET", "/api/team/keys", t.owner)  # the former owner, now an admin
+        assert {k["id"]: k["limit_milli"] for k in body["data"]} == {
+            members["key"]["id"]: 10**6,
+            admins["key"]["id"]: 5,
+        }
+        changes = [r["actor_user_id"] for r in await audit_rows(served) if r["action"].startswith("teams.key_")]
+        assert changes == [t.member.user_id] * 3  # the refused attempts wrote nothing

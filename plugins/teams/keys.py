@@ -120,6 +120,16 @@ class TeamKeys:
             return user, me, me.user_id
         raise answers.team_forbidden("keys.manage")
 
+    async def _may_act_on(self, me: Membership, key: KeySummary, action: str) -> None:
+        """Someone else's key: the policy, with the key's maker's role as the target (an admin never acts
+        on the owner's keys, as on the owner). Called inside the change's transaction, so a refusal rolls
+        it back and no worker hears of it."""
+        if key.user_id == me.user_id:
+            return
+        maker = await self.plugin.members.get(account_id=me.account_id, user_id=key.user_id or 0)
+        if not permits(role=me.role, action=action, target_role=None if maker is None else maker.role):
+            raise answers.team_forbidden(action)
+
     async def _spend(self, account_id: int, key: KeySummary) -> dict[str, Any] | None:
         """Where a live key's limit stands in its period (None: no limit, or revoked)."""
         credits = self.plugin.gateway.maybe(CREDITS)
@@ -159,6 +169,7 @@ class TeamKeys:
             )
             if change is None:
                 raise no_key()
+            await self._may_act_on(me, change.after, "keys.manage")
             if change.before != change.after:
                 target = f"key:{wanted}"
                 actor = self.api.actor(request, user)
@@ -179,6 +190,9 @@ class TeamKeys:
             )
             if change is None:
                 raise no_key()
+            if change.after.user_id == me.user_id and me.role != "owner":
+                raise answers.team_forbidden("keys.manage")  # nobody lifts the limit set on their own key
+            await self._may_act_on(me, change.after, "keys.manage")
             before, after = change.before, change.after
             if before != after:
                 await note(
