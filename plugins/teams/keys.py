@@ -32,6 +32,8 @@ from plugins.teams.policy import permits
 from plugins.teams.trail import note
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
     from plugins.teams.members import Membership
     from plugins.teams.routes import TeamApi
 
@@ -120,13 +122,13 @@ class TeamKeys:
             return user, me, me.user_id
         raise answers.team_forbidden("keys.manage")
 
-    async def _may_act_on(self, me: Membership, key: KeySummary, action: str) -> None:
+    async def _may_act_on(self, conn: AsyncConnection, me: Membership, key: KeySummary, action: str) -> None:
         """Someone else's key: the policy, with the key's maker's role as the target (an admin never acts
         on the owner's keys, as on the owner). Called inside the change's transaction, so a refusal rolls
         it back and no worker hears of it."""
         if key.user_id == me.user_id:
             return
-        maker = await self.plugin.members.get(account_id=me.account_id, user_id=key.user_id or 0)
+        maker = await self.plugin.members.get(account_id=me.account_id, user_id=key.user_id or 0, conn=conn)
         if not permits(role=me.role, action=action, target_role=None if maker is None else maker.role):
             raise answers.team_forbidden(action)
 
@@ -169,7 +171,7 @@ class TeamKeys:
             )
             if change is None:
                 raise no_key()
-            await self._may_act_on(me, change.after, "keys.manage")
+            await self._may_act_on(conn, me, change.after, "keys.manage")
             if change.before != change.after:
                 target = f"key:{wanted}"
                 actor = self.api.actor(request, user)
@@ -192,7 +194,7 @@ class TeamKeys:
                 raise no_key()
             if change.after.user_id == me.user_id and me.role != "owner":
                 raise answers.team_forbidden("keys.manage")  # nobody lifts the limit set on their own key
-            await self._may_act_on(me, change.after, "keys.manage")
+            await self._may_act_on(conn, me, change.after, "keys.manage")
             before, after = change.before, change.after
             if before != after:
                 await note(
