@@ -320,3 +320,41 @@ async def test_an_admin_never_acts_on_the_owners_keys_nor_lifts_their_own_limit(
         }
         changes = [r["actor_user_id"] for r in await audit_rows(served) if r["action"].startswith("teams.key_")]
         assert changes == [t.member.user_id] * 3  # the refused attempts wrote nothing
+
+
+async def test_a_limit_set_after_spending_shows_the_periods_spend_so_far(db_url: str, ollama: Any, serve: Any) -> None:
+    async with serve(config(ollama, db_url)) as served:
+        t = await team(served)
+        keys = [await team_key(served, user) for user in (t.member, t.member, t.admin)]
+        for made in keys[:2]:
+            status, body, _ = await chat(served, made["secret"])
+            assert status == 200, body
+        await until_settled(served.gateway)
+        cost = {
+            m["key"]["id"]: sum(
+                r["cost_milli"] for r in await table_rows(served.gateway, "usage", key_id=m["key"]["id"])
+            )
+            for m in keys
+        }
+        for made, period in zip(keys, ("month", "total", "day"), strict=True):
+            body = {"limit_milli": 10**6, "limit_period": period}
+            assert (await call(served, "PATCH", f"/api/team/keys/{made['key']['id']}", t.owner, body))[0] == 200
+        status, listed_keys = await call(served, "GET", "/api/team/keys", t.owner)
+        # No limited request has run yet: the spend comes from the usage rows, each key's own.
+        spent = {k["id"]: k["spend"]["spent_milli"] for k in listed_keys["data"]}
+        assert spent == cost and cost[keys[0]["key"]["id"]] > 0 and cost[keys[2]["key"]["id"]] == 0
+        assert {k["id"]: k["spend"]["period_start"] is None for k in listed_keys["data"]} == {
+            keys[0]["key"]["id"]: False,
+            keys[1]["key"]["id"]: True,
+            keys[2]["key"]["id"]: False,
+        }
+        status, body, _ = await chat(served, keys[0]["secret"])  # now its counter row exists
+        assert status == 200, body
+        await until_settled(served.gateway)
+        status, listed_keys = await call(served, "GET", "/api/team/keys", t.owner)
+        now = sum(r["cost_milli"] for r in await table_rows(served.gateway, "usage", key_id=keys[0]["key"]["id"]))
+        assert (
+            {k["id"]: k["spend"]["spent_milli"] for k in listed_keys["data"]}[keys[0]["key"]["id"]]
+            == now
+            > cost[keys[0]["key"]["id"]]
+        )

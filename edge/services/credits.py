@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Protocol
@@ -162,6 +163,11 @@ class Credits(Protocol):
 
     async def spend(self, *, account_id: int, limit: SpendLimit) -> Spend:
         """Where `limit` stands in its current period for the account's scope (spent, held, what is left)."""
+        ...
+
+    async def spends(self, *, account_id: int, limits: Sequence[SpendLimit]) -> list[Spend]:
+        """`spend` of each limit (in the same order) in one connection and one read of their counters: a
+        page of keys (at most a few hundred limits)."""
         ...
 
     async def recent_usage(

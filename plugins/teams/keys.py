@@ -132,25 +132,25 @@ class TeamKeys:
         if not permits(role=me.role, action=action, target_role=None if maker is None else maker.role):
             raise answers.team_forbidden(action)
 
-    async def _spend(self, account_id: int, key: KeySummary) -> dict[str, Any] | None:
-        """Where a live key's limit stands in its period (None: no limit, or revoked)."""
-        credits = self.plugin.gateway.maybe(CREDITS)
-        if credits is None or key.limit_milli is None or key.revoked_at is not None:
-            return None
-        limit = SpendLimit("key", key.id, key.limit_milli, key.limit_period or "total")
-        spend = await credits.spend(account_id=account_id, limit=limit)
-        return {
-            "spent_milli": spend.spent_milli,
-            "held_milli": spend.held_milli,
-            "remaining_milli": spend.remaining_milli,
-            "period_start": None if spend.period_start is None else spend.period_start.isoformat(),
-            "resets_at": iso(spend.resets_at),
-        }
-
     async def _shown(self, account_id: int, keys: list[KeySummary]) -> list[dict[str, Any]]:
+        """The keys as the API shows them: who made each, and where a live key's limit stands in its period
+        (`spend`; None for a key without a limit, or revoked)."""
         accounts = self.plugin.gateway.service(ACCOUNTS)
         makers = {p.user_id: p for p in await accounts.profiles({k.user_id for k in keys if k.user_id})}
-        return [key_json(k, makers.get(k.user_id or 0), await self._spend(account_id, k)) for k in keys]
+        limited = [k for k in keys if k.limit_milli is not None and k.revoked_at is None]
+        credits = self.plugin.gateway.maybe(CREDITS)
+        spends: dict[int, dict[str, Any]] = {}
+        if credits is not None and limited:
+            wanted = [SpendLimit("key", k.id, k.limit_milli or 0, k.limit_period or "total") for k in limited]
+            for spend in await credits.spends(account_id=account_id, limits=wanted):
+                spends[spend.limit.scope_id] = {
+                    "spent_milli": spend.spent_milli,
+                    "held_milli": spend.held_milli,
+                    "remaining_milli": spend.remaining_milli,
+                    "period_start": None if spend.period_start is None else spend.period_start.isoformat(),
+                    "resets_at": iso(spend.resets_at),
+                }
+        return [key_json(k, makers.get(k.user_id or 0), spends.get(k.id)) for k in keys]
 
     async def list_keys(self, request: Request) -> Response:
         _, me, whose = await self._scope(request)
