@@ -218,16 +218,13 @@ class TeamKeys:
         rows = await credits.recent_usage(
             account_id=me.account_id, limit=limit + 1, user_id=me.user_id if mine else None, before_id=cursor
         )
-        body: dict[str, Any] = {
+        body = {
             "object": "list",
             "account_id": me.account_id,
             "user_id": me.user_id if mine else None,
             "data": [usage_json(r) for r in rows[:limit]],
             "next_cursor": str(rows[limit - 1].id) if len(rows) > limit else None,
         }
-        if not mine:
-            month = await credits.month_usage(me.account_id)
-            body["month"] = asdict(month) | {"since": month.since.isoformat()}
         return JSONResponse(body)
 
     async def team_usage(self, request: Request) -> Response:
