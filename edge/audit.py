@@ -3,7 +3,8 @@
 `await audit.record(conn, actor_user_id=..., action=..., target=..., reason=..., ip=..., details={...})`
 writes the row in the caller's transaction, so the trail says exactly what was committed: an action that
 rolls back leaves no row, and one that commits cannot lose its row to a crash in between. Rows are only
-ever inserted; nothing in the code updates or deletes them.
+ever inserted; nothing in the code updates or deletes them, and the database refuses to (triggers from the
+migration core_0003, on SQLite and MariaDB). Which admin route writes which row: plugins/admin/README.md.
 
 A row says who (`actor_user_id`, the admin's user id), what (`action`, "<plugin>.<verb>" such as
 `billing.refund`, and `details`, a small JSON object), when (`at`, UTC), why (`reason`, the admin's own

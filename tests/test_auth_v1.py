@@ -179,6 +179,7 @@ async def test_v1_account_reports_tier_plan_balance_and_usage(ollama: Any, db_ur
             "balance": None,
             "usage": None,
             "key": {"id": data["key"]["id"], "scopes": ["read"], "limit": None},
+            "member_limit": None,
         }
         # A tier change reaches the cached principal at once.
         await set_tier(

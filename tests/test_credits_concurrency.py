@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-import subprocess
-import sys
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +17,11 @@ import yaml
 
 from edge import config as config_module
 from edge.gateway import Gateway
-from tests.conftest import ROOT, truncate_mariadb
+from tests.conftest import truncate_mariadb
 from tests.support.auth import bearer
 from tests.support.bodies import chat_body
 from tests.support.credits import credits_config, table_rows, until_settled
-from tests.support.servers import clean_env, fake_ollama_process, free_port, run_cli, wait_http
+from tests.support.servers import clean_env, fake_ollama_process, gateway_processes, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -34,38 +32,6 @@ ACCOUNT = 42
 # of them here) before any success settles and frees the part of its hold it did not spend.
 LATENCY = "4"
 TEST_AUTH = {"name": "test_auth", "module": "tests.support.auth"}
-
-
-@contextmanager
-def gateway_processes(config_path: Path, logs: Path, count: int = 2) -> Iterator[list[int]]:
-    """`python -m edge serve --workers 2` `count` times on one config; yields their ports."""
-    env = clean_env(RESAYIL_CONFIG=str(config_path))
-    ports = [free_port() for _ in range(count)]
-    with ExitStack() as stack:
-        procs = []
-        for i, port in enumerate(ports):
-            out = stack.enter_context(open(logs / f"gateway-{i}.log", "wb"))
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "edge", "serve", "--workers", "2", "--port", str(port)],
-                cwd=ROOT,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-            procs.append(proc)
-        try:
-            for port in ports:
-                wait_http(port, timeout=30)
-            yield ports
-        finally:
-            for proc in procs:
-                proc.terminate()
-            for proc in procs:
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
 
 
 @contextmanager

@@ -18,8 +18,7 @@ from tests.conftest import truncate_mariadb
 from tests.support.auth import bearer
 from tests.support.bodies import chat_body
 from tests.support.credits import credits_config, table_rows, until_settled
-from tests.support.servers import clean_env, fake_ollama_process, run_cli
-from tests.test_credits_concurrency import gateway_processes
+from tests.support.servers import clean_env, fake_ollama_process, gateway_processes, run_cli
 
 pytestmark = pytest.mark.slow
 

@@ -1,5 +1,5 @@
-"""notify's HTTP side: fail2ban's endpoint (loopback, token, input), the admins' outbox and resend, users'
-opt-outs, the failed-login line fail2ban reads, and templates checked before the gateway starts."""
+"""notify's HTTP side: fail2ban's endpoint (loopback, token, input), the admins' outbox and resend, the
+failed-login line fail2ban reads, and templates checked before the gateway starts."""
 
 from __future__ import annotations
 
@@ -188,27 +188,13 @@ async def test_the_admins_outbox_lists_filters_pages_and_resends(
     assert len(provider.accepted) == 5 and len(provider.received) == 6
 
 
-async def test_notification_preferences_need_a_login_and_booleans(
-    serve: Any, ollama: Any, db_url: str, provider: FakeWhatsApp
-) -> None:
+async def test_the_old_preferences_route_is_gone(serve: Any, ollama: Any, db_url: str, provider: FakeWhatsApp) -> None:
+    """Opt-outs moved to `PATCH /api/me` (test_notify_preferences.py); one place, one vocabulary."""
     async with serve(notify_config(ollama, db_url)) as served:
-        async with served.request("GET", "/api/me/notifications") as resp:
-            assert resp.status == 401
         user = await register_user(served)
-        async with served.request("GET", "/api/me/notifications", headers=user.headers) as resp:
-            assert await resp.json() == {"credits_low": True, "renewal_due": True}
-        for body, field in (({"credits_low": "no"}, "credits_low"), ({"email": False}, "email")):
-            async with served.request("PATCH", "/api/me/notifications", json=body, headers=user.headers) as resp:
-                assert resp.status == 422 and (await resp.json())["error"]["param"] == field
-        for body, expected in (
-            ({"renewal_due": False}, {"credits_low": True, "renewal_due": False}),
-            ({"credits_low": False, "renewal_due": True}, {"credits_low": False, "renewal_due": True}),
-        ):
-            async with served.request("PATCH", "/api/me/notifications", json=body, headers=user.headers) as resp:
-                assert await resp.json() == expected
-        other = await register_user(served)
-        async with served.request("GET", "/api/me/notifications", headers=other.headers) as resp:
-            assert await resp.json() == {"credits_low": True, "renewal_due": True}
+        for method in ("GET", "PATCH"):
+            async with served.request(method, "/api/me/notifications", json={}, headers=user.headers) as resp:
+                assert resp.status in {404, 405}
 
 
 async def test_a_failed_login_writes_the_line_fail2ban_bans_on(

@@ -70,6 +70,13 @@ async def outbox_rows(served: Any) -> list[Any]:
         return list((await conn.execute(sa.select(notify_outbox).order_by(notify_outbox.c.id))).all())
 
 
+def noon() -> ManualClock:
+    """A manual clock at the next 12:00 UTC, hours from a day's end (alerts are once a day)."""
+    clock = ManualClock()
+    clock.advance((12 * 3600 - clock.time()) % 86400)
+    return clock
+
+
 def blocks(text: str) -> list[str]:
     return text.split("\n\n")
 
@@ -223,9 +230,9 @@ async def test_opted_out_users_get_no_low_credit_or_renewal_notice_but_the_rest(
 ) -> None:
     async with serve(notify_config(ollama, db_url), plugins=[BillingEvents()]) as served:
         user = await register_user(served, phone=USER)
-        body = {"credits_low": False, "renewal_due": False}
-        async with served.request("PATCH", "/api/me/notifications", json=body, headers=user.headers) as resp:
-            assert resp.status == 200 and await resp.json() == body
+        body = {"notifications": {"credits.low": False, "subscription.renewal_due": False}}
+        async with served.request("PATCH", "/api/me", json=body, headers=user.headers) as resp:
+            assert resp.status == 200 and (await resp.json())["user"]["notifications"] == body["notifications"]
         events = user_events(user.account_id, user.user_id, "ar")
         await publish(served, *(event for event, _ in events.values()))
         await send_all(served)
@@ -274,13 +281,18 @@ async def test_the_owner_is_found_through_the_accounts_service_when_the_event_ha
 
 
 async def test_the_log_provider_is_the_default_and_records_not_configured(
-    serve: Any, ollama: Any, db_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    serve: Any,
+    ollama: Any,
+    db_url: str,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     for name in ("RESAYIL_WHATSAPP_PROVIDER", "RESAYIL_WHATSAPP_URL", "RESAYIL_WHATSAPP_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("RESAYIL_ADMIN_PHONES", ADMIN_AR)
     caplog.set_level(logging.INFO, logger="resayil.notify")
-    async with serve(notify_config(ollama, db_url)) as served:
+    async with serve(notify_config(ollama, db_url, redis_url=redis_url)) as served:
         await publish(served, admin_events()["cloud.budget_80"][0])
         await send_all(served)
         rows = await outbox_rows(served)
@@ -290,11 +302,11 @@ async def test_the_log_provider_is_the_default_and_records_not_configured(
 
 
 async def test_a_retryable_failure_is_retried_with_backoff_then_sent(
-    serve: Any, ollama: Any, db_url: str, provider: FakeWhatsApp
+    serve: Any, ollama: Any, db_url: str, redis_url: str, provider: FakeWhatsApp
 ) -> None:
     clock = ManualClock()
     provider.settings.fail_next = [131000, 130429]
-    config = notify_config(ollama, db_url, first_backoff_seconds=30)
+    config = notify_config(ollama, db_url, redis_url=redis_url, first_backoff_seconds=30)
     async with serve(config, clock=clock) as served:
         await publish(served, admin_events()["ip.banned"][0])
         assert len(await outbox_rows(served)) == 2
@@ -313,10 +325,14 @@ async def test_a_retryable_failure_is_retried_with_backoff_then_sent(
     assert len(provider.accepted) == 2 and len(provider.received) == 4
 
 
-async def test_retries_are_bounded(serve: Any, ollama: Any, db_url: str, provider: FakeWhatsApp) -> None:
+async def test_retries_are_bounded(
+    serve: Any, ollama: Any, db_url: str, redis_url: str, provider: FakeWhatsApp
+) -> None:
     clock = ManualClock()
     provider.settings.outage_status = 503
-    async with serve(notify_config(ollama, db_url, max_attempts=3, first_backoff_seconds=10), clock=clock) as served:
+    async with serve(
+        notify_config(ollama, db_url, redis_url=redis_url, max_attempts=3, first_backoff_seconds=10), clock=clock
+    ) as served:
         await publish(served, admin_events()["cloud.budget_100"][0])
         for _ in range(6):
             await send_all(served, runs=1)
@@ -327,11 +343,11 @@ async def test_retries_are_bounded(serve: Any, ollama: Any, db_url: str, provide
 
 
 async def test_a_permanent_failure_is_never_retried(
-    serve: Any, ollama: Any, db_url: str, provider: FakeWhatsApp
+    serve: Any, ollama: Any, db_url: str, redis_url: str, provider: FakeWhatsApp
 ) -> None:
     clock = ManualClock()
     provider.settings.fail_next = [131026]
-    async with serve(notify_config(ollama, db_url), clock=clock) as served:
+    async with serve(notify_config(ollama, db_url, redis_url=redis_url), clock=clock) as served:
         await publish(served, admin_events()["cloud.budget_80"][0])
         for _ in range(3):
             await send_all(served, runs=1)
@@ -342,12 +358,14 @@ async def test_a_permanent_failure_is_never_retried(
 
 
 async def test_an_expired_token_holds_messages_and_alerts_the_admins_once(
-    serve: Any, ollama: Any, db_url: str, provider: FakeWhatsApp, caplog: pytest.LogCaptureFixture
+    serve: Any, ollama: Any, db_url: str, redis_url: str, provider: FakeWhatsApp, caplog: pytest.LogCaptureFixture
 ) -> None:
-    clock = ManualClock()
+    clock = noon()  # the alert is once a day: a test run crossing midnight would rightly send two
     provider.settings.token = "rotated"  # ours is now wrong: 401 from the Resayil gateway
     caplog.set_level(logging.ERROR, logger="resayil.notify")
-    async with serve(notify_config(ollama, db_url, alert_pause_seconds=600), clock=clock) as served:
+    async with serve(
+        notify_config(ollama, db_url, redis_url=redis_url, alert_pause_seconds=600), clock=clock
+    ) as served:
         await publish(served, admin_events()["cloud.budget_80"][0], admin_events()["cloud.budget_100"][0])
         for _ in range(3):
             await send_all(served, runs=1)
@@ -369,12 +387,14 @@ async def test_an_expired_token_holds_messages_and_alerts_the_admins_once(
 
 
 async def test_messages_to_one_recipient_are_paced(
-    serve: Any, ollama: Any, db_url: str, provider: FakeWhatsApp
+    serve: Any, ollama: Any, db_url: str, redis_url: str, provider: FakeWhatsApp
 ) -> None:
     clock = ManualClock()
     provider.settings.pair_interval = 6
     provider.settings.clock = clock.monotonic
-    async with serve(notify_config(ollama, db_url, pair_interval_seconds=6), clock=clock) as served:
+    async with serve(
+        notify_config(ollama, db_url, redis_url=redis_url, pair_interval_seconds=6), clock=clock
+    ) as served:
         events = admin_events()
         await publish(served, events["cloud.budget_80"][0], events["cloud.budget_100"][0])
         await send_all(served, runs=3)

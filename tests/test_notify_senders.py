@@ -186,6 +186,15 @@ async def test_cloud_error_codes(fake: FakeWhatsApp, http: aiohttp.ClientSession
     assert await cloud(fake, http).send(message=MESSAGE) == outcome
 
 
+async def test_cloud_refuses_a_body_filled_past_1024_characters(fake: FakeWhatsApp, http: aiohttp.ClientSession):
+    fake.settings.templates = [CloudTemplate("resayil_credits_low", "ar", 2, text_length=1000)]
+    short = Message(to=PHONE, language="ar", text="", event="credits.low", params=("20", "1" * 22))
+    assert isinstance(await cloud(fake, http).send(message=short), Sent)
+    long = Message(to=PHONE, language="ar", text="", event="credits.low", params=("20", "1" * 23))
+    fake.settings.pair_interval = 0
+    assert await cloud(fake, http).send(message=long) == Permanent("132005")
+
+
 async def test_cloud_failures_without_an_id(fake: FakeWhatsApp, http: aiohttp.ClientSession):
     fake.settings.missing_id = True
     assert await cloud(fake, http).send(message=MESSAGE) == Permanent("no_message_id")

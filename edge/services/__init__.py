@@ -1,9 +1,9 @@
 """What plugins offer each other: small typed services, provided by the owning plugin at startup.
 
 Plugins never import each other. One that offers something (auth_keys: accounts and the portal's guards;
-credits: grants, balances and usage; teams: joining on registration, a user's team) provides it under a
-`Service` key from this module, and one that needs it asks the gateway by the same key (one module per
-owner under `edge.services`, all names re-exported here):
+credits: grants, balances and usage; teams: joining on registration, a user's team; notify: users'
+notification preferences) provides it under a `Service` key from this module, and one that needs it asks
+the gateway by the same key (one module per owner under `edge.services`, all names re-exported here):
 
     gateway.provide(ACCOUNTS, self.accounts)        # the owner, in `resayil_startup`
     await gateway.service(ACCOUNTS).set_plan(...)   # typed: strict mypy checks every call and result
@@ -63,6 +63,11 @@ from edge.services.keys import (
     MissingService,
     Service,
 )
+from edge.services.preferences import (
+    PREFERENCES,
+    NotificationChoices,
+    Preferences,
+)
 from edge.services.teams import (
     TEAMS,
     TeamJoin,
@@ -76,6 +81,7 @@ __all__ = [
     "CREDITS",
     "GUARDS",
     "KEEP",
+    "PREFERENCES",
     "SPEND_PERIODS",
     "TEAMS",
     "USER_STATUSES",
@@ -96,8 +102,10 @@ __all__ = [
     "MissingService",
     "MonthUsage",
     "NoGuards",
+    "NotificationChoices",
     "OrderSummary",
     "PortalUser",
+    "Preferences",
     "Service",
     "Spend",
     "SpendLimit",

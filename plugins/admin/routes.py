@@ -143,6 +143,10 @@ class AdminApi:
                 ip=audit.request_ip(request),
                 details=details,
             )
+        # The commit sent the invalidations on their way; these are awaited, so every worker's message is in
+        # Redis before the admin sees the ban (a request sent after it finds the user's keys dropped).
+        await accounts.invalidate_user(user_id)
+        await accounts.invalidate_account(changed.account_id)
         body: dict[str, Any] = {"user": answers.user_json(changed)}
         if banned:
             body["team"] = team

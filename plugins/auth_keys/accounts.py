@@ -196,18 +196,23 @@ class AccountStore:
             return found
         if not await directory.set_banned(conn, user_id=user_id, banned=banned):
             return None
-        # Workers must drop the user's keys only once the ban is committed (a lookup before the commit
-        # would cache the key as live again), so the invalidation goes out after it.
-        if not self.db.after_commit(conn, lambda: self._tell_later(f"user:{int(user_id)}")):
+        found = await directory.one(conn, user_id)
+        assert found is not None
+        # The user's own keys, and the keys without a user on their own account (which answer for it, see
+        # KeyStore.lookup). Workers must drop them only once the ban is committed (a lookup before the
+        # commit would cache a key as live again), so the invalidations go out after it.
+        told = (f"user:{int(user_id)}", f"account:{int(found.account_id)}")
+        if not self.db.after_commit(conn, lambda: self._tell_later(*told)):
             raise ValueError("ban/unban: conn must come from the gateway's database.begin()")
-        return await directory.one(conn, user_id)
+        return found
 
-    def _tell_later(self, message: str) -> None:
+    def _tell_later(self, *messages: str) -> None:
         # This worker forgets at once (before the caller answers); the others hear it through Redis.
-        self.bus.cache.apply(message)
-        task = asyncio.ensure_future(self.bus.publish(message))
-        self._telling.add(task)
-        task.add_done_callback(self._telling.discard)
+        for message in messages:
+            self.bus.cache.apply(message)
+            task = asyncio.ensure_future(self.bus.publish(message))
+            self._telling.add(task)
+            task.add_done_callback(self._telling.discard)
 
     async def invalidate_account(self, account_id: int) -> None:
         await self.bus.publish(f"account:{int(account_id)}")

@@ -3,7 +3,8 @@
 A search matches its text as text: `%`, `_` and the escape character itself are escaped before the LIKE,
 so `query=%` finds emails with a percent sign, not everyone. A ban sets `users.banned_at` and deletes the
 user's sessions in one transaction; the login route, the session loader and the key lookup all refuse a
-banned user, and the invalidation sent once the ban commits makes every worker drop the user's cached keys.
+banned user (and a key without a user on the banned user's own account), and the invalidations sent once
+the ban commits make every worker drop those cached keys.
 """
 
 from __future__ import annotations

@@ -61,6 +61,13 @@ def key_limits(*, key_id: int, limit_milli: int | None, limit_period: str | None
     return (SpendLimits((SpendLimit("key", key_id, int(limit_milli), limit_period or "total"),)),)
 
 
+_own = users.alias("own")
+# The key's account's own user is banned (the user who registered the account; a team's members each have
+# their own account, so they are never the team account's own user).
+_OWN_USER_BANNED = (
+    sa.exists().where(_own.c.account_id == api_keys.c.account_id, _own.c.banned_at.is_not(None)).correlate(api_keys)
+)
+
 KEY_COLUMNS = (
     api_keys.c.id,
     api_keys.c.name,
@@ -159,8 +166,8 @@ class KeyStore:
         return None if row is None else key_json(row)
 
     async def lookup(self, digest: str) -> KeyRecord | None:
-        """The live key (not revoked, its user not banned) with this secret hash, with its account's tier and
-        user's role."""
+        """The live key (not revoked, its user not banned, or for a key without a user its account's own
+        user not banned) with this secret hash, with its account's tier and user's role."""
         query = (
             sa.select(
                 api_keys.c.id,
@@ -183,8 +190,10 @@ class KeyStore:
             .where(
                 api_keys.c.secret_hash == digest,
                 api_keys.c.revoked_at.is_(None),
-                # A banned user's keys stop; a key without a user (made by the CLI) has no one to ban.
+                # A banned user's keys stop; a key without a user answers for its account's own user, so
+                # it stops too while that user is banned (team members' keys on the account do not).
                 users.c.banned_at.is_(None),
+                sa.or_(api_keys.c.user_id.is_not(None), ~_OWN_USER_BANNED),
             )
         )
         async with self.db.connect() as conn:

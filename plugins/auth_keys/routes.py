@@ -10,9 +10,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from edge.errors import Forbidden, GatewayError, NotFound
-from edge.inputs import Form, read_json
+from edge.inputs import FieldError, Form, read_json
 from edge.security import over_https
-from edge.services import TEAMS, TeamJoin
+from edge.services import PREFERENCES, TEAMS, TeamJoin
 from plugins.auth_keys import inputs, strength
 from plugins.auth_keys.guards import check_csrf
 from plugins.auth_keys.inputs import invalid
@@ -26,6 +26,11 @@ if TYPE_CHECKING:
     from plugins.auth_keys import Plugin
 
 NO_STORE = {"cache-control": "no-store"}
+# What `PATCH /api/me` changes.
+PROFILE_FIELDS = ("name", "locale", "notifications")
+NOTIFICATIONS_OFF = FieldError(
+    "notifications_unavailable", "WhatsApp notifications are not enabled on this gateway, so there is nothing to set."
+)
 # Its "login failed" lines are what fail2ban's filter (config/fail2ban/filter.d/resayil-portal.conf) matches.
 auth_log = logging.getLogger("resayil.auth")
 
@@ -220,26 +225,55 @@ class AuthApi:
         response.delete_cookie(COOKIE_NAME, path="/", secure=self._secure(request), httponly=True, samesite="lax")
         return response
 
+    async def _profile(self, user_id: int) -> dict[str, Any]:
+        """The user as the portal shows them, with their notification choices when notify is enabled."""
+        profile = await self.plugin.users.profile(user_id)
+        assert profile is not None
+        preferences = self.plugin.gateway.maybe(PREFERENCES)
+        if preferences is not None:
+            profile["notifications"] = (await preferences.current(user_id)).as_json()
+        return profile
+
     async def me(self, request: Request) -> Response:
         user = await self.plugin.guards.require_user(request)
-        profile = await self.plugin.users.profile(user.user_id)
+        profile = await self._profile(user.user_id)
         return JSONResponse({"user": profile, "csrf_token": user.csrf_token}, headers=NO_STORE)
 
     async def update_me(self, request: Request) -> Response:
+        """PATCH `name`, `locale` and `notifications` (the optional WhatsApp notices, checked and stored by
+        the `PREFERENCES` service in this request's one transaction). Other fields are ignored, but a field
+        spelt with other capitals (`Notifications`) is refused: ignoring it would look like a saved change."""
         p = self.plugin
         user = await self.plugin.guards.require_user(request)
         form = await self._form(request)
         data = form.data
+        for key in data:
+            if key not in PROFILE_FIELDS and key.casefold() in PROFILE_FIELDS:
+                form.fail(key, FieldError("field_unknown", f"Unknown field; send only {', '.join(PROFILE_FIELDS)}."))
         values = {}
         if "name" in data:
             values["name"] = form.take("name", inputs.name)
         if "locale" in data:
             values["locale"] = form.take("locale", inputs.locale)
+        preferences = p.gateway.maybe(PREFERENCES)
+        change = None
+        if "notifications" in data:
+            if preferences is None:
+                form.fail("notifications", NOTIFICATIONS_OFF)
+            else:
+                change = form.take("notifications", preferences.check)
         form.check()
-        await p.users.update(user_id=user.user_id, values=values)
+
+        async def save_notifications(conn: AsyncConnection) -> None:
+            assert preferences is not None and change is not None
+            await preferences.save(conn, user_id=user.user_id, change=change)
+
+        await p.users.update(
+            user_id=user.user_id, values=values, also=save_notifications if change is not None else None
+        )
         if "locale" in values:
             await p.accounts.invalidate_user(user.user_id)
-        return JSONResponse({"user": await p.users.profile(user.user_id)})
+        return JSONResponse({"user": await self._profile(user.user_id)})
 
     async def change_password(self, request: Request) -> Response:
         p = self.plugin

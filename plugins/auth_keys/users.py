@@ -18,6 +18,10 @@ class Announce(Protocol):
     def __call__(self, conn: AsyncConnection, *, user_id: int, account_id: int) -> Awaitable[None]: ...
 
 
+class Also(Protocol):
+    def __call__(self, conn: AsyncConnection) -> Awaitable[None]: ...
+
+
 PROFILE_COLUMNS = (
     users.c.id,
     users.c.account_id,
@@ -126,10 +130,14 @@ class UserStore:
                 .values(password_hash=password_hash, password_changed_at=utcnow())
             )
 
-    async def update(self, *, user_id: int, values: dict[str, Any]) -> None:
-        if values:
+    async def update(self, *, user_id: int, values: dict[str, Any], also: Also | None = None) -> None:
+        """Set the user's columns; `also` runs in the same transaction (another plugin's part of the profile)."""
+        if values or also is not None:
             async with self.db.begin() as conn:
-                await conn.execute(sa.update(users).where(users.c.id == user_id).values(**values))
+                if values:
+                    await conn.execute(sa.update(users).where(users.c.id == user_id).values(**values))
+                if also is not None:
+                    await also(conn)
 
     async def find(self, *, email: str | None = None, phone: str | None = None) -> Any:
         column, value = (users.c.email, email) if email else (users.c.phone, phone)

@@ -37,8 +37,10 @@ def endpoints(plugin: Plugin) -> dict[tuple[str, str], Any]:
             "key": {
                 "id": principal.key_id,
                 "scopes": sorted(principal.scopes),
-                "limit": await key_limit(principal, credits),
+                "limit": await spend_limit(principal, credits, "key"),
             },
+            # A team member's monthly limit (plugins/teams), which every key of theirs counts against.
+            "member_limit": await spend_limit(principal, credits, "member"),
         }
 
     async def revoke_current(ctx: RequestContext) -> tuple[int, Any]:
@@ -53,11 +55,11 @@ def endpoints(plugin: Plugin) -> dict[tuple[str, str], Any]:
     return {("GET", "/v1/account"): account, ("DELETE", "/v1/keys/current"): revoke_current}
 
 
-async def key_limit(principal: Principal, credits: Credits | None) -> dict[str, Any] | None:
-    """The calling key's own spend limit and where it stands in its period; None for a key without one.
-    Without a credits plugin nothing is spent, so the whole limit is left."""
+async def spend_limit(principal: Principal, credits: Credits | None, kind: str) -> dict[str, Any] | None:
+    """The caller's spend limit of `kind` ("key": the key's own; "member": its team member's) and where it
+    stands in its period; None without one. Without a credits plugin nothing is spent, so all of it is left."""
     limits = principal.fact(SpendLimits)
-    own = next((x for x in limits.limits if x.kind == "key"), None) if limits is not None else None
+    own = next((x for x in limits.limits if x.kind == kind), None) if limits is not None else None
     if own is None or principal.account_id is None:
         return None
     shown: dict[str, Any] = {"limit_milli": own.limit_milli, "period": own.period}

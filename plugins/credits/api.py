@@ -10,10 +10,12 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from edge import audit
 from edge.errors import GatewayError, NotFound
 from edge.inputs import Form, integer, query_number, read_json, text
 from edge.services import ACCOUNTS, GUARDS, BalanceTooLow, Guards
@@ -126,7 +128,9 @@ def routes(plugin: Plugin) -> list[BaseRoute]:
         await _existing_account(plugin, account_id)
         # An Idempotency-Key makes a retried click one adjustment, not two.
         key = request.headers.get("idempotency-key", "")[:64] or os.urandom(12).hex()
-        try:
+
+        async def adjust(conn: AsyncConnection) -> dict[str, Any]:
+            # The ledger row and its audit row commit together; a repeat (same key) writes neither.
             row = await plugin.grant(
                 account_id=account_id,
                 amount_milli=delta,
@@ -134,7 +138,26 @@ def routes(plugin: Plugin) -> list[BaseRoute]:
                 reference=f"admin:{account_id}:{key}",
                 actor=f"user:{admin.user_id}",
                 reason=reason,
+                conn=conn,
             )
+            if row["created"]:
+                await audit.record(
+                    conn,
+                    actor_user_id=admin.user_id,
+                    action="credits.adjust",
+                    target=f"account:{account_id}",
+                    reason=reason,
+                    ip=audit.request_ip(request),
+                    details={
+                        "delta_milli": delta,
+                        "balance_after_milli": row["balance_after_milli"],
+                        "ledger_id": row["id"],
+                    },
+                )
+            return row
+
+        try:
+            row = await plugin.ledger.transaction(adjust)
         except BalanceTooLow as exc:
             raise GatewayError(
                 f"This would take the account below zero: only {pricing.credits_text(exc.available_milli)} "

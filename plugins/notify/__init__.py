@@ -5,10 +5,11 @@ Each event (`resayil_event`) becomes outbox rows, one per recipient, under a de-
 configured provider, paced per recipient, retried with backoff, stopped by permanent errors
 (delivery.py). The provider comes from the environment (provider.py): `log` by default, which sends
 nothing and records `not_configured`. Templates are checked when the plugin is built, so a bad one stops
-startup and `check-config`, never a send. Routes: the admins' outbox (`GET /api/admin/outbox`, `POST
-/api/admin/outbox/{id}/resend`), users' opt-outs (`GET`/`PATCH /api/me/notifications`) and fail2ban's
-`POST /internal/fail2ban` (loopback and token only), which publishes `ip.banned`; and the Cloud API's
-signed status webhooks (`/api/notify/webhooks/whatsapp`, statuses.py), which mark messages delivered or failed.
+startup and `check-config`, never a send. Users' opt-outs are the `PREFERENCES` service
+(preferences.py), which auth_keys' `PATCH /api/me` checks and saves. Routes: the admins' outbox (`GET
+/api/admin/outbox`, `POST /api/admin/outbox/{id}/resend`), fail2ban's `POST /internal/fail2ban` (loopback
+and token only), which publishes `ip.banned`; and the Cloud API's signed status webhooks
+(`/api/notify/webhooks/whatsapp`, statuses.py), which mark messages delivered or failed.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from edge.clock import utc_now
 from edge.events import Event
 from edge.hookspecs import hookimpl
 from edge.jobs import Job
-from edge.services import ACCOUNTS
+from edge.services import ACCOUNTS, PREFERENCES
 from edge.settings import ConfigError
 from plugins.notify import outbox, provider, routes, statuses, templates
 from plugins.notify.delivery import Delivery, Policy
 from plugins.notify.notices import IpBanned, Links, Notice, notice
+from plugins.notify.preferences import NotifyPreferences
 from plugins.notify.recipients import ADMIN_PHONES, Addressing, admin_phones
 from plugins.notify.senders import build_sender
 
@@ -116,13 +118,16 @@ class Plugin:
 
     @hookimpl
     async def resayil_startup(self, gateway: Gateway) -> None:
-        """Build the sender on the gateway's HTTP session, and the addressing of rows."""
+        """Build the sender on the gateway's HTTP session and the addressing of rows; provide `PREFERENCES`."""
         self._gateway = gateway
         sender = build_sender(self.provider, http=gateway.session)
-        self._addressing = Addressing(database=gateway.database, templates=self.templates, admins=self.admins)
+        self._addressing = Addressing(
+            database=gateway.database, templates=self.templates, admins=self.admins, free_text=sender.free_text
+        )
         self._delivery = Delivery(
             database=gateway.database, sender=sender, policy=self.policy, clock=self.now, alert=self.alert
         )
+        gateway.provide(PREFERENCES, NotifyPreferences(database=gateway.database, clock=self.now))
         log.info("whatsapp notifications ready", extra={"fields": {"provider": sender.name}})
 
     @hookimpl
@@ -149,7 +154,7 @@ class Plugin:
 
     @hookimpl
     def resayil_routes(self, gateway: Gateway) -> list[BaseRoute]:
-        """/api/admin/outbox, /api/me/notifications, /internal/fail2ban and the WhatsApp status webhook."""
+        """/api/admin/outbox, /internal/fail2ban and the WhatsApp status webhook."""
         return routes.build(self)
 
     @hookimpl

@@ -9,16 +9,20 @@ What stays true, on any number of workers and hosts:
   a provider that took the message but never answered may then get it twice, which no sender can rule out.
 - One recipient gets at most one attempt per `pair_seconds` (WhatsApp's pair rate): a claim skips a row
   whose recipient had an attempt more recently, and takes one row per recipient per batch (0: no pacing).
+- A row with an `after_key` (a user's second language, for a template provider) is not claimed while the
+  row it names is queued, retrying or being sent: the languages arrive in order, even across retries; once
+  it may go, it goes before the recipient's other messages, so a notice's two languages arrive together.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edge.db import Database
 from plugins.notify.tables import notify_outbox
@@ -37,6 +41,7 @@ SHOWN = (
     "provider",
     "provider_message_id",
     "last_error",
+    "after_key",
     "next_attempt_at",
     "last_attempt_at",
     "created_at",
@@ -65,6 +70,16 @@ def _due(now: datetime) -> sa.ColumnElement[bool]:
     return sa.or_(waiting, abandoned)
 
 
+async def _waiting_on(conn: AsyncConnection, keys: set[str]) -> set[str]:
+    """Which of these `dedup_key`s name a message not yet done (queued, retrying or being sent)."""
+    if not keys:
+        return set()
+    query = sa.select(notify_outbox.c.dedup_key).where(
+        notify_outbox.c.dedup_key.in_(keys), notify_outbox.c.status.in_((*DUE, "sending"))
+    )
+    return set((await conn.execute(query)).scalars())
+
+
 async def claim(db: Database, *, now: datetime, limit: int, lease_seconds: float, pair_seconds: float) -> list[Row]:
     """Claim up to `limit` due rows for one send each, paced per recipient; the rows as claimed."""
     async with db.connect() as conn:
@@ -79,9 +94,14 @@ async def claim(db: Database, *, now: datetime, limit: int, lease_seconds: float
                 .group_by(notify_outbox.c.recipient)
             )
             last = {recipient: at for recipient, at in await conn.execute(latest) if at is not None}
+        waiting = await _waiting_on(conn, {row.after_key for row in candidates if row.after_key is not None})
     chosen: list[Row] = []
     seen: set[str] = set()
-    for row in candidates:
+    # A second language whose first is done goes before the recipient's other messages: the two arrive
+    # together.
+    for row in sorted(candidates, key=lambda row: (row.after_key is None, row.id)):
+        if row.after_key in waiting:
+            continue
         recent = last.get(row.recipient)
         paced = pair_seconds > 0 and (
             row.recipient in seen or (recent is not None and (now - recent).total_seconds() < pair_seconds)
@@ -155,9 +175,15 @@ class Busy(Exception):
     """The row is being sent right now: resending it would race the sender."""
 
 
-async def resend(db: Database, *, row_id: int, now: datetime) -> Row | None:
+async def resend(
+    db: Database,
+    *,
+    row_id: int,
+    now: datetime,
+    also: Callable[[AsyncConnection, Row], Awaitable[None]] | None = None,
+) -> Row | None:
     """Queue the row again now, with a fresh allowance of attempts; None when there is no such row, Busy
-    while a sender holds it."""
+    while a sender holds it. `also(conn, row as it was)` runs in the same transaction when it is queued."""
     async with db.begin() as conn:
         row = (await conn.execute(sa.select(notify_outbox).where(notify_outbox.c.id == row_id))).first()
         if row is None:
@@ -169,5 +195,7 @@ async def resend(db: Database, *, row_id: int, now: datetime) -> Row | None:
             .where(notify_outbox.c.id == row_id, notify_outbox.c.status == row.status)
             .values(status="queued", attempts=0, next_attempt_at=now, claimed_until=None, updated_at=now)
         )
+        if also is not None:
+            await also(conn, row)
         found: Row = (await conn.execute(sa.select(notify_outbox).where(notify_outbox.c.id == row_id))).one()
     return found

@@ -7,6 +7,12 @@
 - An admin notice goes to every `RESAYIL_ADMIN_PHONES` number (`+96512345678` or `+96512345678:en`) and
   every admin user's own phone (`ACCOUNTS.admins`), once per number (a profile's language wins), each in
   the admin's own language only.
+
+A free-text provider (`log`, `resayil`) sends a user's two languages as one text. A template provider
+(`cloud`) cannot (WhatsApp approves a template in one language only: README, "One bilingual text"), so a
+user notice becomes two rows, one template message per language, theirs first: the second row names the
+first in `after_key` and is not tried before the first is done (outbox.py), and the pair-rate pacing puts
+at least `pair_interval_seconds` between them.
 """
 
 from __future__ import annotations
@@ -66,10 +72,13 @@ async def opted_out(db: Database, *, user_id: int, preference: str) -> bool:
 class Addressing:
     """Finds a notice's recipients and renders its rows."""
 
-    def __init__(self, *, database: Database, templates: Templates, admins: tuple[Recipient, ...]) -> None:
+    def __init__(
+        self, *, database: Database, templates: Templates, admins: tuple[Recipient, ...], free_text: bool = True
+    ) -> None:
         self.db = database
         self.templates = templates
         self.admins = admins
+        self.free_text = free_text
 
     async def rows(
         self, notice: Notice, *, event_id: str, accounts: Accounts | None, now: datetime
@@ -77,7 +86,17 @@ class Addressing:
         if notice.audience == "admin":
             return [self._row(notice, r, event_id=event_id, now=now) for r in await self._admins(accounts)]
         recipient = await self._owner(notice, accounts)
-        return [] if recipient is None else [self._row(notice, recipient, event_id=event_id, now=now)]
+        if recipient is None:
+            return []
+        if self.free_text:
+            return [self._row(notice, recipient, event_id=event_id, now=now)]
+        first = self._row(notice, recipient, event_id=event_id, now=now, language=recipient.language)
+        other: Language = "ar" if recipient.language == "en" else "en"
+        second = self._row(notice, recipient, event_id=event_id, now=now, language=other)
+        return [
+            first,
+            second | {"dedup_key": notice.dedup_key(f"{recipient.phone}:{other}"), "after_key": first["dedup_key"]},
+        ]
 
     async def _owner(self, notice: Notice, accounts: Accounts | None) -> Recipient | None:
         phone, locale, user_id = notice.phone, notice.locale, notice.user_id
@@ -110,9 +129,12 @@ class Addressing:
                     found[contact.phone] = Recipient(contact.phone, language(contact.locale))
         return list(found.values())
 
-    def _row(self, notice: Notice, recipient: Recipient, *, event_id: str, now: datetime) -> dict[str, Any]:
-        t, lang = self.templates, recipient.language
-        if notice.audience == "user":
+    def _row(
+        self, notice: Notice, recipient: Recipient, *, event_id: str, now: datetime, language: Language | None = None
+    ) -> dict[str, Any]:
+        """The row of one message; `language` set: that language's text alone (a template provider's)."""
+        t, lang = self.templates, language or recipient.language
+        if notice.audience == "user" and language is None:
             body = t.user_text(notice.event, lang, notice.values)
         else:
             body = t.render(notice.event, lang, notice.values)

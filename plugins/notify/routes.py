@@ -1,9 +1,10 @@
-"""notify's HTTP API: the admins' outbox, users' opt-outs, and fail2ban's ban reports.
+"""notify's HTTP API: the admins' outbox and fail2ban's ban reports (users' opt-outs are in `PATCH /api/me`,
+through the `PREFERENCES` service: preferences.py).
 
 - `GET /api/admin/outbox?status=&event=&recipient=&limit=&cursor=` (admins): messages, newest first.
-- `POST /api/admin/outbox/{id}/resend` (admins): queue a message again now; 409 while it is being sent.
-- `GET` / `PATCH /api/me/notifications` (the logged-in user): `credits_low` and `renewal_due`, both on
-  until turned off; the other notices always go.
+- `POST /api/admin/outbox/{id}/resend` (admins; optional body `{"reason"}`): queue a message again now, with
+  its `notify.resend` audit row (edge/audit.py, target `outbox:<id>`) in the same transaction; 409 while it
+  is being sent.
 - `POST /internal/fail2ban` (fail2ban's action on this host): publishes `ip.banned`.
 - `GET` / `POST /api/notify/webhooks/whatsapp` (Meta): the Cloud API's handshake and status webhooks
   (statuses.py).
@@ -18,17 +19,18 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
-import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from edge import audit
 from edge.errors import Forbidden, GatewayError, NotFound
-from edge.inputs import FieldError, Form, choice, integer, query_number, read_body, read_json
+from edge.inputs import FieldError, Form, choice, integer, query_number, read_body, read_json, text
 from edge.services import GUARDS
 from plugins.notify import outbox, statuses
 from plugins.notify.notices import IpBanned
-from plugins.notify.tables import STATUSES, notify_preferences
+from plugins.notify.tables import STATUSES
 from plugins.notify.templates import EVENTS
 
 if TYPE_CHECKING:
@@ -37,7 +39,6 @@ if TYPE_CHECKING:
 WEBHOOK_PATH = "/api/notify/webhooks/whatsapp"
 MAX_PAGE = 200
 BIGINT_MAX = 2**63 - 1
-PREFERENCES = ("credits_low", "renewal_due")
 # Headers a reverse proxy adds: a request carrying one was relayed, so its loopback peer is not its origin.
 _RELAYED = ("x-forwarded-for", "forwarded", "x-real-ip")
 _JAIL = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -49,15 +50,6 @@ MESSAGES = {
     "cursor_invalid": "Must be the next_cursor of a previous page.",
     "recipient_invalid": "Must be a phone number in E.164, such as +96512345678.",
 }
-
-
-def _boolean(subject: str) -> Any:
-    def parse(value: Any) -> bool:
-        if not isinstance(value, bool):
-            raise FieldError(f"{subject}_invalid", f"`{subject}` must be true or false.")
-        return value
-
-    return parse
 
 
 def _ip(value: Any) -> str:
@@ -110,51 +102,42 @@ class NotifyApi:
         return JSONResponse({"object": "list", "data": rows, "next_cursor": next_cursor})
 
     async def resend(self, request: Request) -> Response:
-        await self.plugin.gateway.service(GUARDS).require_admin(request)
+        admin = await self.plugin.gateway.service(GUARDS).require_admin(request)
         row_id = int(request.path_params["message_id"])
+        form = Form(await read_json(request))
+        form.only(("reason",))
+        reason = form.take("reason", text(subject="reason", max_length=500)) if "reason" in form.data else None
+        form.check()
+
+        async def audited(conn: AsyncConnection, row: outbox.Row) -> None:
+            await audit.record(
+                conn,
+                actor_user_id=admin.user_id,
+                action="notify.resend",
+                target=f"outbox:{row_id}",
+                reason=reason,
+                ip=audit.request_ip(request),
+                details={
+                    "event_name": row.event_name,
+                    "event_id": row.event_id,
+                    "audience": row.audience,
+                    "recipient": row.recipient,
+                    "status_before": row.status,
+                    "attempts_before": int(row.attempts),
+                },
+            )
+
         found = None
         try:
             if row_id <= BIGINT_MAX:
-                found = await outbox.resend(self.plugin.gateway.database, row_id=row_id, now=self.plugin.now())
+                found = await outbox.resend(
+                    self.plugin.gateway.database, row_id=row_id, now=self.plugin.now(), also=audited
+                )
         except outbox.Busy:
             raise GatewayError("The message is being sent right now.", status=409, code="message_sending") from None
         if found is None:
             raise NotFound("There is no message with this id.", code="message_not_found")
         return JSONResponse({"message": outbox.shown(found)})
-
-    # ---- users ---------------------------------------------------------------------------------------
-
-    async def preferences(self, request: Request) -> Response:
-        user = await self.plugin.gateway.service(GUARDS).require_user(request)
-        return JSONResponse(await self._preferences(user.user_id))
-
-    async def update_preferences(self, request: Request) -> Response:
-        user = await self.plugin.gateway.service(GUARDS).require_user(request)
-        form = Form(await read_json(request))
-        form.only(PREFERENCES)
-        values = {name: form.take(name, _boolean(name)) for name in PREFERENCES if name in form.data}
-        form.check()
-        if values:
-            db = self.plugin.gateway.database
-            now = self.plugin.now()
-            async with db.begin() as conn:
-                where = notify_preferences.c.user_id == user.user_id
-                changed = await conn.execute(notify_preferences.update().where(where).values(**values, updated_at=now))
-                if (
-                    not changed.rowcount
-                    and await conn.scalar(sa.select(notify_preferences.c.user_id).where(where)) is None
-                ):
-                    await conn.execute(
-                        notify_preferences.insert().values(user_id=user.user_id, updated_at=now, **values)
-                    )
-        return JSONResponse(await self._preferences(user.user_id))
-
-    async def _preferences(self, user_id: int) -> dict[str, bool]:
-        async with self.plugin.gateway.database.connect() as conn:
-            row = (
-                await conn.execute(sa.select(notify_preferences).where(notify_preferences.c.user_id == user_id))
-            ).first()
-        return {name: True if row is None else bool(getattr(row, name)) for name in PREFERENCES}
 
     # ---- fail2ban ------------------------------------------------------------------------------------
 
@@ -211,8 +194,6 @@ def build(plugin: Plugin) -> list[BaseRoute]:
     return [
         Route("/api/admin/outbox", api.list_outbox, methods=["GET"]),
         Route("/api/admin/outbox/{message_id:int}/resend", api.resend, methods=["POST"]),
-        Route("/api/me/notifications", api.preferences, methods=["GET"]),
-        Route("/api/me/notifications", api.update_preferences, methods=["PATCH"]),
         Route("/internal/fail2ban", api.fail2ban, methods=["POST"]),
         Route(WEBHOOK_PATH, api.verify_webhook, methods=["GET"]),
         Route(WEBHOOK_PATH, api.status_webhook, methods=["POST"]),

@@ -52,9 +52,13 @@ class Message:
 
 
 class Sender(Protocol):
-    """Sends one message and says what came of it; never raises for what the provider answered."""
+    """Sends one message and says what came of it; never raises for what the provider answered.
+
+    `free_text`: whether it sends `text` (a user's two languages in one message); otherwise it sends one
+    language's template with `params`, and a user gets one message per language (recipients.py)."""
 
     name: str
+    free_text: bool
 
     async def send(self, *, message: Message) -> Outcome: ...
 
@@ -72,6 +76,7 @@ class LogSender:
     """No provider: log the message (phone masked) and report `NotConfigured`."""
 
     name = "log"
+    free_text = True
 
     async def send(self, *, message: Message) -> Outcome:
         fields = {"to": masked(message.to), "event": message.event, "language": message.language, "text": message.text}
@@ -155,6 +160,7 @@ class ResayilSender:
     """The Resayil gateway: one free-text message a request."""
 
     name = "resayil"
+    free_text = True
 
     def __init__(self, settings: ResayilSettings, *, http: aiohttp.ClientSession) -> None:
         self.settings = settings
@@ -181,9 +187,10 @@ def cloud_param(value: str) -> str:
 
 
 class CloudSender:
-    """The WhatsApp Cloud API: the event's template in the recipient's language."""
+    """The WhatsApp Cloud API: the event's template in the message's language (a user gets one per language)."""
 
     name = "cloud"
+    free_text = False
 
     def __init__(self, settings: CloudSettings, *, http: aiohttp.ClientSession) -> None:
         self.settings = settings

@@ -39,6 +39,9 @@ notify_outbox = sa.Table(
     sa.Column("next_attempt_at", Moment, nullable=False),
     # While `sending`: the sender's claim, which another sender may take over once it has passed.
     sa.Column("claimed_until", Moment, nullable=True),
+    # The `dedup_key` of a message to the same recipient that must be done (no longer queued, retrying or
+    # sending) before this one is tried: a template provider's second language after the first.
+    sa.Column("after_key", sa.String(160), nullable=True),
     sa.Column("last_attempt_at", Moment, nullable=True),
     sa.Column("created_at", Moment, nullable=False),
     sa.Column("updated_at", Moment, nullable=False),

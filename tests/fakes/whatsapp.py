@@ -9,8 +9,9 @@ Routes (all behind `Authorization: Bearer <token>`):
 - Cloud API: `POST /v{N}/{phone_number_id}/messages`, `to` in digits without the `+`, templates only
   unless the recipient's 24-hour window is open (`open_windows`); a template must exist under exactly
   the locale asked for (`en` is not `en_US`) and get exactly its number of body parameters, none with a
-  newline, a tab or more than four spaces in a row. Errors are the Graph API envelope `{"error":
-  {"message", "type", "code", "error_subcode", "error_data", "fbtrace_id"}}`. Accepted messages are
+  newline, a tab or more than four spaces in a row, filling its body to at most 1024 characters (else
+  132005). Errors are the Graph API envelope `{"error": {"message", "type", "code", "error_subcode",
+  "error_data", "fbtrace_id"}}`. Accepted messages are
   followed by status webhooks (`sent`, `delivered`, `read`, or `failed` with the error) posted to
   `webhook_url`, signed `X-Hub-Signature-256` with the app secret: a 200 is not a delivery.
 
@@ -59,15 +60,19 @@ GRAPH_PATH = re.compile(r"/v[0-9]+\.[0-9]+/(?P<phone_id>[^/]+)/messages")
 # What Meta refuses inside a template parameter.
 BAD_PARAM = re.compile(r"[\n\t]| {5,}")
 MAX_TEXT = 4096
+# A template's body, parameters filled in (132005 past it).
+MAX_TEMPLATE_BODY = 1024
 
 
 @dataclass(frozen=True)
 class CloudTemplate:
-    """An approved template: its name, the locale it was approved under and its body parameter count."""
+    """An approved template: its name, the locale it was approved under, its body parameter count, and how
+    many characters its body has besides the parameters (the filled-in body may have at most 1024)."""
 
     name: str
     language: str
     params: int
+    text_length: int = 0
 
 
 @dataclass
@@ -386,6 +391,8 @@ class FakeWhatsApp:
         params = self._params(template.get("components", []))
         if len(params) != found[0].params:
             raise _Refused(132000, f"expected {found[0].params} parameters, got {len(params)}")
+        if found[0].text_length + sum(len(p) for p in params) > MAX_TEMPLATE_BODY:
+            raise _Refused(132005, f"the filled-in body is longer than {MAX_TEMPLATE_BODY} characters")
         return _Send("cloud", to, template=name, language=code, params=params)
 
     def _params(self, components: object) -> list[str]:

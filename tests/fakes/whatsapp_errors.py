@@ -37,6 +37,7 @@ CODES: dict[int, ErrorCode] = {
         ErrorCode(131056, 400, "(Business Account, Consumer Account) pair rate limit hit"),
         ErrorCode(132000, 400, "Number of parameters does not match the expected number of params"),
         ErrorCode(132001, 404, "Template name does not exist in the translation"),
+        ErrorCode(132005, 400, "Translated text too long"),
         ErrorCode(132018, 400, "There was an issue with the parameters in your template"),
     )
 }

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from tests.conftest import ROOT
@@ -75,6 +75,38 @@ def gateway_process(
             proc.wait()
         if log:
             out.close()  # type: ignore[union-attr]
+
+
+@contextmanager
+def gateway_processes(config_path: Path, logs: Path, count: int = 2) -> Iterator[list[int]]:
+    """`python -m edge serve --workers 2` `count` times on one config; yields their ports."""
+    env = clean_env(RESAYIL_CONFIG=str(config_path))
+    ports = [free_port() for _ in range(count)]
+    with ExitStack() as stack:
+        procs = []
+        for i, port in enumerate(ports):
+            out = stack.enter_context(open(logs / f"gateway-{i}.log", "wb"))
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "edge", "serve", "--workers", "2", "--port", str(port)],
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+            procs.append(proc)
+        try:
+            for port in ports:
+                wait_http(port, timeout=30)
+            yield ports
+        finally:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
 
 
 @contextmanager

@@ -72,3 +72,10 @@ async def register(
 async def team_audit(served: Any) -> list[dict[str, Any]]:
     """The audit rows of team actions, oldest first."""
     return [row for row in await audit_rows(served) if row["action"].startswith("teams.")]
+
+
+async def join(served: Any, owner: LoggedIn, user: LoggedIn, role: str = "member") -> None:
+    """`user` accepts an invitation from `owner` (an owner or admin) into their team in `role`."""
+    invitation = await invite(served, owner, role=role, email=user.email)
+    status, joined = await call(served, "POST", f"/api/team/invitations/{invitation['token']}/accept", user)
+    assert (status, joined["role"]) == (200, role), joined
