@@ -12,6 +12,7 @@ from typing import Any
 from tests.support.billing_admin import audit_rows
 from tests.support.credits import table_rows, until_settled
 from tests.support.portal import LoggedIn, register_user
+from tests.support.teams import teams_config
 from tests.test_teams import Team, call, chat, config, team
 
 SECRET_WORDS = ("secret", "secret_hash", "rsk_")
@@ -358,3 +359,25 @@ async def test_a_limit_set_after_spending_shows_the_periods_spend_so_far(db_url:
             == now
             > cost[keys[0]["key"]["id"]]
         )
+
+
+async def test_a_banned_admins_session_manages_no_key_and_their_keys_stay_listed(
+    db_url: str, ollama: Any, serve: Any
+) -> None:
+    async with serve(teams_config(ollama, db_url, admin=True)) as served:
+        site_admin = await register_user(served, admin=True)
+        t = await team(served)
+        admins = await team_key(served, t.admin)
+        members = await team_key(served, t.member)
+        status, body = await call(
+            served, "POST", f"/api/admin/users/{t.admin.user_id}/ban", site_admin, {"reason": "x"}
+        )
+        assert status == 200, body
+        # The session they had is gone: nothing of the team's keys, not even a revoke.
+        for method, path in (("GET", "/api/team/keys"), ("DELETE", f"/api/team/keys/{members['key']['id']}")):
+            assert error(await call(served, method, path, t.admin)) == (401, "not_authenticated"), path
+        assert (await chat(served, members["secret"]))[0] == 200
+        # Their key stops (the ban), and stays in the team's list for the owner, who may revoke it for good.
+        assert (await chat(served, admins["secret"]))[0] == 401
+        assert await listed(served, t.owner) == {admins["key"]["id"], members["key"]["id"]}
+        assert (await call(served, "DELETE", f"/api/team/keys/{admins['key']['id']}", t.owner))[0] == 200
