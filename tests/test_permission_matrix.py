@@ -25,6 +25,7 @@ from tests.support.matrix import (
     cast,
     invite,
     matrix_config,
+    new_team_keys,
     ok,
     rejoin,
     served_routes,
@@ -109,6 +110,20 @@ async def team_key_on_own_team(served: Any, world: World, actor: str, body: Any)
     assert account == expected.account_id, (actor, account)
 
 
+async def own_team_keys(served: Any, world: World, actor: str, body: Any) -> None:
+    """Team keys of the caller's own team only; a member's, only the keys they made."""
+    expected = world.other_owner if actor == "other_admin" else world.owner
+    keys = await key_accounts(served, world)
+    assert body["data"] and {keys[k["id"]] for k in body["data"]} == {expected.account_id}, (actor, body)
+    if actor == "member":
+        assert {k["user_id"] for k in body["data"]} == {world.member.user_id}, body
+
+
+async def own_team_usage(served: Any, world: World, actor: str, body: Any) -> None:
+    await own_team(served, world, actor, body)
+    assert body["user_id"] == world.actors[actor].user_id, (actor, body)  # type: ignore[union-attr]
+
+
 # ---- undoing a granted change -----------------------------------------------------------------------------
 
 
@@ -124,6 +139,8 @@ async def unban_victim(served: Any, world: World) -> None:
 
 INVITE = {"email": "probe@example.com", "role": "member"}
 MEMBERS_CHANGE = team(owner=(200, None), admin=(200, None), member=FORBIDDEN, billing=FORBIDDEN, other_admin=NO_MEMBER)
+# The owner's own key (on /api/keys) and an id past 64 bits are no team key of anyone's.
+OWN_KEY_IS_NO_TEAM_KEY = team(owner=NO_KEY, admin=NO_KEY, member=NO_KEY, billing=FORBIDDEN, other_admin=NO_KEY)
 INVITING = team(owner=(201, None), admin=(201, None), member=FORBIDDEN, billing=FORBIDDEN, other_admin=(201, None))
 
 
@@ -217,6 +234,60 @@ MATRIX: dict[tuple[str, str], tuple[Probe, ...]] = {
             team(owner=(201, None), admin=(201, None), member=(201, None), billing=FORBIDDEN, other_admin=(201, None)),
             body=lambda w: {"name": "probe"},
             check=team_key_on_own_team,
+        ),
+    ),
+    ("GET", "/api/team/keys"): (
+        Probe(
+            "GET",
+            fixed("/api/team/keys"),
+            team(owner=(200, None), admin=(200, None), member=(200, None), billing=FORBIDDEN, other_admin=(200, None)),
+            check=own_team_keys,
+        ),
+    ),
+    ("DELETE", "/api/team/keys/{key_id:int}"): (
+        Probe(
+            "DELETE",
+            lambda w: f"/api/team/keys/{w.member_key_id}",
+            team(owner=(200, None), admin=(200, None), member=(200, None), billing=FORBIDDEN, other_admin=NO_KEY),
+            undo=new_team_keys,
+        ),
+        Probe(
+            "DELETE",
+            lambda w: f"/api/team/keys/{w.admin_key_id}",
+            team(owner=(200, None), admin=(200, None), member=NO_KEY, billing=FORBIDDEN, other_admin=NO_KEY),
+            undo=new_team_keys,
+        ),
+        Probe("DELETE", lambda w: f"/api/team/keys/{w.owner_key_id}", OWN_KEY_IS_NO_TEAM_KEY),
+        Probe("DELETE", fixed(f"/api/team/keys/{2**64}"), OWN_KEY_IS_NO_TEAM_KEY),
+    ),
+    ("PATCH", "/api/team/keys/{key_id:int}"): (
+        Probe(
+            "PATCH",
+            lambda w: f"/api/team/keys/{w.member_key_id}",
+            team(owner=(200, None), admin=(200, None), member=FORBIDDEN, billing=FORBIDDEN, other_admin=NO_KEY),
+            body=lambda w: {"limit_milli": 5000, "limit_period": "day"},
+        ),
+        Probe(
+            "PATCH",
+            lambda w: f"/api/team/keys/{w.owner_key_id}",
+            team(owner=NO_KEY, admin=NO_KEY, member=FORBIDDEN, billing=FORBIDDEN, other_admin=NO_KEY),
+            body=lambda w: {"limit_milli": 5000},
+        ),
+    ),
+    ("GET", "/api/team/usage"): (
+        Probe(
+            "GET",
+            fixed("/api/team/usage"),
+            team(owner=(200, None), admin=FORBIDDEN, member=FORBIDDEN, billing=(200, None), other_admin=FORBIDDEN),
+            check=own_team,
+        ),
+    ),
+    ("GET", "/api/team/usage/mine"): (
+        Probe(
+            "GET",
+            fixed("/api/team/usage/mine"),
+            team(other_admin=(200, None), **dict.fromkeys(TEAM_ROLES, (200, None))),
+            check=own_team_usage,
         ),
     ),
     # keys: each user's own account's keys; the owner's key is the owner's alone

@@ -65,6 +65,8 @@ async def team(served: Any) -> Team:
 
 def test_the_policy_is_the_readme_table() -> None:
     readme = (Path(__file__).parent.parent / "plugins/teams/README.md").read_text()
+    table = readme.split("| action |", 1)[1].split("\n\n", 1)[0].splitlines()[2:]
+    assert [line.split("`")[1] for line in table] == list(ACTIONS)  # every action, and no row the code lacks
     for action in ACTIONS:
         row = next(line for line in readme.splitlines() if line.startswith(f"| `{action}`"))
         cells = [c.strip() for c in row.strip("|").split("|")[1:]]

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -118,6 +118,14 @@ class UserCounts:
     expiring_subscriptions: int
 
 
+@dataclass(frozen=True, slots=True)
+class KeyChange:
+    """A key before and after a change (equal when it changed nothing: revoking a revoked key)."""
+
+    before: KeySummary
+    after: KeySummary
+
+
 class Accounts(Protocol):
     async def account(self, account_id: int, *, conn: AsyncConnection | None = None) -> Account | None:
         """The account, or None when there is none with that id (any int is safe to ask for). Inside a
@@ -204,6 +212,30 @@ class Accounts(Protocol):
 
     async def account_keys(self, *, account_id: int) -> list[KeySummary]:
         """Every key of the account, newest first, revoked ones included; never a secret or its hash."""
+        ...
+
+    async def team_keys(
+        self, *, account_id: int, user_id: int | None = None, before_id: int | None = None, limit: int = 50
+    ) -> list[KeySummary]:
+        """The account's team keys (made by users whose own account is another: its members), only
+        `user_id`'s when given, newest first, revoked ones included, with ids below `before_id`, at most
+        `limit`. Never the account's own users' keys, a secret or its hash."""
+        ...
+
+    async def revoke_team_key(
+        self, *, account_id: int, key_id: int, user_id: int | None = None, conn: AsyncConnection | None = None
+    ) -> KeyChange | None:
+        """Revoke one of the account's team keys (`user_id`'s only, when given; idempotent), its row locked,
+        and make every worker forget it once that commits; None when there is no such team key (any int is
+        safe to ask for). `conn` as for `revoke_keys`."""
+        ...
+
+    async def set_team_key_limit(
+        self, *, account_id: int, key_id: int, fields: Mapping[str, Any], conn: AsyncConnection | None = None
+    ) -> KeyChange | None:
+        """Set a team key's spend limit from `fields` (`limit_milli`, `limit_period`) by PATCH /api/keys'
+        rules, raising its 422 for bad ones; every worker applies it to the key's next request once that
+        commits. None when the account has no such team key. `conn` as for `revoke_keys`."""
         ...
 
     async def ban(self, *, user_id: int, conn: AsyncConnection | None = None) -> UserProfile | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Protocol
@@ -215,8 +216,16 @@ class Credits(Protocol):
         """Where `limit` stands in its current period for the account's scope (spent, held, what is left)."""
         ...
 
-    async def recent_usage(self, *, account_id: int, limit: int = 50) -> list[UsageItem]:
-        """The account's last `limit` usage rows, newest first."""
+    async def spends(self, *, account_id: int, limits: Sequence[SpendLimit]) -> list[Spend]:
+        """`spend` of each limit (in the same order) in one connection and one read of their counters: a
+        page of keys (at most a few hundred limits)."""
+        ...
+
+    async def recent_usage(
+        self, *, account_id: int, limit: int = 50, user_id: int | None = None, before_id: int | None = None
+    ) -> list[UsageItem]:
+        """The account's last `limit` usage rows, newest first: only `user_id`'s when given, only those with
+        ids below `before_id` when given (page on with the last one's id)."""
         ...
 
     async def ledger_entries(self, *, account_id: int, limit: int = 50) -> list[LedgerEntry]:

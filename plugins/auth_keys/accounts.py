@@ -8,7 +8,7 @@ second (and in any case after `key_cache_seconds`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -17,8 +17,19 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edge.db import Database
 from edge.inputs import FieldError
-from edge.services import KEEP, Account, Contact, IssuedKey, Keep, KeySummary, UserCounts, UserProfile, UserQuery
-from plugins.auth_keys import directory, inputs
+from edge.services import (
+    KEEP,
+    Account,
+    Contact,
+    IssuedKey,
+    Keep,
+    KeyChange,
+    KeySummary,
+    UserCounts,
+    UserProfile,
+    UserQuery,
+)
+from plugins.auth_keys import directory, inputs, team_keys
 from plugins.auth_keys.counts import counts as count_users
 from plugins.auth_keys.keycache import Invalidations
 from plugins.auth_keys.keys import KeyStore
@@ -166,6 +177,36 @@ class AccountStore:
         async with self.db.connect() as conn:
             return await directory.keys(conn, account_id=account_id)
 
+    async def team_keys(
+        self, *, account_id: int, user_id: int | None = None, before_id: int | None = None, limit: int = 50
+    ) -> list[KeySummary]:
+        async with self.db.connect() as conn:
+            return await team_keys.listing(
+                conn, account_id=account_id, user_id=user_id, before_id=before_id, limit=limit
+            )
+
+    async def revoke_team_key(
+        self, *, account_id: int, key_id: int, user_id: int | None = None, conn: AsyncConnection | None = None
+    ) -> KeyChange | None:
+        if conn is None:
+            async with self.db.begin() as own:
+                return await self.revoke_team_key(account_id=account_id, key_id=key_id, user_id=user_id, conn=own)
+        change = await team_keys.revoke(conn, account_id=account_id, key_id=key_id, user_id=user_id)
+        if change is not None and change.before != change.after:
+            self._forget_after(conn, [key_id])
+        return change
+
+    async def set_team_key_limit(
+        self, *, account_id: int, key_id: int, fields: Mapping[str, Any], conn: AsyncConnection | None = None
+    ) -> KeyChange | None:
+        if conn is None:
+            async with self.db.begin() as own:
+                return await self.set_team_key_limit(account_id=account_id, key_id=key_id, fields=fields, conn=own)
+        change = await team_keys.set_limit(conn, account_id=account_id, key_id=key_id, fields=fields)
+        if change is not None and change.before != change.after:
+            self._forget_after(conn, [key_id])
+        return change
+
     async def ban(self, *, user_id: int, conn: AsyncConnection | None = None) -> UserProfile | None:
         return await self._set_banned(user_id=user_id, banned=True, conn=conn)
 
@@ -219,10 +260,15 @@ class AccountStore:
                 await self.invalidate_key(key_id)
             return revoked
         revoked = await self.keys.revoke_all(account_id=account_id, user_id=user_id, conn=conn)
-        # As for a ban: workers forget the keys only once the revocation is committed.
-        if revoked and not self.db.after_commit(conn, lambda: self._forget_keys(revoked)):
-            raise ValueError("revoke_keys: conn must come from the gateway's database.begin()")
+        if revoked:
+            self._forget_after(conn, revoked)
         return revoked
+
+    def _forget_after(self, conn: AsyncConnection, key_ids: list[int]) -> None:
+        # As for a ban: workers forget the keys only once the change is committed (a lookup before the
+        # commit would cache the key as it was).
+        if not self.db.after_commit(conn, lambda: self._forget_keys(key_ids)):
+            raise ValueError("conn must come from the gateway's database.begin()")
 
     def _forget_keys(self, key_ids: list[int]) -> None:
         for key_id in key_ids:

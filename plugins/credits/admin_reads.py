@@ -20,8 +20,15 @@ def _item(row: Any) -> UsageItem:
     return UsageItem(**row._mapping)
 
 
-async def recent_usage(conn: AsyncConnection, *, account_id: int, limit: int) -> list[UsageItem]:
-    query = _USAGE.where(usage.c.account_id == account_id).order_by(usage.c.id.desc()).limit(max(1, limit))
+async def recent_usage(
+    conn: AsyncConnection, *, account_id: int, limit: int, user_id: int | None = None, before_id: int | None = None
+) -> list[UsageItem]:
+    query = _USAGE.where(usage.c.account_id == account_id)
+    if user_id is not None:
+        query = query.where(usage.c.user_id == user_id)
+    if before_id is not None:
+        query = query.where(usage.c.id < before_id)
+    query = query.order_by(usage.c.id.desc()).limit(max(1, limit))
     return [_item(row) for row in (await conn.execute(query)).all()]
 
 

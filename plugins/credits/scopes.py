@@ -232,3 +232,32 @@ async def standing(conn: AsyncConnection, scope: Scope, *, account_id: int) -> t
     if row is not None:
         return int(row[0]), int(row[1])
     return int((await conn.execute(spent_query(scope, account_id=account_id))).scalar_one()), 0
+
+
+async def standings(conn: AsyncConnection, scopes: Sequence[Scope], *, account_id: int) -> list[tuple[int, int]]:
+    """`standing` of each scope (a page of keys): the scopes' rows in one read; for those without a row yet,
+    the usage rows summed once per kind and period (not once per scope)."""
+    if not scopes:
+        return []
+    c = spend_scopes.c
+    query = sa.select(c.kind, c.scope_id, c.period, c.period_start, c.spent_milli, c.reserved_milli)
+    rows = await conn.execute(query.where(sa.or_(*(_row(scope) for scope in scopes))))
+    found = {(r.kind, int(r.scope_id), r.period, r.period_start): (int(r[4]), int(r[5])) for r in rows}
+    missing: dict[tuple[str, date, date], set[int]] = {}
+    for scope in scopes:
+        if (scope.kind, scope.scope_id, scope.period, scope.start) not in found:
+            missing.setdefault((scope.kind, scope.start, scope.end), set()).add(scope.scope_id)
+    summed: dict[tuple[str, date, int], int] = {}
+    for (kind, start, end), ids in missing.items():
+        spender = _SPENDER[kind]
+        query = (
+            sa.select(spender, sa.func.coalesce(sa.func.sum(usage.c.cost_milli), 0))
+            .where(usage.c.account_id == account_id, spender.in_(sorted(ids)), usage.c.day >= start, usage.c.day < end)
+            .group_by(spender)
+        )
+        for row in await conn.execute(query):
+            summed[(kind, start, int(row[0]))] = int(row[1])
+    return [
+        found.get((s.kind, s.scope_id, s.period, s.start)) or (summed.get((s.kind, s.start, s.scope_id), 0), 0)
+        for s in scopes
+    ]

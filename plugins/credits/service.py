@@ -7,7 +7,7 @@ and an admin's retried click is one adjustment; the ledger row a repeat finds is
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import date, datetime
 from typing import TYPE_CHECKING, TypeVar
 
@@ -64,18 +64,34 @@ class CreditService:
         scope = spend_scopes.current(limit, now=plugin.gateway.clock.time(), tz=plugin.tz)
         async with plugin.gateway.database.connect() as conn:
             spent, held = await spend_scopes.standing(conn, scope, account_id=account_id)
+        return self._spend(scope, spent, held)
+
+    async def spends(self, *, account_id: int, limits: Sequence[SpendLimit]) -> list[Spend]:
+        plugin = self.plugin
+        now = plugin.gateway.clock.time()
+        scopes = [spend_scopes.current(limit, now=now, tz=plugin.tz) for limit in limits]
+        async with plugin.gateway.database.connect() as conn:
+            found = await spend_scopes.standings(conn, scopes, account_id=account_id)
+        return [self._spend(scope, spent, held) for scope, (spent, held) in zip(scopes, found, strict=True)]
+
+    def _spend(self, scope: spend_scopes.Scope, spent: int, held: int) -> Spend:
+        limit = scope.limit
         return Spend(
             limit=limit,
             spent_milli=spent,
             held_milli=held,
             remaining_milli=max(limit.limit_milli - spent - held, 0),
             period_start=None if limit.period == "total" else scope.start,
-            resets_at=scope.resets_at(plugin.tz),
+            resets_at=scope.resets_at(self.plugin.tz),
         )
 
-    async def recent_usage(self, *, account_id: int, limit: int = 50) -> list[UsageItem]:
+    async def recent_usage(
+        self, *, account_id: int, limit: int = 50, user_id: int | None = None, before_id: int | None = None
+    ) -> list[UsageItem]:
         async with self.plugin.gateway.database.connect() as conn:
-            return await admin_reads.recent_usage(conn, account_id=account_id, limit=limit)
+            return await admin_reads.recent_usage(
+                conn, account_id=account_id, limit=limit, user_id=user_id, before_id=before_id
+            )
 
     async def ledger_entries(self, *, account_id: int, limit: int = 50) -> list[LedgerEntry]:
         async with self.plugin.gateway.database.connect() as conn:

@@ -76,9 +76,12 @@ class MemberStore:
             row = (await conn.execute(sa.select(*_COLUMNS).where(team_members.c.user_id == user_id))).first()
         return None if row is None else _membership(row)
 
-    async def get(self, *, account_id: int, user_id: int) -> Membership | None:
-        async with self.db.connect() as conn:
-            row = (await conn.execute(sa.select(*_COLUMNS).where(_mine(account_id, user_id)))).first()
+    async def get(self, *, account_id: int, user_id: int, conn: AsyncConnection | None = None) -> Membership | None:
+        """The member of the team (in `conn`'s transaction when given), or None."""
+        if conn is None:
+            async with self.db.connect() as own:
+                return await self.get(account_id=account_id, user_id=user_id, conn=own)
+        row = (await conn.execute(sa.select(*_COLUMNS).where(_mine(account_id, user_id)))).first()
         return None if row is None else _membership(row)
 
     async def found_team(self, *, account_id: int, actor: Actor) -> Membership | None:

@@ -10,10 +10,18 @@ The table (plugins/teams/README.md shows the same):
     invitations.revoke  x      x
     ownership.offer     x
     keys.create         x      x      x
+    keys.own            x      x      x
+    keys.manage         x      x
+    usage.own           x      x      x       x
+    usage.read          x                     x
     billing             x                     x
 
     * an admin acts only on admins, members and billing members (never on the owner), and grants only those
       roles: nobody but the owner moves the ownership, and only by an offer the new owner accepts.
+
+`keys.own` is listing and revoking the team keys one made oneself; `keys.manage` is every team key of the
+team (list, revoke, set its spend limit). `usage.own` is one's own requests on the team's account;
+`usage.read` is the whole team's.
 
 Accepting an invitation or an offer of ownership is not in the table: the invitation's token (with the
 invited user's own email or phone) or the offer itself is the permission.
@@ -29,6 +37,10 @@ _MAY: dict[str, frozenset[str]] = {
     "invitations.revoke": frozenset({"owner", "admin"}),
     "ownership.offer": frozenset({"owner"}),
     "keys.create": frozenset({"owner", "admin", "member"}),
+    "keys.own": frozenset({"owner", "admin", "member"}),
+    "keys.manage": frozenset({"owner", "admin"}),
+    "usage.own": frozenset({"owner", "admin", "member", "billing"}),
+    "usage.read": frozenset({"owner", "billing"}),
     "billing": frozenset({"owner", "billing"}),
 }
 ACTIONS = tuple(_MAY)

@@ -8,7 +8,8 @@
   /api/team/invitations/{id}` revokes; `POST /api/team/invitations/{token}/accept` joins.
 - `POST /api/team/transfer`: the owner offers the ownership (`user_id`); the offered member accepts
   (`accept: true`).
-- `POST /api/team/keys` (`name`): a key of the caller that bills the team's account.
+- `POST /api/team/keys` (`name`): a key of the caller that bills the team's account; listing, revoking and
+  limiting team keys, and the team's usage, are in plugins/teams/keys.py.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from edge.inputs import FieldError, Form, Parser, choice, integer, read_json, te
 from edge.services import ACCOUNTS, GUARDS, PortalUser
 from plugins.teams import answers
 from plugins.teams.invitations import TOKEN, Invitee
+from plugins.teams.keys import TeamKeys
 from plugins.teams.members import Membership, member_json
 from plugins.teams.policy import GRANTABLE, permits
 from plugins.teams.trail import Actor
@@ -71,23 +73,23 @@ class TeamApi:
     def __init__(self, plugin: Plugin) -> None:
         self.plugin = plugin
 
-    def _actor(self, request: Request, user: PortalUser) -> Actor:
+    def actor(self, request: Request, user: PortalUser) -> Actor:
         return Actor(user_id=user.user_id, ip=audit.request_ip(request), at=self.plugin.now())
 
-    async def _member(self, request: Request) -> tuple[PortalUser, Membership]:
+    async def caller(self, request: Request) -> tuple[PortalUser, Membership]:
         """The logged-in user and their membership; the account's own Enterprise user founds its team the
         first time. 403 `team_required` for anyone else in no team."""
         user = await self.plugin.gateway.service(GUARDS).require_user(request)
         members = self.plugin.members
         membership = await members.of_user(user.user_id)
         if membership is None and user.tier == "enterprise":
-            membership = await members.found_team(account_id=user.account_id, actor=self._actor(request, user))
+            membership = await members.found_team(account_id=user.account_id, actor=self.actor(request, user))
         if membership is None:
             raise answers.team_required()
         return user, membership
 
     async def _allowed(self, request: Request, action: str) -> tuple[PortalUser, Membership]:
-        user, me = await self._member(request)
+        user, me = await self.caller(request)
         if not permits(role=me.role, action=action):
             raise answers.team_forbidden(action)
         return user, me
@@ -99,7 +101,7 @@ class TeamApi:
         return target
 
     async def team(self, request: Request) -> Response:
-        _, me = await self._member(request)
+        _, me = await self.caller(request)
         return JSONResponse(
             {
                 "account_id": me.account_id,
@@ -135,7 +137,7 @@ class TeamApi:
         if target.user_id == me.user_id and "monthly_limit_milli" in values:
             raise answers.team_forbidden("members.update")  # nobody lifts the limit set on them
         updated = await self.plugin.members.update(
-            account_id=me.account_id, user_id=target.user_id, values=values, actor=self._actor(request, user)
+            account_id=me.account_id, user_id=target.user_id, values=values, actor=self.actor(request, user)
         )
         if updated is None:
             raise answers.member_not_found()
@@ -153,7 +155,7 @@ class TeamApi:
         revoked = await self.plugin.members.remove(
             account_id=me.account_id,
             user_id=target.user_id,
-            actor=self._actor(request, user),
+            actor=self.actor(request, user),
             revoke=self.plugin.gateway.service(ACCOUNTS).revoke_keys,
         )
         if revoked is None:
@@ -174,7 +176,7 @@ class TeamApi:
         account = await accounts.account(me.account_id)
         if account is None or account.tier != "enterprise":
             raise answers.team_requires_enterprise()
-        actor = self._actor(request, user)
+        actor = self.actor(request, user)
         expires_at = actor.at + timedelta(seconds=self.plugin.settings.invitation_seconds)
         invitation_id, token = await self.plugin.invitations.create(
             account_id=me.account_id, email=email, phone=phone, role=role, actor=actor, expires_at=expires_at
@@ -195,7 +197,7 @@ class TeamApi:
         user, me = await self._allowed(request, "invitations.revoke")
         invitation_id = _path_id(request, "invitation_id")
         if not await self.plugin.invitations.revoke(
-            account_id=me.account_id, invitation_id=invitation_id, actor=self._actor(request, user)
+            account_id=me.account_id, invitation_id=invitation_id, actor=self.actor(request, user)
         ):
             raise answers.invitation_not_found()
         return JSONResponse({"id": invitation_id, "revoked": True})
@@ -206,15 +208,13 @@ class TeamApi:
         if not TOKEN.fullmatch(token):
             raise answers.invitation_not_found()
         invitee = Invitee(user_id=user.user_id, account_id=user.account_id, email=user.email, phone=user.phone)
-        invitation = await self.plugin.invitations.accept(
-            token=token, invitee=invitee, actor=self._actor(request, user)
-        )
+        invitation = await self.plugin.invitations.accept(token=token, invitee=invitee, actor=self.actor(request, user))
         return JSONResponse({"account_id": invitation.account_id, "role": invitation.role})
 
     async def transfer(self, request: Request) -> Response:
         """The owner offers (`user_id`); the offered member accepts (`accept: true`)."""
-        user, me = await self._member(request)
-        actor = self._actor(request, user)
+        user, me = await self.caller(request)
+        actor = self.actor(request, user)
         form = Form(await read_json(request))
         form.only(("user_id", "accept"))
         if form.data.get("accept") is True:
@@ -247,6 +247,7 @@ class TeamApi:
 
 def build(plugin: Plugin) -> list[BaseRoute]:
     api = TeamApi(plugin)
+    keys = TeamKeys(api)
     return [
         Route("/api/team", api.team, methods=["GET"]),
         Route("/api/team/members", api.list_members, methods=["GET"]),
@@ -258,4 +259,9 @@ def build(plugin: Plugin) -> list[BaseRoute]:
         Route("/api/team/invitations/{token}/accept", api.accept, methods=["POST"]),
         Route("/api/team/transfer", api.transfer, methods=["POST"]),
         Route("/api/team/keys", api.create_key, methods=["POST"]),
+        Route("/api/team/keys", keys.list_keys, methods=["GET"]),
+        Route("/api/team/keys/{key_id:int}", keys.update_key, methods=["PATCH"]),
+        Route("/api/team/keys/{key_id:int}", keys.revoke_key, methods=["DELETE"]),
+        Route("/api/team/usage", keys.team_usage, methods=["GET"]),
+        Route("/api/team/usage/mine", keys.my_usage, methods=["GET"]),
     ]

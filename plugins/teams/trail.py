@@ -1,7 +1,7 @@
 """Every team action leaves one row in the core audit trail (edge/audit.py), in the transaction that makes it.
 
-Actions, all `teams.<verb>`; the target is the member (`user:<id>`) or the invitation (`invitation:<id>`),
-and `details` always names the team (`account_id`):
+Actions, all `teams.<verb>`; the target is the member (`user:<id>`), the invitation (`invitation:<id>`) or
+the team key (`key:<id>`), and `details` always names the team (`account_id`):
 
 | action | target | details |
 |---|---|---|
@@ -15,6 +15,8 @@ and `details` always names the team (`account_id`):
 | `teams.limit_changed` | `user:<id>` | `before`, `after` (milli-credits a month, null: none) |
 | `teams.ownership_offered` | `user:<id>` | |
 | `teams.ownership_accepted` | `user:<id>` | `previous_owner` |
+| `teams.key_revoked` | `key:<id>` | `user_id` (who made the key) |
+| `teams.key_limit_changed` | `key:<id>` | `user_id`, `before`, `after` (`limit_milli`, `limit_period`) |
 
 The actor is the user who acted (for an accept, the one joining), `ip` their address; `reason` is empty, as
 no team endpoint asks for one.

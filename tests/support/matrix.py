@@ -80,7 +80,8 @@ def served_routes(served: Any) -> set[tuple[str, str]]:
 class World:
     """Every actor (None for `anonymous`) and the things the probes name: our team's `spare` member (the
     target of changes), a `victim` user (of bans, plans, credits), the `invitee` of an invitation nobody
-    else may accept, the owner's key, our open invitation and a manual order."""
+    else may accept, the owner's key, our member's and admin's team keys, our open invitation and a manual
+    order."""
 
     actors: dict[str, LoggedIn | None]
     spare: LoggedIn
@@ -88,6 +89,8 @@ class World:
     invitee: LoggedIn
     other_owner: LoggedIn
     owner_key_id: int
+    member_key_id: int = 0
+    admin_key_id: int = 0
     invitation_id: int = 0
     accept_token: str = ""
     order: str = ""
@@ -130,6 +133,13 @@ async def rejoin(served: Any, world: World) -> None:
     await join(served, world.owner, world.spare, "member")
 
 
+async def new_team_keys(served: Any, world: World) -> None:
+    """A live team key of our `member` and of our `admin` (after a probe revoked one)."""
+    for name in ("member", "admin"):
+        made = await ok(served, "POST", "/api/team/keys", world.actors[name], {"name": f"{name}'s team key"})
+        setattr(world, f"{name}_key_id", int(made["key"]["id"]))
+
+
 async def cast(served: Any) -> World:
     """Register and place every actor; ban `banned` and remove `nonmember` after they logged in."""
     site_admin = await register_user(served, admin=True, locale="en")
@@ -160,6 +170,7 @@ async def cast(served: Any) -> World:
         other_owner=other_owner,
         owner_key_id=int(key["key"]["id"]),
     )
+    await new_team_keys(served, world)
     world.ours = {owner.user_id} | {users[n].user_id for n in ("admin", "member", "billing", "banned", "spare")}
     world.invitation_id = (await invite(served, owner, "open@example.com"))["id"]
     world.accept_token = (await invite(served, owner, invitee.email))["token"]
