@@ -203,6 +203,29 @@ async def test_the_overview_counts_requests_orders_and_users(
         assert await _reconcile(served) == 0
 
 
+async def test_the_overview_shows_requests_waiting_for_the_local_upstream(
+    serve: Any, ollama: Any, cloud: Any, db_url: str
+) -> None:
+    ollama.settings.latency = 1.5
+    config = overview_config(ollama, cloud, db_url, None)
+    config["upstreams"]["ollama"]["parallel"] = 1
+    async with serve(config) as served:
+        admin = await register_user(served, admin=True)
+        _, secret = await _paying(served)  # Basic: never spills to the cloud, so it waits in line
+        calls = [asyncio.ensure_future(_chat(served, secret)) for _ in range(3)]
+        seen: list[tuple[int | None, int]] = []
+        for _ in range(40):
+            (local,) = [u for u in (await _overview(served, admin))["upstreams"] if u["kind"] == "local"]
+            seen.append((local["slots_in_use"], local["queue_depth"]))
+            if seen[-1] == (1, 2):
+                break
+            await asyncio.sleep(0.05)
+        assert seen[-1] == (1, 2), seen
+        assert await asyncio.gather(*calls) == [200] * 3
+        (local,) = [u for u in (await _overview(served, admin))["upstreams"] if u["kind"] == "local"]
+        assert (local["state"], local["parallel"], local["slots_in_use"], local["queue_depth"]) == ("up", 1, 0, 0)
+
+
 async def test_windows_start_at_local_midnights(
     serve: Any, ollama: Any, cloud: Any, db_url: str, fake: FakeMyFatoorah
 ) -> None:
