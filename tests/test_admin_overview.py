@@ -1,6 +1,7 @@
 """GET /api/admin/overview on SQLite and MariaDB: who may call it, its body's shape, and its numbers after
-real requests through the gateway (local, and cloud through the failover plugin), a paid order and users
-registering; the roll-ups it reads equal the usage rows' sums after concurrent requests (each request in
+real requests through the gateway (local, and cloud through the failover plugin), a paid order, a refund and
+users registering, with windows starting at Asia/Kuwait's midnights; the local upstream's queue while
+requests wait; the roll-ups it reads equal the usage rows' sums after concurrent requests (each request in
 its own transactions, or leases settled in batches), `reconcile` finds a roll-up edited by hand and
 `credits rollup-rebuild` mends it; the migration fills the roll-ups from usage rows already there."""
 
