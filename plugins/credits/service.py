@@ -69,6 +69,13 @@ class CreditService:
             resets_at=scope.resets_at(plugin.tz),
         )
 
+    async def recount_spend(self, *, account_id: int, kind: str, scope_id: int) -> None:
+        plugin = self.plugin
+        async with plugin.gateway.database.begin() as conn:
+            await spend_scopes.recount(
+                conn, kind=kind, scope_id=scope_id, account_id=account_id, now=plugin.gateway.clock.time(), tz=plugin.tz
+            )
+
     async def recent_usage(self, *, account_id: int, limit: int = 50) -> list[UsageItem]:
         async with self.plugin.gateway.database.connect() as conn:
             return await admin_reads.recent_usage(conn, account_id=account_id, limit=limit)

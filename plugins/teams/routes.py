@@ -23,7 +23,7 @@ from starlette.routing import BaseRoute, Route
 
 from edge import audit
 from edge.inputs import FieldError, Form, Parser, choice, integer, read_json, text
-from edge.services import ACCOUNTS, GUARDS, PortalUser
+from edge.services import ACCOUNTS, CREDITS, GUARDS, PortalUser
 from plugins.teams import answers
 from plugins.teams.invitations import TOKEN, Invitee
 from plugins.teams.members import Membership, member_json
@@ -139,6 +139,10 @@ class TeamApi:
         )
         if updated is None:
             raise answers.member_not_found()
+        credits = self.plugin.gateway.maybe(CREDITS)
+        if updated.monthly_limit_milli is not None and "monthly_limit_milli" in values and credits is not None:
+            # What the member spent this month while they had no limit counts against the one set now.
+            await credits.recount_spend(account_id=me.account_id, kind="member", scope_id=updated.user_id)
         return JSONResponse(
             {"user_id": updated.user_id, "role": updated.role, "monthly_limit_milli": updated.monthly_limit_milli}
         )
