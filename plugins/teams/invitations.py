@@ -116,6 +116,24 @@ class InvitationStore:
             await note(conn, actor, "invitation_revoked", target=f"invitation:{invitation_id}", account_id=account_id)
         return True
 
+    @staticmethod
+    async def revoke_addressed(
+        conn: AsyncConnection, *, account_id: int, email: str | None, phone: str | None, at: datetime
+    ) -> int:
+        """In the caller's transaction: revoke the team's open invitations to this email or phone (a member
+        being removed must not come back with a spare link); how many."""
+        c = team_invitations.c
+        to = [c.email == email] if email else []
+        to += [c.phone == phone] if phone else []
+        if not to:
+            return 0
+        done = await conn.execute(
+            team_invitations.update()
+            .where(c.account_id == account_id, c.accepted_at.is_(None), c.revoked_at.is_(None), sa.or_(*to))
+            .values(revoked_at=at)
+        )
+        return int(done.rowcount)
+
     async def accept(self, *, token: str, invitee: Invitee, actor: Actor) -> Invitation:
         """Make the invitee a member of the invitation's team; raises the refusal a client sees otherwise."""
         async with self.db.begin() as conn:

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edge.db import Database
 from edge.services import UserProfile
+from plugins.teams.invitations import InvitationStore
 from plugins.teams.tables import team_members
 from plugins.teams.trail import Actor, note
 
@@ -125,10 +126,13 @@ class MemberStore:
             row = (await conn.execute(sa.select(*_COLUMNS).where(_mine(account_id, user_id)))).first()
         return None if row is None else _membership(row)
 
-    async def remove(self, *, account_id: int, user_id: int, actor: Actor, revoke: Revoke) -> list[int] | None:
+    async def remove(
+        self, *, account_id: int, user_id: int, actor: Actor, revoke: Revoke, person: UserProfile | None
+    ) -> list[int] | None:
         """Remove the member and, in the same transaction, revoke their keys on the team's account
-        (`revoke`: the ACCOUNTS service's, given the transaction); the revoked keys' ids, or None when the
-        team has no such member (or it is the owner)."""
+        (`revoke`: the ACCOUNTS service's, given the transaction) and the team's open invitations to their
+        email or phone (`person`); the revoked keys' ids, or None when the team has no such member (or it
+        is the owner)."""
         async with self.db.begin() as conn:
             before = await _locked(conn, account_id, user_id)
             if before is None or before.role == "owner":
@@ -139,6 +143,11 @@ class MemberStore:
             if gone.rowcount != 1:
                 return None
             revoked = await revoke(account_id=account_id, user_id=user_id, conn=conn)
+            spare = 0
+            if person is not None:
+                spare = await InvitationStore.revoke_addressed(
+                    conn, account_id=account_id, email=person.email, phone=person.phone, at=actor.at
+                )
             await note(
                 conn,
                 actor,
@@ -147,6 +156,7 @@ class MemberStore:
                 account_id=account_id,
                 role=before.role,
                 keys_revoked=revoked,
+                invitations_revoked=spare,
             )
         return revoked
 

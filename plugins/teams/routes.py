@@ -154,11 +154,13 @@ class TeamApi:
         target = await self._target(me, _path_id(request, "user_id"))
         if target.home or not permits(role=me.role, action="members.remove", target_role=target.role):
             raise answers.team_forbidden("members.remove")
+        accounts = self.plugin.gateway.service(ACCOUNTS)
         revoked = await self.plugin.members.remove(
             account_id=me.account_id,
             user_id=target.user_id,
             actor=self._actor(request, user),
-            revoke=self.plugin.gateway.service(ACCOUNTS).revoke_keys,
+            revoke=accounts.revoke_keys,
+            person=await accounts.user(target.user_id),
         )
         if revoked is None:
             raise answers.member_not_found()

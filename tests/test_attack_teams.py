@@ -1,0 +1,41 @@
+"""Attacks on teams by a member who was removed: a second invitation they never used must not bring them back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.support.portal import register_user
+from tests.test_teams import call, chat, config, team
+
+
+@pytest.mark.parametrize("login", ["email", "phone"])
+async def test_a_removed_member_cannot_rejoin_with_a_spare_invitation(
+    db_url: str, ollama: Any, serve: Any, login: str
+) -> None:
+    async with serve(config(ollama, db_url)) as served:
+        t = await team(served)
+        fired = await register_user(served, locale="en")
+        tokens = []
+        for _ in range(2):  # the first link seemed lost, so the admin sent another
+            body = {login: getattr(fired, login), "role": "admin"}
+            status, invitation = await call(served, "POST", "/api/team/invitations", t.admin, body)
+            assert status == 201, invitation
+            tokens.append(invitation["token"])
+        status, _ = await call(served, "POST", f"/api/team/invitations/{tokens[0]}/accept", fired)
+        assert status == 200
+        assert (await call(served, "DELETE", f"/api/team/members/{fired.user_id}", t.owner))[0] == 200
+        status, body = await call(served, "POST", f"/api/team/invitations/{tokens[1]}/accept", fired)
+        assert (status, body["error"]["code"]) == (404, "invitation_not_found")
+        status, body = await call(served, "POST", "/api/team/keys", fired, {"name": "back door"})
+        assert (status, body["error"]["code"]) == (403, "team_required")
+        # An invitation made after the removal (the team changed its mind) still works.
+        body = {login: getattr(fired, login), "role": "member"}
+        status, invitation = await call(served, "POST", "/api/team/invitations", t.owner, body)
+        assert status == 201
+        status, joined = await call(served, "POST", f"/api/team/invitations/{invitation['token']}/accept", fired)
+        assert (status, joined["role"]) == (200, "member")
+        status, made = await call(served, "POST", "/api/team/keys", fired, {"name": "welcome back"})
+        assert status == 201
+        assert (await chat(served, made["secret"]))[0] == 200
