@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from plugins.teams.trail import Actor
 from tests.support.portal import register_user
 from tests.test_teams import call, chat, config, team
 
@@ -39,3 +40,22 @@ async def test_a_removed_member_cannot_rejoin_with_a_spare_invitation(
         status, made = await call(served, "POST", "/api/team/keys", fired, {"name": "welcome back"})
         assert status == 201
         assert (await chat(served, made["secret"]))[0] == 200
+
+
+async def test_an_offer_made_by_an_owner_who_just_handed_over_does_not_stand(
+    db_url: str, ollama: Any, serve: Any
+) -> None:
+    """The race an outgoing owner can run: their offer to an accomplice passes the permission check, then the
+    member they sold the team to accepts, then the offer is written. It must not let the accomplice take over."""
+    async with serve(config(ollama, db_url)) as served:
+        t = await team(served)
+        teams = served.gateway.plugin("teams")
+        assert (await call(served, "POST", "/api/team/transfer", t.owner, {"user_id": t.admin.user_id}))[0] == 202
+        assert (await call(served, "POST", "/api/team/transfer", t.admin, {"accept": True}))[0] == 200
+        # The outgoing owner's offer, checked while they were the owner, reaches the database only now.
+        actor = Actor(user_id=t.owner.user_id, ip=None, at=teams.now())
+        await teams.members.offer(account_id=t.owner.account_id, user_id=t.member.user_id, actor=actor)
+        status, body = await call(served, "POST", "/api/team/transfer", t.member, {"accept": True})
+        assert (status, body["error"]["code"]) == (409, "no_ownership_offer")
+        status, me = await call(served, "GET", "/api/team", t.admin)
+        assert me["role"] == "owner"

@@ -160,20 +160,26 @@ class MemberStore:
             )
         return revoked
 
-    async def offer(self, *, account_id: int, user_id: int, actor: Actor) -> None:
-        """Offer the ownership to one member (an earlier offer to another is withdrawn)."""
+    async def offer(self, *, account_id: int, user_id: int, actor: Actor) -> bool:
+        """Offer the ownership to one member (an earlier offer to another is withdrawn); False when the actor
+        is no longer the owner: checked on their locked row in the transaction that writes the offer, so an
+        offer checked just before the ownership moved cannot stand (take_ownership locks that row first)."""
         async with self.db.begin() as conn:
+            if not await _lock_owner(conn, account_id, user_id=actor.user_id):
+                return False
             await conn.execute(
                 team_members.update().where(team_members.c.account_id == account_id).values(offered_owner=False)
             )
             await conn.execute(team_members.update().where(_mine(account_id, user_id)).values(offered_owner=True))
             await note(conn, actor, "ownership_offered", target=f"user:{user_id}", account_id=account_id)
+        return True
 
     async def take_ownership(self, *, account_id: int, actor: Actor) -> bool:
         """The offered member (the actor) becomes the owner and the owner an admin, in one transaction;
         False when no offer to this member stands (withdrawn, or already taken)."""
         user_id = actor.user_id
         async with self.db.begin() as conn:
+            await _lock_owner(conn, account_id)  # first, as `offer` does: the two never wait on each other in a circle
             taken = await conn.execute(
                 team_members.update()
                 .where(_mine(account_id, user_id), team_members.c.offered_owner.is_(True))
@@ -216,6 +222,15 @@ class MemberStore:
             )
         ).one()
         return member, int(counted[0]), int(counted[1])
+
+
+async def _lock_owner(conn: AsyncConnection, account_id: int, *, user_id: int | None = None) -> bool:
+    """Lock the team's owner row (a write, so SQLite's write lock too); whether it is `user_id`'s (any
+    owner's when None). The owner never has an offer, so the write changes nothing."""
+    c = team_members.c
+    where = [c.account_id == account_id, c.role == "owner"] + ([c.user_id == user_id] if user_id is not None else [])
+    locked = await conn.execute(team_members.update().where(*where).values(offered_owner=False))
+    return bool(locked.rowcount == 1)
 
 
 async def _locked(conn: AsyncConnection, account_id: int, user_id: int) -> Membership | None:

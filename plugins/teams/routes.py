@@ -235,7 +235,8 @@ class TeamApi:
         target = await self._target(me, user_id)
         if target.user_id == me.user_id:
             raise answers.member_not_found()
-        await self.plugin.members.offer(account_id=me.account_id, user_id=target.user_id, actor=actor)
+        if not await self.plugin.members.offer(account_id=me.account_id, user_id=target.user_id, actor=actor):
+            raise answers.team_forbidden("ownership.offer")  # the ownership moved meanwhile
         return JSONResponse({"account_id": me.account_id, "offered_to": target.user_id}, status_code=202)
 
     async def create_key(self, request: Request) -> Response:
