@@ -59,3 +59,20 @@ async def test_an_offer_made_by_an_owner_who_just_handed_over_does_not_stand(
         assert (status, body["error"]["code"]) == (409, "no_ownership_offer")
         status, me = await call(served, "GET", "/api/team", t.admin)
         assert me["role"] == "owner"
+
+
+async def test_a_role_change_checked_before_the_target_became_owner_does_not_demote_the_owner(
+    db_url: str, ollama: Any, serve: Any
+) -> None:
+    """An admin's PATCH of a member passes the check (the target is a member), the member then accepts the
+    ownership, then the PATCH is written: it must not make the new owner a plain member (a team with no owner)."""
+    async with serve(config(ollama, db_url)) as served:
+        t = await team(served)
+        teams = served.gateway.plugin("teams")
+        assert (await call(served, "POST", "/api/team/transfer", t.owner, {"user_id": t.member.user_id}))[0] == 202
+        assert (await call(served, "POST", "/api/team/transfer", t.member, {"accept": True}))[0] == 200
+        actor = Actor(user_id=t.admin.user_id, ip=None, at=teams.now())
+        values = {"role": "member", "monthly_limit_milli": 1}
+        await teams.members.update(account_id=t.owner.account_id, user_id=t.member.user_id, values=values, actor=actor)
+        status, me = await call(served, "GET", "/api/team", t.member)
+        assert (status, me["role"], me["monthly_limit_milli"]) == (200, "owner", None)

@@ -108,10 +108,12 @@ class MemberStore:
             return [_membership(row) for row in await conn.execute(query)]
 
     async def update(self, *, account_id: int, user_id: int, values: dict[str, Any], actor: Actor) -> Membership | None:
-        """Change the member's `role` and/or `monthly_limit_milli`; each value that changes is audited."""
+        """Change the member's `role` and/or `monthly_limit_milli`; each value that changes is audited. None
+        when the team has no such member, or it is the owner now (checked on the locked row: a change checked
+        before the member accepted the ownership must not demote the new owner)."""
         async with self.db.begin() as conn:
             before = await _locked(conn, account_id, user_id)
-            if before is None:
+            if before is None or before.role == "owner":
                 return None
             changed = {k: v for k, v in values.items() if getattr(before, k) != v}
             if changed:
