@@ -76,3 +76,27 @@ async def test_a_role_change_checked_before_the_target_became_owner_does_not_dem
         await teams.members.update(account_id=t.owner.account_id, user_id=t.member.user_id, values=values, actor=actor)
         status, me = await call(served, "GET", "/api/team", t.member)
         assert (status, me["role"], me["monthly_limit_milli"]) == (200, "owner", None)
+
+
+async def test_a_removed_admins_open_invitations_die_with_their_membership(
+    db_url: str, ollama: Any, serve: Any
+) -> None:
+    """An admin about to be removed invites their own second account as an admin; after the removal, that
+    invitation must not bring them back."""
+    async with serve(config(ollama, db_url)) as served:
+        t = await team(served)
+        alt = await register_user(served, locale="en")
+        status, invitation = await call(
+            served, "POST", "/api/team/invitations", t.admin, {"email": alt.email, "role": "admin"}
+        )
+        assert status == 201
+        status, owners = await call(
+            served, "POST", "/api/team/invitations", t.owner, {"phone": alt.phone, "role": "member"}
+        )
+        assert status == 201
+        assert (await call(served, "DELETE", f"/api/team/members/{t.admin.user_id}", t.owner))[0] == 200
+        status, body = await call(served, "POST", f"/api/team/invitations/{invitation['token']}/accept", alt)
+        assert (status, body["error"]["code"]) == (404, "invitation_not_found")
+        # The owner's own invitation to the same person is not the removed admin's: it stands.
+        status, joined = await call(served, "POST", f"/api/team/invitations/{owners['token']}/accept", alt)
+        assert (status, joined["role"]) == (200, "member")

@@ -117,16 +117,16 @@ class InvitationStore:
         return True
 
     @staticmethod
-    async def revoke_addressed(
-        conn: AsyncConnection, *, account_id: int, email: str | None, phone: str | None, at: datetime
+    async def revoke_of_member(
+        conn: AsyncConnection, *, account_id: int, user_id: int, email: str | None, phone: str | None, at: datetime
     ) -> int:
-        """In the caller's transaction: revoke the team's open invitations to this email or phone (a member
-        being removed must not come back with a spare link); how many."""
+        """In the caller's transaction: revoke the team's open invitations to this member's email or phone, and
+        those they sent (a member being removed must not come back with a spare link, nor send a second
+        account of theirs in); how many."""
         c = team_invitations.c
-        to = [c.email == email] if email else []
+        to = [c.invited_by == user_id]
+        to += [c.email == email] if email else []
         to += [c.phone == phone] if phone else []
-        if not to:
-            return 0
         done = await conn.execute(
             team_invitations.update()
             .where(c.account_id == account_id, c.accepted_at.is_(None), c.revoked_at.is_(None), sa.or_(*to))

@@ -133,8 +133,8 @@ class MemberStore:
     ) -> list[int] | None:
         """Remove the member and, in the same transaction, revoke their keys on the team's account
         (`revoke`: the ACCOUNTS service's, given the transaction) and the team's open invitations to their
-        email or phone (`person`); the revoked keys' ids, or None when the team has no such member (or it
-        is the owner)."""
+        email or phone (`person`) or sent by them; the revoked keys' ids, or None when the team has no such
+        member (or it is the owner)."""
         async with self.db.begin() as conn:
             before = await _locked(conn, account_id, user_id)
             if before is None or before.role == "owner":
@@ -145,11 +145,14 @@ class MemberStore:
             if gone.rowcount != 1:
                 return None
             revoked = await revoke(account_id=account_id, user_id=user_id, conn=conn)
-            spare = 0
-            if person is not None:
-                spare = await InvitationStore.revoke_addressed(
-                    conn, account_id=account_id, email=person.email, phone=person.phone, at=actor.at
-                )
+            spare = await InvitationStore.revoke_of_member(
+                conn,
+                account_id=account_id,
+                user_id=user_id,
+                email=person.email if person else None,
+                phone=person.phone if person else None,
+                at=actor.at,
+            )
             await note(
                 conn,
                 actor,
