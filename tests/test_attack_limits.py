@@ -10,14 +10,25 @@ import pytest
 
 from tests import test_teams as teams
 from tests.support.credits import until_settled
-from tests.test_credits_key_limits import HOLD, chat, config, funded_user, new_key, patch, spent_by, until_refused
+from tests.test_credits_key_limits import (
+    HOLD,
+    LEASES,
+    chat,
+    config,
+    funded_user,
+    new_key,
+    patch,
+    spent_by,
+    until_refused,
+)
 
 
+@LEASES
 @pytest.mark.parametrize("detour", [{"limit_milli": None}, {"limit_period": "month"}], ids=["removed", "period"])
 async def test_a_limit_put_back_counts_what_the_key_spent_meanwhile(
-    db_url: str, ollama: Any, serve: Any, detour: dict[str, Any]
+    db_url: str, ollama: Any, serve: Any, detour: dict[str, Any], lease_requests: int
 ) -> None:
-    async with serve(config(ollama, db_url)) as served:
+    async with serve(config(ollama, db_url, lease_requests=lease_requests)) as served:
         user = await funded_user(served)
         _, created = await new_key(served, user, limit_milli=HOLD * 1000, limit_period="day")
         key_id, secret = created["key"]["id"], created["secret"]
