@@ -100,3 +100,16 @@ async def test_a_removed_admins_open_invitations_die_with_their_membership(
         # The owner's own invitation to the same person is not the removed admin's: it stands.
         status, joined = await call(served, "POST", f"/api/team/invitations/{owners['token']}/accept", alt)
         assert (status, joined["role"]) == (200, "member")
+
+
+async def test_a_demoted_admins_open_invitations_die_with_their_role(db_url: str, ollama: Any, serve: Any) -> None:
+    async with serve(config(ollama, db_url)) as served:
+        t = await team(served)
+        alt = await register_user(served, locale="en")
+        body = {"email": alt.email, "role": "admin"}
+        status, invitation = await call(served, "POST", "/api/team/invitations", t.admin, body)
+        assert status == 201
+        path = f"/api/team/members/{t.admin.user_id}"
+        assert (await call(served, "PATCH", path, t.owner, {"role": "member"}))[0] == 200
+        status, body = await call(served, "POST", f"/api/team/invitations/{invitation['token']}/accept", alt)
+        assert (status, body["error"]["code"]) == (404, "invitation_not_found")

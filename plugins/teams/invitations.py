@@ -120,9 +120,9 @@ class InvitationStore:
     async def revoke_of_member(
         conn: AsyncConnection, *, account_id: int, user_id: int, email: str | None, phone: str | None, at: datetime
     ) -> int:
-        """In the caller's transaction: revoke the team's open invitations to this member's email or phone, and
-        those they sent (a member being removed must not come back with a spare link, nor send a second
-        account of theirs in); how many."""
+        """In the caller's transaction: revoke the team's open invitations to this member's email or phone
+        (None: none), and those they sent (a member being removed must not come back with a spare link, nor
+        send a second account of theirs in); how many."""
         c = team_invitations.c
         to = [c.invited_by == user_id]
         to += [c.email == email] if email else []

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from edge.db import Database
 from edge.services import UserProfile
 from plugins.teams.invitations import InvitationStore
+from plugins.teams.policy import permits
 from plugins.teams.tables import team_members
 from plugins.teams.trail import Actor, note
 
@@ -118,12 +119,26 @@ class MemberStore:
             changed = {k: v for k, v in values.items() if getattr(before, k) != v}
             if changed:
                 await conn.execute(team_members.update().where(_mine(account_id, user_id)).values(**changed))
+            spare: dict[str, int] = {}
+            if "role" in changed and not permits(role=changed["role"], action="members.invite"):
+                # A role that may not invite keeps none of the invitations it sent (say, to a second account).
+                spare["invitations_revoked"] = await InvitationStore.revoke_of_member(
+                    conn, account_id=account_id, user_id=user_id, email=None, phone=None, at=actor.at
+                )
             for field, action in (("role", "role_changed"), ("monthly_limit_milli", "limit_changed")):
                 if field in changed:
                     after = changed[field]
                     old = getattr(before, field)
+                    details = spare if field == "role" else {}
                     await note(
-                        conn, actor, action, target=f"user:{user_id}", account_id=account_id, before=old, after=after
+                        conn,
+                        actor,
+                        action,
+                        target=f"user:{user_id}",
+                        account_id=account_id,
+                        before=old,
+                        after=after,
+                        **details,
                     )
             row = (await conn.execute(sa.select(*_COLUMNS).where(_mine(account_id, user_id)))).first()
         return None if row is None else _membership(row)
