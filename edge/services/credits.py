@@ -221,6 +221,12 @@ class Credits(Protocol):
         page of keys (at most a few hundred limits)."""
         ...
 
+    async def recount_spend(self, *, account_id: int, kind: str, scope_id: int) -> None:
+        """Count the scope's spend in its current periods afresh from the account's usage rows: the plugin
+        that sets a limit calls this once the limit is set (again), so what the scope spent while it had no
+        limit, or one of another period, counts against it."""
+        ...
+
     async def recent_usage(
         self, *, account_id: int, limit: int = 50, user_id: int | None = None, before_id: int | None = None
     ) -> list[UsageItem]:

@@ -12,7 +12,7 @@ from starlette.routing import BaseRoute, Route
 from edge.errors import Forbidden, GatewayError, NotFound
 from edge.inputs import FieldError, Form, read_json
 from edge.security import over_https
-from edge.services import PREFERENCES, TEAMS, TeamJoin
+from edge.services import CREDITS, PREFERENCES, TEAMS, TeamJoin
 from plugins.auth_keys import inputs, strength
 from plugins.auth_keys.guards import check_csrf
 from plugins.auth_keys.inputs import invalid
@@ -334,6 +334,10 @@ class AuthApi:
         if key is None:
             raise _no_key()
         await self.plugin.accounts.invalidate_key(key_id)
+        credits = self.plugin.gateway.maybe(CREDITS)
+        if limit_milli is not None and credits is not None:
+            # After the invalidation: what the key spent unlimited until then counts against the new limit.
+            await credits.recount_spend(account_id=user.account_id, kind="key", scope_id=key_id)
         return JSONResponse({"key": key})
 
     async def revoke_key(self, request: Request) -> Response:

@@ -35,7 +35,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from edge.services import SpendLimit
+from edge.services import SPEND_PERIODS, SpendLimit
 from plugins.credits.tables import scope_holds, spend_scopes, usage
 
 TOTAL_START = date(1970, 1, 1)
@@ -219,6 +219,22 @@ async def charge(
             )
     if keys:
         await conn.execute(scope_holds.delete().where(scope_holds.c.hold_id == hold_id))
+
+
+async def recount(
+    conn: AsyncConnection, *, kind: str, scope_id: int, account_id: int, now: float, tz: zoneinfo.ZoneInfo
+) -> None:
+    """Set `spent` of the scope's current rows (each period) back to the sum of its usage rows: called when its
+    limit is set again. While a key had no limit (or another period), its requests charged no row of these,
+    so a row kept from before would let it spend past the limit put back. Each row is locked before its
+    usage is summed, so a settlement racing with this is counted once, whichever commits first."""
+    moment = datetime.fromtimestamp(now, UTC).replace(tzinfo=None)
+    for period in SPEND_PERIODS:
+        scope = current(SpendLimit(kind, scope_id, 0, period), now=now, tz=tz)
+        locked = await conn.execute(spend_scopes.update().where(_row(scope)).values(updated_at=moment))
+        if locked.rowcount:
+            spent = (await conn.execute(spent_query(scope, account_id=account_id))).scalar_one()
+            await conn.execute(spend_scopes.update().where(_row(scope)).values(spent_milli=int(spent)))
 
 
 # ---- reading a scope (GET /v1/account, the refusal's numbers) -------------------------------------------------

@@ -85,6 +85,13 @@ class CreditService:
             resets_at=scope.resets_at(self.plugin.tz),
         )
 
+    async def recount_spend(self, *, account_id: int, kind: str, scope_id: int) -> None:
+        plugin = self.plugin
+        async with plugin.gateway.database.begin() as conn:
+            await spend_scopes.recount(
+                conn, kind=kind, scope_id=scope_id, account_id=account_id, now=plugin.gateway.clock.time(), tz=plugin.tz
+            )
+
     async def recent_usage(
         self, *, account_id: int, limit: int = 50, user_id: int | None = None, before_id: int | None = None
     ) -> list[UsageItem]:

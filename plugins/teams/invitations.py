@@ -116,6 +116,24 @@ class InvitationStore:
             await note(conn, actor, "invitation_revoked", target=f"invitation:{invitation_id}", account_id=account_id)
         return True
 
+    @staticmethod
+    async def revoke_of_member(
+        conn: AsyncConnection, *, account_id: int, user_id: int, email: str | None, phone: str | None, at: datetime
+    ) -> int:
+        """In the caller's transaction: revoke the team's open invitations to this member's email or phone
+        (None: none), and those they sent (a member being removed must not come back with a spare link, nor
+        send a second account of theirs in); how many."""
+        c = team_invitations.c
+        to = [c.invited_by == user_id]
+        to += [c.email == email] if email else []
+        to += [c.phone == phone] if phone else []
+        done = await conn.execute(
+            team_invitations.update()
+            .where(c.account_id == account_id, c.accepted_at.is_(None), c.revoked_at.is_(None), sa.or_(*to))
+            .values(revoked_at=at)
+        )
+        return int(done.rowcount)
+
     async def accept(self, *, token: str, invitee: Invitee, actor: Actor) -> Invitation:
         """Make the invitee a member of the invitation's team; raises the refusal a client sees otherwise."""
         async with self.db.begin() as conn:

@@ -17,6 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from edge.db import Database
 from edge.services import UserProfile
+from plugins.teams.invitations import InvitationStore
+from plugins.teams.policy import permits
 from plugins.teams.tables import team_members
 from plugins.teams.trail import Actor, note
 
@@ -110,28 +112,47 @@ class MemberStore:
             return [_membership(row) for row in await conn.execute(query)]
 
     async def update(self, *, account_id: int, user_id: int, values: dict[str, Any], actor: Actor) -> Membership | None:
-        """Change the member's `role` and/or `monthly_limit_milli`; each value that changes is audited."""
+        """Change the member's `role` and/or `monthly_limit_milli`; each value that changes is audited. None
+        when the team has no such member, or it is the owner now (checked on the locked row: a change checked
+        before the member accepted the ownership must not demote the new owner)."""
         async with self.db.begin() as conn:
             before = await _locked(conn, account_id, user_id)
-            if before is None:
+            if before is None or before.role == "owner":
                 return None
             changed = {k: v for k, v in values.items() if getattr(before, k) != v}
             if changed:
                 await conn.execute(team_members.update().where(_mine(account_id, user_id)).values(**changed))
+            spare: dict[str, int] = {}
+            if "role" in changed and not permits(role=changed["role"], action="members.invite"):
+                # A role that may not invite keeps none of the invitations it sent (say, to a second account).
+                spare["invitations_revoked"] = await InvitationStore.revoke_of_member(
+                    conn, account_id=account_id, user_id=user_id, email=None, phone=None, at=actor.at
+                )
             for field, action in (("role", "role_changed"), ("monthly_limit_milli", "limit_changed")):
                 if field in changed:
                     after = changed[field]
                     old = getattr(before, field)
+                    details = spare if field == "role" else {}
                     await note(
-                        conn, actor, action, target=f"user:{user_id}", account_id=account_id, before=old, after=after
+                        conn,
+                        actor,
+                        action,
+                        target=f"user:{user_id}",
+                        account_id=account_id,
+                        before=old,
+                        after=after,
+                        **details,
                     )
             row = (await conn.execute(sa.select(*_COLUMNS).where(_mine(account_id, user_id)))).first()
         return None if row is None else _membership(row)
 
-    async def remove(self, *, account_id: int, user_id: int, actor: Actor, revoke: Revoke) -> list[int] | None:
+    async def remove(
+        self, *, account_id: int, user_id: int, actor: Actor, revoke: Revoke, person: UserProfile | None
+    ) -> list[int] | None:
         """Remove the member and, in the same transaction, revoke their keys on the team's account
-        (`revoke`: the ACCOUNTS service's, given the transaction); the revoked keys' ids, or None when the
-        team has no such member (or it is the owner)."""
+        (`revoke`: the ACCOUNTS service's, given the transaction) and the team's open invitations to their
+        email or phone (`person`) or sent by them; the revoked keys' ids, or None when the team has no such
+        member (or it is the owner)."""
         async with self.db.begin() as conn:
             before = await _locked(conn, account_id, user_id)
             if before is None or before.role == "owner":
@@ -142,6 +163,14 @@ class MemberStore:
             if gone.rowcount != 1:
                 return None
             revoked = await revoke(account_id=account_id, user_id=user_id, conn=conn)
+            spare = await InvitationStore.revoke_of_member(
+                conn,
+                account_id=account_id,
+                user_id=user_id,
+                email=person.email if person else None,
+                phone=person.phone if person else None,
+                at=actor.at,
+            )
             await note(
                 conn,
                 actor,
@@ -150,23 +179,30 @@ class MemberStore:
                 account_id=account_id,
                 role=before.role,
                 keys_revoked=revoked,
+                invitations_revoked=spare,
             )
         return revoked
 
-    async def offer(self, *, account_id: int, user_id: int, actor: Actor) -> None:
-        """Offer the ownership to one member (an earlier offer to another is withdrawn)."""
+    async def offer(self, *, account_id: int, user_id: int, actor: Actor) -> bool:
+        """Offer the ownership to one member (an earlier offer to another is withdrawn); False when the actor
+        is no longer the owner: checked on their locked row in the transaction that writes the offer, so an
+        offer checked just before the ownership moved cannot stand (take_ownership locks that row first)."""
         async with self.db.begin() as conn:
+            if not await _lock_owner(conn, account_id, user_id=actor.user_id):
+                return False
             await conn.execute(
                 team_members.update().where(team_members.c.account_id == account_id).values(offered_owner=False)
             )
             await conn.execute(team_members.update().where(_mine(account_id, user_id)).values(offered_owner=True))
             await note(conn, actor, "ownership_offered", target=f"user:{user_id}", account_id=account_id)
+        return True
 
     async def take_ownership(self, *, account_id: int, actor: Actor) -> bool:
         """The offered member (the actor) becomes the owner and the owner an admin, in one transaction;
         False when no offer to this member stands (withdrawn, or already taken)."""
         user_id = actor.user_id
         async with self.db.begin() as conn:
+            await _lock_owner(conn, account_id)  # first, as `offer` does: the two never wait on each other in a circle
             taken = await conn.execute(
                 team_members.update()
                 .where(_mine(account_id, user_id), team_members.c.offered_owner.is_(True))
@@ -209,6 +245,15 @@ class MemberStore:
             )
         ).one()
         return member, int(counted[0]), int(counted[1])
+
+
+async def _lock_owner(conn: AsyncConnection, account_id: int, *, user_id: int | None = None) -> bool:
+    """Lock the team's owner row (a write, so SQLite's write lock too); whether it is `user_id`'s (any
+    owner's when None). The owner never has an offer, so the write changes nothing."""
+    c = team_members.c
+    where = [c.account_id == account_id, c.role == "owner"] + ([c.user_id == user_id] if user_id is not None else [])
+    locked = await conn.execute(team_members.update().where(*where).values(offered_owner=False))
+    return bool(locked.rowcount == 1)
 
 
 async def _locked(conn: AsyncConnection, account_id: int, user_id: int) -> Membership | None:

@@ -24,7 +24,7 @@ from starlette.routing import BaseRoute, Route
 
 from edge import audit
 from edge.inputs import FieldError, Form, Parser, choice, integer, read_json, text
-from edge.services import ACCOUNTS, GUARDS, PortalUser
+from edge.services import ACCOUNTS, CREDITS, GUARDS, PortalUser
 from plugins.teams import answers
 from plugins.teams.invitations import TOKEN, Invitee
 from plugins.teams.keys import TeamKeys
@@ -141,6 +141,10 @@ class TeamApi:
         )
         if updated is None:
             raise answers.member_not_found()
+        credits = self.plugin.gateway.maybe(CREDITS)
+        if updated.monthly_limit_milli is not None and "monthly_limit_milli" in values and credits is not None:
+            # What the member spent this month while they had no limit counts against the one set now.
+            await credits.recount_spend(account_id=me.account_id, kind="member", scope_id=updated.user_id)
         return JSONResponse(
             {"user_id": updated.user_id, "role": updated.role, "monthly_limit_milli": updated.monthly_limit_milli}
         )
@@ -152,11 +156,13 @@ class TeamApi:
         target = await self._target(me, _path_id(request, "user_id"))
         if target.home or not permits(role=me.role, action="members.remove", target_role=target.role):
             raise answers.team_forbidden("members.remove")
+        accounts = self.plugin.gateway.service(ACCOUNTS)
         revoked = await self.plugin.members.remove(
             account_id=me.account_id,
             user_id=target.user_id,
             actor=self.actor(request, user),
-            revoke=self.plugin.gateway.service(ACCOUNTS).revoke_keys,
+            revoke=accounts.revoke_keys,
+            person=await accounts.user(target.user_id),
         )
         if revoked is None:
             raise answers.member_not_found()
@@ -229,7 +235,8 @@ class TeamApi:
         target = await self._target(me, user_id)
         if target.user_id == me.user_id:
             raise answers.member_not_found()
-        await self.plugin.members.offer(account_id=me.account_id, user_id=target.user_id, actor=actor)
+        if not await self.plugin.members.offer(account_id=me.account_id, user_id=target.user_id, actor=actor):
+            raise answers.team_forbidden("ownership.offer")  # the ownership moved meanwhile
         return JSONResponse({"account_id": me.account_id, "offered_to": target.user_id}, status_code=202)
 
     async def create_key(self, request: Request) -> Response:
