@@ -21,25 +21,27 @@ from tests.conftest import truncate_mariadb
 from tests.support.auth import bearer
 from tests.support.bodies import chat_body
 from tests.support.credits import credits_config, table_rows, until_settled
-from tests.support.servers import clean_env, fake_ollama_process, gateway_processes, run_cli
+from tests.support.servers import Gate, clean_env, fake_ollama_process, gateway_processes, run_cli
 
 pytestmark = pytest.mark.slow
 
 REQUESTS = 200
 HOLDS = 10
 ACCOUNT = 42
-# The fake answers after this many seconds, so every one of the 200 reaches `reserve` (about 1.3 s for all
-# of them here) before any success settles and frees the part of its hold it did not spend.
-LATENCY = "4"
+# The fake answers no sooner than this, and then only once the burst's 190 refusals are back (its gate,
+# see servers.Gate): no success settles and frees the part of its hold it did not spend while any of the
+# 200 is still on its way to `reserve`.
+LATENCY = "1"
 TEST_AUTH = {"name": "test_auth", "module": "tests.support.auth"}
 
 
 @contextmanager
 def setup(
     tmp_path: Path, mariadb_database: str, redis_url: str, *fake_args: str, lease_requests: int = 0
-) -> Iterator[tuple[Path, Any]]:
+) -> Iterator[tuple[Path, Any, Gate]]:
     truncate_mariadb(mariadb_database)
-    with fake_ollama_process(*fake_args) as ollama_url:
+    gate = Gate(tmp_path / "fake-ollama.gate")
+    with fake_ollama_process(*fake_args, *gate.args) as ollama_url:
         config = credits_config(
             ollama_url=ollama_url,
             database_url=mariadb_database,
@@ -50,7 +52,7 @@ def setup(
         config["server"]["log_level"] = "warning"
         path = tmp_path / "gateway.yaml"
         path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
-        yield path, config
+        yield path, config, gate
 
 
 class Watch:
@@ -75,7 +77,7 @@ class Watch:
 
 
 async def run_burst(
-    config: dict[str, Any], ports: list[int], send: Any, *, stream: bool
+    config: dict[str, Any], ports: list[int], gate: Gate, send: Any, *, stream: bool
 ) -> tuple[list[tuple[str, int, Any]], Watch, Gateway, int]:
     """Fund the account with exactly HOLDS worst-case holds, send REQUESTS at once, wait for settlement."""
     gateway = Gateway(config_module.parse(config, env={}))
@@ -89,12 +91,16 @@ async def run_burst(
     watch = Watch(gateway)
     stop = asyncio.Event()
     watcher = asyncio.ensure_future(watch.run(stop))
+
+    async def counted(http: aiohttp.ClientSession, i: int) -> tuple[str, int, Any]:
+        url = f"http://127.0.0.1:{ports[i % len(ports)]}/v1/chat/completions"
+        result = await send(http, url, body, f"burst-{i:03d}")
+        gate.returned()
+        return result  # type: ignore[no-any-return]
+
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
-        results = await asyncio.gather(
-            *(
-                send(http, f"http://127.0.0.1:{ports[i % len(ports)]}/v1/chat/completions", body, f"burst-{i:03d}")
-                for i in range(REQUESTS)
-            )
+        *results, _ = await asyncio.gather(
+            *(counted(http, i) for i in range(REQUESTS)), gate.open_after(REQUESTS - HOLDS)
         )
     await until_settled(gateway, ACCOUNT, within=20)
     stop.set()
@@ -155,10 +161,11 @@ async def test_200_concurrent_requests_on_two_hosts_never_spend_more_than_the_ba
         setup(tmp_path, mariadb_database, redis_url, "--latency", LATENCY, lease_requests=lease_requests) as (
             path,
             config,
+            gate,
         ),
         gateway_processes(path, tmp_path) as ports,
     ):
-        results, watch, gateway, hold = await run_burst(config, ports, send, stream=False)
+        results, watch, gateway, hold = await run_burst(config, ports, gate, send, stream=False)
         try:
             usage = await check_books(gateway, results, watch, hold)
         finally:
@@ -213,10 +220,10 @@ async def test_200_concurrent_streams_cut_at_random_points_are_billed_exactly(
             "--chunk-interval",
             "0.03",
             lease_requests=lease_requests,
-        ) as (path, config),
+        ) as (path, config, gate),
         gateway_processes(path, tmp_path) as ports,
     ):
-        results, watch, gateway, hold = await run_burst(config, ports, send, stream=True)
+        results, watch, gateway, hold = await run_burst(config, ports, gate, send, stream=True)
         try:
             usage = await check_books(gateway, results, watch, hold)
         finally:

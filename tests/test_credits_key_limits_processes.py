@@ -50,11 +50,15 @@ async def test_200_concurrent_requests_on_two_workers_never_spend_past_a_keys_li
     hold = len(body) + 64  # basic: local only, 1x, the model's default cap of 64
     limit = hold * HOLDS
     plugins = [auth_plugin_entry()]
-    async with deployed(tmp_path, mariadb_database, redis_url, plugins=plugins, lease_requests=lease_requests) as site:
+    async with deployed(
+        tmp_path, mariadb_database, redis_url, plugins=plugins, lease_requests=lease_requests, gated=True
+    ) as site:
         gateway = site.gateway
         account, key_id, secret = await limited_key(gateway, limit)
         url = site.url("/v1/chat/completions")
-        answers = await burst(url, body, [secret], REQUESTS)
+        answers, _ = await asyncio.gather(
+            burst(url, body, [secret], REQUESTS, gate=site.gate), site.gate.open_after(REQUESTS - HOLDS)
+        )
         await until_settled(gateway, account, within=30)
         statuses = [status for status, _, _ in answers]
         assert set(statuses) <= {200, 402} and statuses.count(200) == HOLDS, statuses

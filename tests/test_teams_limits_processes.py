@@ -59,7 +59,9 @@ async def test_200_concurrent_requests_on_two_workers_never_spend_past_a_members
 ) -> None:
     limit = HOLD * HOLDS
     plugins = [auth_plugin_entry(), {"name": "teams", "settings": {}}]
-    async with deployed(tmp_path, mariadb_database, redis_url, plugins=plugins, lease_requests=lease_requests) as site:
+    async with deployed(
+        tmp_path, mariadb_database, redis_url, plugins=plugins, lease_requests=lease_requests, gated=True
+    ) as site:
         remote, gateway = site.remote, site.gateway
         owner = await register_user(remote, tier="enterprise", locale="en")
         team = owner.account_id
@@ -75,8 +77,12 @@ async def test_200_concurrent_requests_on_two_workers_never_spend_past_a_members
         assert (status, patched["monthly_limit_milli"]) == (200, limit)
 
         url = site.url("/v1/chat/completions")
-        answers, owners = await asyncio.gather(
-            burst(url, BODY, member_keys, REQUESTS), burst(url, BODY, [owner_key], OWNER_REQUESTS)
+        # The members' refusals come back while every served request (theirs and the owner's) waits at the
+        # fake's gate, so no settlement frees room during the burst.
+        answers, owners, _ = await asyncio.gather(
+            burst(url, BODY, member_keys, REQUESTS, gate=site.gate),
+            burst(url, BODY, [owner_key], OWNER_REQUESTS),
+            site.gate.open_after(REQUESTS - HOLDS),
         )
         await until_settled(gateway, team, within=30)
         statuses = [status for status, _, _ in answers]

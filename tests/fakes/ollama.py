@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
+import os
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -73,6 +74,9 @@ class FakeSettings:
     require_key: str | None = None
     models: list[str] = field(default_factory=list)
     name: str = "ollama"
+    # A file answers wait for (after `latency`): a test opens it when it has seen what it needed to see
+    # before any answer settles, instead of betting on a latency being long enough on a loaded machine.
+    gate: str | None = None
     # Seconds between a stream's last event and the end of its chunked body (Go's server writes them apart).
     end_delay: float = 0.0
     # A request whose message text contains this answers 500 every time, as a runner that crashes on one
@@ -407,6 +411,14 @@ class FakeOllama:
         finally:
             self._release()
 
+    async def _wait(self) -> None:
+        """The time an answer takes to start: `latency`, then until the `gate` file exists."""
+        if self.settings.latency > 0:
+            await asyncio.sleep(self.settings.latency)
+        # Another process makes the file: there is nothing to await but its appearance.
+        while self.settings.gate is not None and not os.path.exists(self.settings.gate):  # noqa: ASYNC110, ASYNC240
+            await asyncio.sleep(0.01)
+
     async def _start_generation(self, body: JsonObject, model: str, native: bool) -> _Generation:
         messages = body.get("messages")
         prompt = prompt_token_count(messages if isinstance(messages, list) else [])
@@ -417,8 +429,7 @@ class FakeOllama:
         limit = _limit(body, native)
         if limit is not None and limit < gen.count:
             gen.count, gen.finish = limit, "length"
-        if s.latency > 0:
-            await asyncio.sleep(s.latency)
+        await self._wait()
         gen.load_ns = time.perf_counter_ns() - gen.started_ns
         return gen
 
@@ -555,8 +566,7 @@ class FakeOllama:
             raise _HttpError(400, "invalid input")
         texts = [x for x in inputs if isinstance(x, str)]
         async with self._serving(request, wire, body, model, False):
-            if self.settings.latency > 0:
-                await asyncio.sleep(self.settings.latency)
+            await self._wait()
             tokens = sum(_count_tokens(t) for t in texts)
             data = [{"object": "embedding", "embedding": _embedding(t), "index": i} for i, t in enumerate(texts)]
             out: JsonObject = {"object": "list", "data": data, "model": model}
@@ -678,6 +688,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--require-key", default=None, help="bearer key required on every request")
     p.add_argument("--poison", default=None, help="message text that makes a request answer 500")
     p.add_argument("--usage", default=None, help="JSON object reported as every answer's usage")
+    p.add_argument("--gate", default=None, help="answers wait (after --latency) until this file exists")
     return p.parse_args(argv)
 
 
@@ -694,6 +705,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         require_key=args.require_key,
         poison=args.poison,
         usage=orjson.loads(args.usage) if args.usage else None,
+        gate=args.gate,
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(process.serve(FakeOllama(settings), args.host, args.port))

@@ -27,11 +27,11 @@ from edge.gateway import Gateway
 from tests.conftest import truncate_mariadb
 from tests.support.credits import credits_config
 from tests.support.portal import bearer
-from tests.support.servers import clean_env, fake_ollama_process, gateway_processes, run_cli
+from tests.support.servers import Gate, clean_env, fake_ollama_process, gateway_processes, run_cli
 
-# The fake answers after this many seconds, so every request of a burst reaches `reserve` before the first
-# success settles and frees the part of its hold it did not spend (see test_credits_concurrency.py).
-LATENCY = "4"
+# The fake answers no sooner than this; `Deployed.gate` holds the answers of a proof's burst until all its
+# refusals are back (see servers.Gate).
+LATENCY = "1"
 
 
 class Remote:
@@ -54,6 +54,7 @@ class Deployed:
     config_path: Path
     gateway: Gateway
     remote: Remote
+    gate: Gate
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -69,12 +70,17 @@ async def deployed(
     lease_requests: int = 0,
     fake_args: Sequence[str] = ("--latency", LATENCY),
     credits: dict[str, Any] | None = None,
+    gated: bool = False,
 ) -> AsyncIterator[Deployed]:
     """One `serve --workers 2` with the credits plugin (`credits`: its settings) and `plugins` on an emptied
-    MariaDB database, the fake Ollama run with `fake_args`; on a clean exit, `reconcile` must find nothing
-    and the log must hold no error."""
+    MariaDB database, the fake Ollama run with `fake_args` and a closed `gate` when `gated` (the test opens
+    it: `site.gate.open_after(...)`); on a clean exit, `reconcile` must find nothing and the log must hold
+    no error."""
     truncate_mariadb(mariadb_database)
-    with fake_ollama_process(*fake_args) as ollama_url:
+    gate = Gate(tmp_path / "fake-ollama.gate")
+    if not gated:
+        gate.path.touch()
+    with fake_ollama_process(*fake_args, *gate.args) as ollama_url:
         config = credits_config(
             ollama_url=ollama_url,
             database_url=mariadb_database,
@@ -92,7 +98,7 @@ async def deployed(
             try:
                 async with aiohttp.ClientSession() as http:
                     remote = Remote(f"http://127.0.0.1:{port}", gateway, http)
-                    yield Deployed(port, config, path, gateway, remote)
+                    yield Deployed(port, config, path, gateway, remote, gate)
             finally:
                 await gateway.stop()
         code, out, err = await run_cli("reconcile", env=clean_env(RESAYIL_CONFIG=str(path)))
@@ -102,16 +108,19 @@ async def deployed(
 
 
 async def burst(
-    url: str, body: bytes, secrets: Sequence[str], count: int, *, fresh: bool = False
+    url: str, body: bytes, secrets: Sequence[str], count: int, *, fresh: bool = False, gate: Gate | None = None
 ) -> list[tuple[int, Any, dict[str, str]]]:
     """`count` concurrent POSTs of `body` to `url`, the i-th with `secrets[i % len(secrets)]`: (status, JSON,
-    headers) each. `fresh`: a connection each, so both workers answer some."""
+    headers) each. `fresh`: a connection each, so both workers answer some. `gate` counts the answers."""
     connector = aiohttp.TCPConnector(limit=0, force_close=fresh)
 
     async def send(http: aiohttp.ClientSession, secret: str) -> tuple[int, Any, dict[str, str]]:
         headers = {"content-type": "application/json", **bearer(secret)}
         async with http.post(url, data=body, headers=headers) as r:
-            return r.status, await r.json(), dict(r.headers)
+            answer = r.status, await r.json(), dict(r.headers)
+        if gate is not None:
+            gate.returned()
+        return answer
 
     async with aiohttp.ClientSession(connector=connector) as http:
         return await asyncio.gather(*(send(http, secrets[i % len(secrets)]) for i in range(count)))

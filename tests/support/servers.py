@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -154,3 +155,36 @@ async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, s
     out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+class Gate:
+    """The fake Ollama's `--gate` file: answers wait for it, so a burst's proof does not bet on a latency
+    outlasting the time every request takes to reach `reserve` (on a loaded machine it did not, and early
+    successes settled, freed the unspent part of their holds and let more requests in, legitimately).
+
+    Count each answer that comes back with `returned()`; `open_after(n)` opens the gate once `n` have (the
+    refusals a proof expects), or after `within` seconds, so a burst that let too many through is not stuck
+    but fails its count."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.count = 0
+        self.wanted: int | None = None
+        self.enough = asyncio.Event()
+
+    @property
+    def args(self) -> tuple[str, str]:
+        return ("--gate", str(self.path))
+
+    def returned(self) -> None:
+        self.count += 1
+        if self.wanted is not None and self.count >= self.wanted:
+            self.enough.set()
+
+    async def open_after(self, answers: int, within: float = 60.0) -> None:
+        self.wanted = answers
+        if self.count >= answers:
+            self.enough.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.enough.wait(), within)
+        self.path.touch()
