@@ -17,7 +17,10 @@ from typing import Any
 
 import pymysql
 import pytest
+import sqlalchemy as sa
 
+from edge.db import Database
+from edge.transient import outage_cause
 from tests.conftest import MARIADB, truncate_mariadb, unique
 from tests.support.credits import credits_config, until_settled
 from tests.support.portal import (
@@ -167,3 +170,21 @@ async def test_sqlite_locked_past_its_busy_timeout_is_503_on_api_until_the_lock_
             holder.close()
         status, body, _, _ = await answer(gw, "POST", "/api/auth/register", json=registering)
         assert (status, body["user"]["email"]) == (201, registering["email"])
+
+
+async def test_only_connection_failures_count_as_an_outage(db_url: str) -> None:
+    """A server nobody answers at is an outage; a query the database rejects stays an error (a 500)."""
+    unreachable = Database(db_url.replace("127.0.0.1:3306", "127.0.0.1:1") if "mysql" in db_url else db_url)
+    db = Database(db_url)
+    try:
+        if "mysql" in db_url:
+            with pytest.raises(Exception) as refused:
+                await unreachable.ping()
+            assert outage_cause(refused.value) == "mysql OperationalError 2003"
+        async with db.connect() as conn:
+            with pytest.raises(Exception) as rejected:
+                await conn.execute(sa.text("SELECT * FROM no_such_table"))
+        assert outage_cause(rejected.value) is None
+    finally:
+        await unreachable.close()
+        await db.close()
