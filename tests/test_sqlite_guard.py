@@ -21,7 +21,7 @@ async def test_leaves_a_query_running() -> None:
     """Force-closed as SQLAlchemy's terminate does, while its thread still runs a query: the thread answers
     the test's loop after it closed."""
     conn = await aiosqlite.connect(":memory:")
-    conn._tx.put_nowait((asyncio.get_running_loop().create_future(), lambda: time.sleep(0.5)))
+    conn._tx.put_nowait((asyncio.get_running_loop().create_future(), lambda: time.sleep(1.0)))
     conn.stop()
 
 
@@ -40,7 +40,7 @@ async def test_runs_last() -> None:
 CONFTEST = """
 import tests.support.sqlite_guard as guard
 
-guard.CLOSE_WAIT_SECONDS = 1.0  # a connection nobody closes is waited for this long
+guard.CLOSE_WAIT_SECONDS = 3.0  # a connection nobody closes is waited for this long
 """
 
 
