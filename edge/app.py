@@ -25,6 +25,7 @@ from edge.gateway import Gateway
 from edge.handler import V1, new_request_id
 from edge.health import healthz, readyz
 from edge.security import SecurityHeaders, client_request_id
+from edge.transient import DATABASE_ERRORS, database_unavailable, outage_cause
 
 log = logging.getLogger("resayil.app")
 PORTAL_DIR = Path(__file__).resolve().parent.parent / "portal_static"
@@ -66,7 +67,19 @@ async def _gateway_error(request: Request, exc: Exception) -> Response:
     return api_error(exc)
 
 
+async def _database_error(request: Request, exc: Exception) -> Response:
+    """A database that refuses or drops connections is an outage: 503 `database_unavailable`. Any other
+    database error goes on to `_server_error`."""
+    if (cause := outage_cause(exc)) is None:
+        raise exc
+    log.warning("database unavailable on %s: %s", request.url.path, cause)
+    return api_error(database_unavailable())
+
+
 async def _server_error(request: Request, exc: Exception) -> Response:
+    if (cause := outage_cause(exc)) is not None:  # wrapped in another error (Starlette logs it again)
+        log.warning("database unavailable on %s: %s", request.url.path, cause)
+        return api_error(database_unavailable())
     log.error("unexpected error on %s", request.url.path, exc_info=exc)
     return api_error(GatewayError("The server failed to handle this request; it has been logged."))
 
@@ -155,6 +168,7 @@ def build_web(gateway: Gateway) -> Any:
         exception_handlers={
             HTTPException: _http_error,
             GatewayError: _gateway_error,
+            **dict.fromkeys(DATABASE_ERRORS, _database_error),
             Exception: _server_error,
         },
     )

@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import aiosqlite
 import sqlalchemy as sa
 from sqlalchemy import event, exc
 from sqlalchemy.engine import make_url
@@ -53,17 +54,24 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _sqlite_workers(engine: AsyncEngine) -> weakref.WeakSet[threading.Thread]:
-    """The worker thread of every aiosqlite connection the engine opens, kept until the thread ends."""
-    workers: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+class SqliteWorkers:
+    """The worker thread of every aiosqlite connection an engine opens, from the moment the connection object
+    exists: a connection whose opening is cancelled (a job stopped with the gateway while its pool opened
+    one) still has a thread that finishes the opening and answers the loop afterwards. Kept until each ends."""
 
-    def connect(dbapi_connection: Any, _record: Any) -> None:
-        thread = getattr(getattr(dbapi_connection, "_connection", None), "_thread", None)
-        if isinstance(thread, threading.Thread):
-            workers.add(thread)
+    def __init__(self) -> None:
+        self.threads: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
 
-    event.listen(engine.sync_engine, "connect", connect)
-    return workers
+    def connect(self, *args: Any, **kwargs: Any) -> aiosqlite.Connection:
+        """SQLAlchemy's `async_creator_fn`: what its aiosqlite dialect does (it awaits the result), and the
+        thread noted first."""
+        connection = aiosqlite.connect(*args, **kwargs)
+        connection._thread.daemon = True
+        self.threads.add(connection._thread)
+        return connection
+
+    def running(self) -> list[threading.Thread]:
+        return [thread for thread in self.threads if thread.is_alive()]
 
 
 def _join(threads: list[threading.Thread], *, within: float) -> int:
@@ -112,12 +120,14 @@ def _pool_events(engine: AsyncEngine) -> None:
     event.listen(pool, "reset", reset)
 
 
-def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+def make_engine(url: str, *, pool_size: int = 10, workers: SqliteWorkers | None = None) -> AsyncEngine:
+    """The async engine for `url`; on SQLite, `workers` notes every connection's thread."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, pool_size=pool_size, max_overflow=10)
+        connect_args = {"async_creator_fn": workers.connect} if workers is not None else {}
+        engine = create_async_engine(url, pool_size=pool_size, max_overflow=10, connect_args=connect_args)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     query = dict(parsed.query)
@@ -139,13 +149,13 @@ class Database:
 
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = url
-        self.engine = make_engine(url, pool_size=pool_size)
+        self._workers = SqliteWorkers()
+        self.engine = make_engine(url, pool_size=pool_size, workers=self._workers)
         self.dialect = self.engine.dialect.name  # "sqlite" or "mysql"
         # MariaDB/MySQL only: stored procedures for the request path's money transactions, one round trip each.
         self.procedures: Procedures | None = None if self.is_sqlite else Procedures(url, size=pool_size)
         # Connections inside `begin`, by id: what each wants run once its transaction has committed.
         self._open: dict[int, list[Callable[[], None]] | None] = {}
-        self._workers = _sqlite_workers(self.engine) if self.is_sqlite else None
 
     @property
     def is_sqlite(self) -> bool:
@@ -197,7 +207,7 @@ class Database:
         if self.procedures is not None:
             await self.procedures.close()
         await self.engine.dispose()
-        if self._workers and (running := [thread for thread in self._workers if thread.is_alive()]):
+        if running := self._workers.running():
             left = await asyncio.to_thread(_join, running, within=CLOSE_WAIT_SECONDS)
             if left:
                 log.warning("SQLite connections still open after the database closed: %d", left)

@@ -121,22 +121,25 @@ class Gateway:
         )
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.stop()  # first: a job may use what the shutdown hooks close
-            self._runner = None
-        # Background work spawns more (a settlement's event is delivered by a task its commit spawns): wait
-        # until none is left, or a task would use the pools after they close and outlive the event loop.
-        await self.drain()
-        await self.chain.all("resayil_shutdown", gateway=self)
-        await self.drain()
-        self._services.clear()
-        if self.http is not None:
-            await self.http.close()
-        if self.redis is not None:
-            await self.redis.aclose()
-        if self.db is not None:
-            await self.db.close()
-        self.started = False
+        try:
+            if self._runner is not None:
+                await self._runner.stop()  # first: a job may use what the shutdown hooks close
+                self._runner = None
+            # Background work spawns more (a settlement's event is delivered by a task its commit spawns): wait
+            # until none is left, or a task would use the pools after they close and outlive the event loop.
+            await self.drain()
+            await self.chain.all("resayil_shutdown", gateway=self)
+            await self.drain()
+            self._services.clear()
+            if self.http is not None:
+                await self.http.close()
+            if self.redis is not None:
+                await self.redis.aclose()
+        finally:
+            # Whatever failed above: on SQLite an unclosed pool's worker threads outlive the event loop.
+            if self.db is not None:
+                await self.db.close()
+            self.started = False
 
     def plugin_names(self) -> list[str]:
         return [name for name, _ in self.pm.list_name_plugin() if not name.startswith("default.")]

@@ -42,6 +42,7 @@ from edge.gateway import Gateway
 from edge.relay import Forwarder
 from edge.request import parse_chat, parse_embeddings
 from edge.security import NOSNIFF, client_request_id
+from edge.transient import database_outage, database_unavailable, outage_cause
 
 log = logging.getLogger("resayil.access")
 # The status recorded for a request whose client went away before any answer (nginx's convention).
@@ -184,12 +185,16 @@ class V1:
             if ctx.first_byte_at is None:  # nothing was sent yet: the error is the answer
                 ctx.status = exc.status
                 await send_error(send, exc, self._headers(ctx))
-        except Exception:
-            log.exception("unexpected error", extra={"fields": {"request_id": ctx.request_id}})
-            ctx.outcome, ctx.error_code = "error", "server_error"
-            if ctx.first_byte_at is None:
-                ctx.status = 500
+        except Exception as exc:
+            if (cause := outage_cause(exc)) is None:
+                log.exception("unexpected error", extra={"fields": {"request_id": ctx.request_id}})
                 error = GatewayError("The gateway failed to handle this request; it has been logged.")
+            else:
+                log.warning("database unavailable: %s", cause, extra={"fields": {"request_id": ctx.request_id}})
+                error = database_unavailable()
+            ctx.outcome, ctx.error_code = "error", error.code
+            if ctx.first_byte_at is None:
+                ctx.status = error.status
                 await send_error(send, error, self._headers(ctx))
         finally:
             self._log(ctx)
@@ -254,9 +259,9 @@ class V1:
             if ctx.first_byte_at is None:
                 ctx.status = exc.status  # what the client is about to get, for settle to record
             raise
-        except Exception:
-            if ctx.first_byte_at is None:
-                ctx.status = 500
+        except Exception as exc:
+            if ctx.first_byte_at is None:  # what the client is about to get (`__call__`), for settle to record
+                ctx.status = 503 if database_outage(exc) else 500
             raise
         finally:
             watcher.cancel()

@@ -6,7 +6,6 @@ import asyncio
 import os
 import shutil
 import socket
-import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -14,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import aiosqlite.core
 import pymysql
 import pytest
 import redis as redis_sync
@@ -53,30 +51,8 @@ def need(service: str, host: str, port: int) -> None:
     pytest.skip(f"{service} at {host}:{port} is not reachable")
 
 
-def sqlite_workers() -> set[threading.Thread]:
-    """The running worker threads of aiosqlite connections: one per open SQLite connection."""
-    worker = aiosqlite.core._connection_worker_thread
-    return {thread for thread in threading.enumerate() if getattr(thread, "_target", None) is worker}
-
-
-_WORKERS_BEFORE = pytest.StashKey[set[threading.Thread]]()
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    item.stash[_WORKERS_BEFORE] = sqlite_workers()
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_runtest_teardown(item: pytest.Item) -> None:
-    """Fail the test that leaves a SQLite connection open once its event loop has closed (its fixtures are
-    torn down by now): its worker thread would raise "Event loop is closed" in whichever test runs next.
-    Runs before pytest's own trylast check, so an exception such a thread raised is this test's too."""
-    left = sqlite_workers() - item.stash.get(_WORKERS_BEFORE, set())
-    for thread in left:
-        thread.join(timeout=1)
-    if still := [thread.name for thread in left if thread.is_alive()]:
-        pytest.fail(f"the test left {len(still)} SQLite connection(s) open after its event loop closed: {still}")
+# Fails the test that leaves a SQLite connection open after its event loop closed (tests/support/sqlite_guard.py).
+pytest_plugins = ["tests.support.sqlite_guard"]
 
 
 # ---- databases -------------------------------------------------------------------------------------------

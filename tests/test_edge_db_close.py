@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+from pathlib import Path
 
 import sqlalchemy as sa
 
 from edge.db import Database
-from tests.conftest import sqlite_workers
+from tests.support.sqlite_guard import sqlite_workers
 
 scratch = sa.Table("edge_close_scratch", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True))
 
@@ -43,3 +44,31 @@ async def test_a_query_cancelled_while_sqlite_is_busy_is_finished_before_close_r
         release.join()
         holder.close()
     assert writing.cancelled()
+
+
+async def test_a_connection_whose_opening_is_cancelled_is_finished_before_close_returns(tmp_path: Path) -> None:
+    """A job stopped with the gateway while the pool opens a connection: the opening is cancelled while its
+    worker thread waits for SQLite's lock (switching a new file to WAL takes it), so SQLAlchemy never gets
+    the connection. Its thread is the database's all the same: `close` returns only once it has ended."""
+    path = tmp_path / "fresh.db"
+    holder = sqlite3.connect(path, check_same_thread=False)
+    holder.execute("CREATE TABLE t (id INTEGER)")
+    holder.execute("BEGIN")
+    holder.execute("SELECT count(*) FROM t").fetchall()  # a reader: `PRAGMA journal_mode=WAL` waits for it
+    before = sqlite_workers()
+    db = Database(f"sqlite+aiosqlite:///{path}")
+    opening = asyncio.ensure_future(db.ping())
+    await asyncio.sleep(0.3)
+    assert [worker for worker in sqlite_workers() - before if worker.is_alive()], "the opening should be waiting"
+    for _ in range(2):
+        opening.cancel()
+        await asyncio.wait([opening], timeout=0.2)
+    release = threading.Timer(0.5, holder.rollback)
+    release.start()
+    try:
+        await db.close()
+        assert not [worker for worker in sqlite_workers() - before if worker.is_alive()]
+    finally:
+        release.join()
+        holder.close()
+    assert opening.cancelled()
