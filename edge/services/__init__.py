@@ -85,6 +85,7 @@ from edge.services.preferences import (
 from edge.services.teams import (
     TEAMS,
     TeamJoin,
+    TeamKeyView,
     Teams,
     TeamStanding,
 )
@@ -130,6 +131,7 @@ __all__ = [
     "SpendLimit",
     "SpendLimits",
     "TeamJoin",
+    "TeamKeyView",
     "TeamStanding",
     "Teams",
     "TopAccount",

@@ -54,9 +54,11 @@ class CreditService:
     async def balance(self, account_id: int) -> Balance:
         return Balance(**await self.plugin.ledger.state(account_id))
 
-    async def month_usage(self, account_id: int) -> MonthUsage:
+    async def month_usage(self, account_id: int, *, user_id: int | None = None) -> MonthUsage:
         today = datetime.now(self.plugin.tz).date()
-        totals = await reports.month_usage(self.plugin.gateway.database, account_id=account_id, today=today)
+        totals = await reports.month_usage(
+            self.plugin.gateway.database, account_id=account_id, today=today, user_id=user_id
+        )
         return MonthUsage(**{**totals, "since": date.fromisoformat(totals["since"])})
 
     async def spend(self, *, account_id: int, limit: SpendLimit) -> Spend:
