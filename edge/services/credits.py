@@ -185,6 +185,23 @@ class UsageOverview:
     top_models: tuple[TopModel, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class MonthTotals:
+    """One calendar month of an account (`month`: its first local day, the credits plugin's timezone)."""
+
+    month: date
+    totals: UsageTotals
+
+
+@dataclass(frozen=True, slots=True)
+class AccountMonths:
+    """An account's totals this calendar month and last, from the roll-ups (zeros for a month it spent nothing)."""
+
+    account_id: int
+    this_month: MonthTotals
+    last_month: MonthTotals
+
+
 class Credits(Protocol):
     async def grant(
         self,
@@ -250,6 +267,11 @@ class Credits(Protocol):
         """Every account's usage by route today, over 7 and 30 days and this month, and the `top` accounts
         and models by milli-credits this month: read from the roll-ups, so its cost does not grow with the
         number of usage rows."""
+        ...
+
+    async def account_months(self, account_id: int) -> AccountMonths:
+        """The account's requests, tokens and milli-credits charged this calendar month and last: two rows of
+        the `usage_monthly` roll-up, never a scan of usage rows. Per user there is no roll-up, so none here."""
         ...
 
 

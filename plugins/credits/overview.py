@@ -1,4 +1,5 @@
-"""The platform's usage as the admins' overview shows it, read from the roll-ups (rollups.py) only.
+"""The platform's usage as the admins' overview shows it, and one account's months (the team's usage page),
+read from the roll-ups (rollups.py) only.
 
 Two queries whatever the number of usage rows (the service runs them at once, on two connections):
 `usage_daily` over at most 31 days (rows: days x models x routes x shards) summed per model and route in the
@@ -14,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from edge.services import RouteUsage, TopAccount, TopModel, UsageTotals
+from edge.services import AccountMonths, MonthTotals, RouteUsage, TopAccount, TopModel, UsageTotals
 from plugins.credits.rollups import month_of
 from plugins.credits.tables import usage_daily, usage_monthly
 
@@ -64,6 +65,11 @@ _TOP_ACCOUNTS = (
     .order_by(_m.charged_milli.desc(), _m.account_id)
     .limit(sa.bindparam("b_top", type_=sa.Integer(), literal_execute=True))
 )
+# Two primary-key lookups: (month, account_id) is the table's key.
+_ACCOUNT_MONTHS = sa.select(_m.month, *(_m[n] for n in _SUMS)).where(
+    _m.account_id == sa.bindparam("b_account", type_=sa.BigInteger()),
+    _m.month.in_([sa.bindparam("b_this", type_=sa.Date()), sa.bindparam("b_last", type_=sa.Date())]),
+)
 
 
 def _totals(values: Sequence[Any]) -> UsageTotals:
@@ -104,3 +110,18 @@ async def top_accounts(conn: AsyncConnection, *, today: date, top: int) -> tuple
     """The `top` accounts by milli-credits charged this month."""
     rows = (await conn.execute(_TOP_ACCOUNTS, {"b_month": month_of(today), "b_top": top})).all()
     return tuple(TopAccount(int(row[0]), _totals(row[1:])) for row in rows)
+
+
+async def account_months(conn: AsyncConnection, *, account_id: int, today: date) -> AccountMonths:
+    """The account's totals this calendar month and last, from `usage_monthly` only."""
+    this_month = month_of(today)
+    last_month = month_of(this_month - timedelta(days=1))
+    params = {"b_account": account_id, "b_this": this_month, "b_last": last_month}
+    found: dict[date, UsageTotals] = {}
+    for month, *sums in (await conn.execute(_ACCOUNT_MONTHS, params)).all():
+        found[date.fromisoformat(month) if isinstance(month, str) else month] = _totals(sums)
+    return AccountMonths(
+        account_id=account_id,
+        this_month=MonthTotals(this_month, found.get(this_month, UsageTotals())),
+        last_month=MonthTotals(last_month, found.get(last_month, UsageTotals())),
+    )

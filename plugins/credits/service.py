@@ -11,7 +11,17 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import date, datetime
 from typing import TYPE_CHECKING, TypeVar
 
-from edge.services import Balance, Grant, LedgerEntry, MonthUsage, Spend, SpendLimit, UsageItem, UsageOverview
+from edge.services import (
+    AccountMonths,
+    Balance,
+    Grant,
+    LedgerEntry,
+    MonthUsage,
+    Spend,
+    SpendLimit,
+    UsageItem,
+    UsageOverview,
+)
 from plugins.credits import admin_reads, overview, reports
 from plugins.credits import scopes as spend_scopes
 
@@ -126,3 +136,8 @@ class CreditService:
         return UsageOverview(
             today=today, month=today.replace(day=1), routes=routes, top_accounts=accounts, top_models=models
         )
+
+    async def account_months(self, account_id: int) -> AccountMonths:
+        today = datetime.now(self.plugin.tz).date()  # as usage_overview: the day usage rows are stamped with
+        async with self.plugin.gateway.database.connect() as conn:
+            return await overview.account_months(conn, account_id=account_id, today=today)

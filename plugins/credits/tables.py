@@ -112,6 +112,8 @@ usage = sa.Table(
     sa.Column("created_at", sa.DateTime(), nullable=False),
     sa.Index("ix_usage_records_account_id", "account_id", "id"),
     sa.Index("ix_usage_records_account_day", "account_id", "day"),
+    # One member's rows of a team's account, newest first (GET /api/team/usage/mine): credits_0005.
+    sa.Index("ix_usage_records_account_user", "account_id", "user_id", "id"),
 )
 # The usage row as its account sees it, in the CSV export's column order (the API's items add `id`): when
 # and which request first, whose key and user last, the rest in the table's order. Its bookkeeping columns

@@ -7,7 +7,8 @@
   forgets it once the revocation commits.
 - `PATCH /api/team/keys/{id}`: `limit_milli`, `limit_period` as in PATCH /api/keys (`keys.manage` only: a
   member never lifts a limit an admin set on their key).
-- `GET /api/team/usage` (`usage.read`: owner, billing): the team's requests; `GET /api/team/usage/mine`
+- `GET /api/team/usage` (`usage.read`: owner, billing): the team's requests, and the account's totals this
+  calendar month and last (`totals`, from credits' monthly roll-up); `GET /api/team/usage/mine`
   (`usage.own`): the caller's own requests on the team's account.
 
 The keys are auth_keys' and the usage rows credits': both are asked through their services (ACCOUNTS,
@@ -26,7 +27,7 @@ from starlette.responses import JSONResponse, Response
 
 from edge.errors import NotFound
 from edge.inputs import Form, query_number, read_json
-from edge.services import ACCOUNTS, CREDITS, KeySummary, SpendLimit, UsageItem, UserProfile
+from edge.services import ACCOUNTS, CREDITS, KeySummary, MonthTotals, SpendLimit, UsageItem, UserProfile
 from plugins.teams import answers
 from plugins.teams.policy import permits
 from plugins.teams.trail import note
@@ -103,6 +104,10 @@ def usage_json(item: UsageItem) -> dict[str, Any]:
     found = asdict(item)
     found.pop("account_id")
     return found | {"created_at": iso(item.created_at)}
+
+
+def month_json(month: MonthTotals) -> dict[str, Any]:
+    return {"month": month.month.isoformat(), **asdict(month.totals)}
 
 
 class TeamKeys:
@@ -225,6 +230,9 @@ class TeamKeys:
             "data": [usage_json(r) for r in rows[:limit]],
             "next_cursor": str(rows[limit - 1].id) if len(rows) > limit else None,
         }
+        if not mine:
+            months = await credits.account_months(me.account_id)
+            body["totals"] = {"this_month": month_json(months.this_month), "last_month": month_json(months.last_month)}
         return JSONResponse(body)
 
     async def team_usage(self, request: Request) -> Response:
