@@ -69,8 +69,9 @@ async def daily_totals(db: Database, *, account_id: int, today: date, days: int)
 
 
 async def month_usage(db: Database, *, account_id: int, today: date, user_id: int | None = None) -> dict[str, Any]:
-    """The month's totals on the account (only `user_id`'s rows when given): one query on the index of
-    (account_id, day), so a member's share costs what the account's own total does."""
+    """The month's totals on the account (only `user_id`'s rows when given): one indexed query, on
+    (account_id, day) or, for a user, (account_id, user_id, id) (credits_0005). The credits service reads an
+    account's own month from the `usage_monthly` roll-up instead."""
     first = today.replace(day=1)
     query = sa.select(
         sa.func.count(),
