@@ -87,6 +87,7 @@ from edge.services.preferences import (
 from edge.services.teams import (
     TEAMS,
     TeamJoin,
+    TeamKeyView,
     Teams,
     TeamStanding,
 )
@@ -134,6 +135,7 @@ __all__ = [
     "SpendLimit",
     "SpendLimits",
     "TeamJoin",
+    "TeamKeyView",
     "TeamStanding",
     "Teams",
     "TopAccount",

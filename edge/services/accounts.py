@@ -142,10 +142,12 @@ class Accounts(Protocol):
         account_id: int,
         tier: str | Keep = KEEP,
         plan_expires_at: datetime | Keep | None = KEEP,
+        if_plan_expires_at: datetime | Keep | None = KEEP,
         conn: AsyncConnection | None = None,
     ) -> Account | None:
         """Set the tier and/or the plan's expiry (UTC, None: never) in one transaction, then make every
-        worker forget the account's cached keys; the account as it now is, or None when there is none.
+        worker forget the account's cached keys; the account as it now is, or None when there is none
+        (or, with `if_plan_expires_at`, when the plan's expiry is no longer that: nothing changed).
         The caller checks `tier` against the configured tiers. With `conn` (from `gateway.database.begin()`)
         the change is made in the caller's transaction, and the caches are told once that commits."""
         ...

@@ -225,8 +225,10 @@ class Credits(Protocol):
         """The account's balance (zeros for an account that never had credits)."""
         ...
 
-    async def month_usage(self, account_id: int) -> MonthUsage:
-        """This calendar month's requests, tokens and milli-credits spent."""
+    async def month_usage(self, account_id: int, *, user_id: int | None = None) -> MonthUsage:
+        """This calendar month's requests, tokens and milli-credits spent on the account: only `user_id`'s
+        requests when given (a team member's own share of the team's account: one indexed query on their rows),
+        else one row of the `usage_monthly` roll-up."""
         ...
 
     async def spend(self, *, account_id: int, limit: SpendLimit) -> Spend:

@@ -34,6 +34,17 @@ class TeamStanding:
     other_managers: int
 
 
+@dataclass(frozen=True, slots=True)
+class TeamKeyView:
+    """The principal's fact for a team key (edge/context.py), set by teams from its role policy: what of the
+    paying (team's) account the key's holder `user_id` may see. `account_usage`: the whole account's usage
+    (else only their own); `balance`: the account's balance. A principal without it sees its account's."""
+
+    user_id: int
+    account_usage: bool
+    balance: bool
+
+
 class Teams(Protocol):
     async def join_registering(
         self, conn: AsyncConnection, *, token: str, user_id: int, email: str, phone: str, ip: str | None

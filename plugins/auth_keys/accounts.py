@@ -84,6 +84,7 @@ class AccountStore:
         account_id: int,
         tier: str | Keep = KEEP,
         plan_expires_at: datetime | Keep | None = KEEP,
+        if_plan_expires_at: datetime | Keep | None = KEEP,
         conn: AsyncConnection | None = None,
     ) -> Account | None:
         if not 0 < account_id <= MAX_ID:
@@ -93,6 +94,18 @@ class AccountStore:
             values["tier"] = tier
         if plan_expires_at is not KEEP:
             values["plan_expires_at"] = plan_expires_at
+        if if_plan_expires_at is not KEEP:
+            if conn is None:
+                async with self.db.begin() as own:
+                    return await self.set_plan(
+                        account_id=account_id,
+                        tier=tier,
+                        plan_expires_at=plan_expires_at,
+                        if_plan_expires_at=if_plan_expires_at,
+                        conn=own,
+                    )
+            if not await _set_if(conn, account_id, values, expiry=if_plan_expires_at):
+                return None
         if conn is not None:
             account = await _set(conn, account_id, values)
             # Caches must not learn of a plan that could still roll back: tell them after the commit.
@@ -295,6 +308,19 @@ async def _set(conn: AsyncConnection, account_id: int, values: dict[str, Any]) -
             if found is None:
                 return None
     return await _read(conn, account_id)
+
+
+async def _set_if(conn: AsyncConnection, account_id: int, values: dict[str, Any], *, expiry: datetime | None) -> bool:
+    """Apply `values` only while the plan still expires at `expiry` (the row is locked by the UPDATE, and a
+    change committed meanwhile is seen by it); whether the account now has them."""
+    held = accounts.c.plan_expires_at.is_(None) if expiry is None else accounts.c.plan_expires_at == expiry
+    if values:
+        result = await conn.execute(sa.update(accounts).where(accounts.c.id == account_id, held).values(**values))
+        if result.rowcount:
+            return True
+    # MariaDB counts changed rows only: the values may already be there (or no values at all).
+    found = (await conn.execute(sa.select(accounts).where(accounts.c.id == account_id, held))).first()
+    return found is not None
 
 
 async def _read(conn: AsyncConnection, account_id: int) -> Account | None:

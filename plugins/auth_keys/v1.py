@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge.context import Principal, RequestContext
 from edge.errors import NotFound
-from edge.services import CREDITS, Credits, SpendLimits
+from edge.services import CREDITS, Credits, SpendLimits, TeamKeyView
 from plugins.auth_keys.clock import iso_unix
 
 if TYPE_CHECKING:
@@ -23,10 +23,17 @@ def endpoints(plugin: Plugin) -> dict[tuple[str, str], Any]:
         principal = ctx.principal
         assert principal is not None
         credits = plugin.gateway.maybe(CREDITS)
+        # A team key (plugins/teams) shows its holder only what their role may see of the team's account.
+        view = principal.fact(TeamKeyView)
         balance = usage = None
         if principal.account_id is not None and credits is not None:
-            balance = dataclasses.asdict(await credits.balance(principal.account_id))
-            usage = dataclasses.asdict(await credits.month_usage(principal.account_id))
+            if view is None or view.balance:
+                balance = dataclasses.asdict(await credits.balance(principal.account_id))
+            if view is None or view.account_usage:
+                usage = dataclasses.asdict(await credits.month_usage(principal.account_id))
+            else:
+                mine = await credits.month_usage(principal.account_id, user_id=view.user_id)
+                usage = {**dataclasses.asdict(mine), "user_id": view.user_id}
         return 200, {
             "object": "account",
             "id": principal.account_id,

@@ -35,7 +35,7 @@ from edge.clock import utc_now
 from edge.errors import GatewayError, NotFound
 from edge.inputs import FieldError, invalid
 from edge.services import CREDITS, BalanceTooLow
-from plugins.billing import order_rows
+from plugins.billing import order_rows, refund_plan
 from plugins.billing.gateway_client import NotConfigured, PaymentError, Refused
 from plugins.billing.money import AmountError, from_decimal
 from plugins.billing.order_rows import Row
@@ -182,6 +182,9 @@ async def _record(plugin: Plugin, ask: Ask, *, key: str) -> tuple[Row, bool]:
         refund_id = int(key_row[0])
         taken = await _take_back(plugin, conn, order=order, amount_fils=ask.amount_fils, key=key, ask=ask)
         await conn.execute(refunds.update().where(refunds.c.id == refund_id).values(credits_taken_milli=taken))
+        cut = None
+        if manual and await refund_plan.fully_refunded(conn, order=order):
+            cut = await refund_plan.end_period(plugin, conn, order=order, now=now)
         await audit.record(
             conn,
             actor_user_id=ask.admin_user_id,
@@ -194,6 +197,7 @@ async def _record(plugin: Plugin, ask: Ask, *, key: str) -> tuple[Row, bool]:
                 "amount_fils": ask.amount_fils,
                 "credits_taken_milli": taken,
                 "manual": manual,
+                **(cut.details() if cut is not None else {}),
             },
         )
         row = (await conn.execute(refunds.select().where(refunds.c.id == refund_id))).one()
@@ -260,10 +264,17 @@ async def _settle(
     if provider_refund_id is not None:
         values["provider_refund_id"] = provider_refund_id
     async with plugin.gateway.database.begin() as conn:
+        if status == "refunded":
+            # The order's row lock first (as a new refund takes it): confirmations of one order add up in turn.
+            await conn.execute(
+                orders.update().where(orders.c.reference == row.order_reference).values(updated_at=values["updated_at"])
+            )
         moved = await conn.execute(
             refunds.update().where(refunds.c.id == row.id, refunds.c.status.in_(from_)).values(**values)
         )
         taken = int(row.credits_taken_milli)
+        if moved.rowcount == 1 and status == "refunded":
+            await _confirmed(plugin, conn, row=row)
         if moved.rowcount == 1 and status in ("failed", "rejected") and taken > 0:
             await plugin.gateway.service(CREDITS).grant(
                 account_id=int(row.account_id),
@@ -275,6 +286,27 @@ async def _settle(
                 conn=conn,
             )
         return (await conn.execute(refunds.select().where(refunds.c.id == row.id))).one()
+
+
+async def _confirmed(plugin: Plugin, conn: AsyncConnection, *, row: Row) -> None:
+    """A refund just became `refunded`: when that completes a full refund of a plan order, its period ends
+    (refund_plan.py), audited. The caller holds the order's row lock."""
+    now = utc_now()
+    reference = str(row.order_reference)
+    order = await order_rows.find(conn, reference=reference)
+    if order is None or not await refund_plan.fully_refunded(conn, order=order):
+        return
+    cut = await refund_plan.end_period(plugin, conn, order=order, now=now)
+    if cut is not None:
+        await audit.record(
+            conn,
+            actor_user_id=None if row.actor_user_id is None else int(row.actor_user_id),
+            action="billing.plan_refunded",
+            target=f"order:{reference}",
+            reason="full refund confirmed by MyFatoorah: the plan period it paid for ends",
+            ip=None,
+            details={"refund": int(row.id), **cut.details()},
+        )
 
 
 async def refund_event(plugin: Plugin, event: Webhook) -> str:

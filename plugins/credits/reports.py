@@ -68,7 +68,10 @@ async def daily_totals(db: Database, *, account_id: int, today: date, days: int)
     return out
 
 
-async def month_usage(db: Database, *, account_id: int, today: date) -> dict[str, Any]:
+async def month_usage(db: Database, *, account_id: int, today: date, user_id: int | None = None) -> dict[str, Any]:
+    """The month's totals on the account (only `user_id`'s rows when given): one indexed query, on
+    (account_id, day) or, for a user, (account_id, user_id, id) (credits_0005). The credits service reads an
+    account's own month from the `usage_monthly` roll-up instead."""
     first = today.replace(day=1)
     query = sa.select(
         sa.func.count(),
@@ -76,6 +79,8 @@ async def month_usage(db: Database, *, account_id: int, today: date) -> dict[str
         sa.func.sum(usage.c.completion_tokens),
         sa.func.sum(usage.c.cost_milli),
     ).where(usage.c.account_id == account_id, usage.c.day >= first)
+    if user_id is not None:
+        query = query.where(usage.c.user_id == user_id)
     async with db.connect() as conn:
         count, prompt, completion, cost = (await conn.execute(query)).one()
     return {

@@ -64,9 +64,24 @@ class CreditService:
     async def balance(self, account_id: int) -> Balance:
         return Balance(**await self.plugin.ledger.state(account_id))
 
-    async def month_usage(self, account_id: int) -> MonthUsage:
+    async def month_usage(self, account_id: int, *, user_id: int | None = None) -> MonthUsage:
         today = datetime.now(self.plugin.tz).date()
-        totals = await reports.month_usage(self.plugin.gateway.database, account_id=account_id, today=today)
+        if user_id is None:
+            # The account's month is one row of the `usage_monthly` roll-up, whatever its number of requests.
+            async with self.plugin.gateway.database.connect() as conn:
+                month = (await overview.account_months(conn, account_id=account_id, today=today)).this_month
+            t = month.totals
+            return MonthUsage(
+                account_id=account_id,
+                since=month.month,
+                requests=t.requests,
+                prompt_tokens=t.prompt_tokens,
+                completion_tokens=t.completion_tokens,
+                cost_milli=t.charged_milli,
+            )
+        totals = await reports.month_usage(
+            self.plugin.gateway.database, account_id=account_id, today=today, user_id=user_id
+        )
         return MonthUsage(**{**totals, "since": date.fromisoformat(totals["since"])})
 
     async def spend(self, *, account_id: int, limit: SpendLimit) -> Spend:

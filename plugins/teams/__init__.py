@@ -12,7 +12,7 @@ from starlette.routing import BaseRoute
 from edge.clock import utc_now
 from edge.context import RequestContext
 from edge.hookspecs import hookimpl
-from edge.services import ACCOUNTS, TEAMS, SpendLimit, SpendLimits
+from edge.services import ACCOUNTS, TEAMS, SpendLimit, SpendLimits, TeamKeyView
 from edge.settings import ConfigError
 from plugins.teams import answers, routes
 from plugins.teams.invitations import InvitationStore
@@ -91,7 +91,8 @@ class Plugin:
     @hookimpl
     async def resayil_authorize(self, ctx: RequestContext) -> None:
         """Refuse a team key of a removed member or of an account below Enterprise; give a team key its
-        member's facts (TeamMembership, and the monthly limit in SpendLimits)."""
+        member's facts (TeamMembership, what /v1/account may show in TeamKeyView, and the monthly limit in
+        SpendLimits)."""
         principal = ctx.principal
         if principal is None or principal.account_id is None or principal.user_id is None:
             return
@@ -106,6 +107,13 @@ class Plugin:
         if principal.tier != "enterprise":
             raise answers.team_requires_enterprise()
         principal = principal.with_fact(TeamMembership(account_id=member.account_id, role=member.role))
+        # What GET /v1/account shows the key's holder: the policy's usage.read and billing, else their own.
+        view = TeamKeyView(
+            user_id=member.user_id,
+            account_usage=permits(role=member.role, action="usage.read"),
+            balance=permits(role=member.role, action="billing"),
+        )
+        principal = principal.with_fact(view)
         if member.monthly_limit_milli is not None:
             limit = SpendLimit("member", member.user_id, member.monthly_limit_milli, "month")
             others = principal.fact(SpendLimits)
