@@ -141,13 +141,11 @@ def routes(plugin: Plugin) -> list[BaseRoute]:
                 conn=conn,
             )
             if row["created"]:
-                await audit.record(
+                await audit.Actor.of(admin, request).record(
                     conn,
-                    actor_user_id=admin.user_id,
-                    action="credits.adjust",
-                    target=f"account:{account_id}",
+                    "credits.adjust",
+                    f"account:{account_id}",
                     reason=reason,
-                    ip=audit.request_ip(request),
                     details={
                         "delta_milli": delta,
                         "balance_after_milli": row["balance_after_milli"],

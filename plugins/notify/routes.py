@@ -110,13 +110,11 @@ class NotifyApi:
         form.check()
 
         async def audited(conn: AsyncConnection, row: outbox.Row) -> None:
-            await audit.record(
+            await audit.Actor.of(admin, request).record(
                 conn,
-                actor_user_id=admin.user_id,
-                action="notify.resend",
-                target=f"outbox:{row_id}",
+                "notify.resend",
+                f"outbox:{row_id}",
                 reason=reason,
-                ip=audit.request_ip(request),
                 details={
                     "event_name": row.event_name,
                     "event_id": row.event_id,
