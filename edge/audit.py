@@ -1,6 +1,7 @@
 """The audit trail: one append-only `audit_log` row for every admin action, whichever plugin takes it.
 
 `await audit.record(conn, actor_user_id=..., action=..., target=..., reason=..., ip=..., details={...})`
+(or, from an admin route, `await audit.Actor.of(admin, request).record(conn, action, target, reason=..., details=...)`)
 writes the row in the caller's transaction, so the trail says exactly what was committed: an action that
 rolls back leaves no row, and one that commits cannot lose its row to a crash in between. Rows are only
 ever inserted; nothing in the code updates or deletes them, and the database refuses to (triggers from the
@@ -15,8 +16,9 @@ client's address as the gateway saw it behind its trusted proxies).
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import sqlalchemy as sa
@@ -53,6 +55,38 @@ def request_ip(request: Request) -> str | None:
     """The client's address (the edge already replaced a trusted proxy's with the one it forwarded for)."""
     client = request.client
     return client.host[:45] if client is not None else None
+
+
+class _User(Protocol):
+    @property
+    def user_id(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """The admin taking an action and where from: what every audit row of an admin route says besides the action."""
+
+    user_id: int
+    ip: str | None
+
+    @classmethod
+    def of(cls, admin: _User, request: Request) -> Actor:
+        """The logged-in admin of `request` (any object with a `user_id`, such as a PortalUser) and its client."""
+        return cls(user_id=admin.user_id, ip=request_ip(request))
+
+    async def record(
+        self,
+        conn: AsyncConnection,
+        action: str,
+        target: str,
+        *,
+        reason: str | None,
+        details: dict[str, Any] | None = None,
+    ) -> int:
+        """`record` one row of this actor's, in the transaction `conn` is in; its id."""
+        return await record(
+            conn, actor_user_id=self.user_id, action=action, target=target, reason=reason, ip=self.ip, details=details
+        )
 
 
 async def record(

@@ -254,3 +254,22 @@ def query_number(raw: str | None, *, top: int) -> int | None:
     """A query-string whole number from 0 to `top` in ASCII digits, else None (also when absent)."""
     value = int(raw) if raw is not None and _DIGITS.fullmatch(raw) else None
     return value if value is not None and value <= top else None
+
+
+def page_args(query: Mapping[str, str], *, default: int, max_page: int) -> tuple[int, int | None]:
+    """(limit, cursor) of a keyset-paged list from a query string, or the one 422 naming the bad ones:
+    `limit` 1 to `max_page` (`default` when absent; given empty, it is refused), `cursor` the next_cursor
+    of a previous page (a whole number in 64 bits; absent or empty, the first page)."""
+    form = Form(query)
+    limit = default
+    if (raw := query.get("limit")) is not None:
+        limit = query_number(raw, top=max_page) or 0
+        if limit < 1:
+            form.fail("limit", FieldError("limit_invalid", f"Must be a whole number from 1 to {max_page}."))
+    cursor = None
+    if raw := query.get("cursor"):
+        cursor = query_number(raw, top=2**63 - 1)
+        if cursor is None:
+            form.fail("cursor", FieldError("cursor_invalid", "Must be the next_cursor of a previous page."))
+    form.check()
+    return limit, cursor

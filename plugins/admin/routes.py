@@ -139,13 +139,11 @@ class AdminApi:
             details: dict[str, Any] = {"account_id": changed.account_id, "banned_at": answers.iso(changed.banned_at)}
             if team is not None:
                 details["team"] = {k: team[k] for k in ("account_id", "role", "other_members")}
-            await audit.record(
+            await audit.Actor.of(admin, request).record(
                 conn,
-                actor_user_id=admin.user_id,
-                action="admin.ban_user" if banned else "admin.unban_user",
-                target=f"user:{user_id}",
+                "admin.ban_user" if banned else "admin.unban_user",
+                f"user:{user_id}",
                 reason=reason,
-                ip=audit.request_ip(request),
                 details=details,
             )
         # The commit sent the invalidations on their way; these are awaited, so every worker's message is in

@@ -8,7 +8,7 @@ second (and in any case after `key_cache_seconds`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -201,24 +201,32 @@ class AccountStore:
     async def revoke_team_key(
         self, *, account_id: int, key_id: int, user_id: int | None = None, conn: AsyncConnection | None = None
     ) -> KeyChange | None:
-        if conn is None:
-            async with self.db.begin() as own:
-                return await self.revoke_team_key(account_id=account_id, key_id=key_id, user_id=user_id, conn=own)
-        change = await team_keys.revoke(conn, account_id=account_id, key_id=key_id, user_id=user_id)
-        if change is not None and change.before != change.after:
-            self._forget_after(conn, [key_id])
-        return change
+        return await self._change_key(
+            key_id, conn, lambda c: team_keys.revoke(c, account_id=account_id, key_id=key_id, user_id=user_id)
+        )
 
     async def set_team_key_limit(
         self, *, account_id: int, key_id: int, fields: Mapping[str, Any], conn: AsyncConnection | None = None
     ) -> KeyChange | None:
+        return await self._change_key(
+            key_id, conn, lambda c: team_keys.set_limit(c, account_id=account_id, key_id=key_id, fields=fields)
+        )
+
+    async def _change_key(
+        self,
+        key_id: int,
+        conn: AsyncConnection | None,
+        change: Callable[[AsyncConnection], Awaitable[KeyChange | None]],
+    ) -> KeyChange | None:
+        """Run `change` on one team key in `conn`'s transaction (or one of its own); a key it changed is
+        forgotten by every worker once that transaction commits."""
         if conn is None:
             async with self.db.begin() as own:
-                return await self.set_team_key_limit(account_id=account_id, key_id=key_id, fields=fields, conn=own)
-        change = await team_keys.set_limit(conn, account_id=account_id, key_id=key_id, fields=fields)
-        if change is not None and change.before != change.after:
+                return await self._change_key(key_id, own, change)
+        changed = await change(conn)
+        if changed is not None and changed.before != changed.after:
             self._forget_after(conn, [key_id])
-        return change
+        return changed
 
     async def ban(self, *, user_id: int, conn: AsyncConnection | None = None) -> UserProfile | None:
         return await self._set_banned(user_id=user_id, banned=True, conn=conn)

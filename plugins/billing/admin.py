@@ -127,7 +127,7 @@ def admin_routes(plugin: Plugin) -> list[BaseRoute]:
     async def create_order(request: Request) -> Response:
         admin = await require_admin(request)
         body = await read_json(request)
-        row = await manual_orders.create(plugin, admin=admin, ip=audit.request_ip(request), body=body)
+        row = await manual_orders.create(plugin, admin=audit.Actor.of(admin, request), body=body)
         return JSONResponse({"order": admin_order_json(row, seller=seller, refunded_fils=0)}, status_code=201)
 
     async def mark_paid(request: Request) -> Response:
@@ -135,7 +135,7 @@ def admin_routes(plugin: Plugin) -> list[BaseRoute]:
         reference = _reference(request)
         body = await read_json(request)
         result = await manual_orders.mark_paid(
-            plugin, reference=reference, admin=admin, ip=audit.request_ip(request), body=body
+            plugin, reference=reference, admin=audit.Actor.of(admin, request), body=body
         )
         if result.status != "paid":
             raise GatewayError(

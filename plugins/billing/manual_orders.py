@@ -19,7 +19,7 @@ from edge import audit
 from edge.clock import utc_now
 from edge.errors import GatewayError, NotFound
 from edge.inputs import FieldError, Form, choice, integer, invalid, text
-from edge.services import ACCOUNTS, PortalUser
+from edge.services import ACCOUNTS
 from plugins.billing import order_rows
 from plugins.billing.crediting import Credited, Payment, credit_paid_order
 from plugins.billing.money import CURRENCY
@@ -42,7 +42,7 @@ def is_manual(order: Row) -> bool:
     return order.invoice_id is None and order.method == BANK_TRANSFER
 
 
-async def create(plugin: Plugin, *, admin: PortalUser, ip: str | None, body: dict[str, Any]) -> Row:
+async def create(plugin: Plugin, *, admin: audit.Actor, body: dict[str, Any]) -> Row:
     """A pending manual order of a product for an account; 422 naming every bad field."""
     form = Form(body, messages=MESSAGES)
     form.only(("account_id", "product", "reason"))
@@ -80,13 +80,11 @@ async def create(plugin: Plugin, *, admin: PortalUser, ip: str | None, body: dic
                 updated_at=now,
             )
         )
-        await audit.record(
+        await admin.record(
             conn,
-            actor_user_id=admin.user_id,
-            action="billing.manual_order",
-            target=f"order:{reference}",
+            "billing.manual_order",
+            f"order:{reference}",
             reason=reason,
-            ip=ip,
             details={"account_id": account.id, "product": product.id, "price_fils": product.price_fils},
         )
         row = await order_rows.find(conn, reference=reference)
@@ -94,9 +92,7 @@ async def create(plugin: Plugin, *, admin: PortalUser, ip: str | None, body: dic
     return row
 
 
-async def mark_paid(
-    plugin: Plugin, *, reference: str, admin: PortalUser, ip: str | None, body: dict[str, Any]
-) -> Credited:
+async def mark_paid(plugin: Plugin, *, reference: str, admin: audit.Actor, body: dict[str, Any]) -> Credited:
     """Credit the manual order `reference` as paid by the bank transfer `body["reference"]`, once.
     404 for no such order, 409 `not_a_manual_order` for one paid through MyFatoorah."""
     form = Form(body)
@@ -113,13 +109,11 @@ async def mark_paid(
         )
 
     async def audited(conn: AsyncConnection) -> None:
-        await audit.record(
+        await admin.record(
             conn,
-            actor_user_id=admin.user_id,
-            action="billing.mark_paid",
-            target=f"order:{reference}",
+            "billing.mark_paid",
+            f"order:{reference}",
             reason=reason,
-            ip=ip,
             details={"transfer_reference": transfer, "amount_fils": int(order.price_fils)},
         )
 

@@ -21,7 +21,7 @@ from starlette.routing import BaseRoute, Route
 
 from edge.clock import utc_now
 from edge.errors import GatewayError, NotFound
-from edge.inputs import Form, query_number, read_body, read_json
+from edge.inputs import page_args, read_body, read_json
 from edge.services import GUARDS
 from plugins.billing import answers, order_rows
 from plugins.billing.checkout import checkout
@@ -35,11 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("resayil.billing")
 MAX_PAGE = 100
-BIGINT_MAX = 2**63 - 1
-MESSAGES = {
-    "limit_invalid": f"Must be a whole number from 1 to {MAX_PAGE}.",
-    "cursor_invalid": "Must be the next_cursor of a previous page.",
-}
 
 
 def routes(plugin: Plugin) -> list[BaseRoute]:
@@ -55,7 +50,7 @@ def routes(plugin: Plugin) -> list[BaseRoute]:
 
     async def orders(request: Request) -> Response:
         user = await plugin.gateway.service(GUARDS).require_user(request)
-        limit, cursor = _page_args(request)
+        limit, cursor = page_args(request.query_params, default=20, max_page=MAX_PAGE)
         rows = await order_rows.page(plugin.gateway.database, account_id=user.account_id, limit=limit, before=cursor)
         more = len(rows) == limit
         return JSONResponse(
@@ -152,22 +147,6 @@ def _result(plugin: Plugin, *, reference: str | None, result: str) -> Response:
     query = {"result": result} | ({"order": reference} if reference else {})
     base = plugin.gateway.config.server.public_url.rstrip("/") + plugin.settings.result_path
     return RedirectResponse(f"{base}?{urlencode(query)}", status_code=303)
-
-
-def _page_args(request: Request) -> tuple[int, int | None]:
-    form = Form(request.query_params, messages=MESSAGES)
-    limit = 20
-    if (raw := request.query_params.get("limit")) is not None:
-        limit = query_number(raw, top=MAX_PAGE) or 0
-        if limit < 1:
-            form.fail("limit", "limit_invalid")
-    cursor = None
-    if raw_cursor := request.query_params.get("cursor"):
-        cursor = query_number(raw_cursor, top=BIGINT_MAX)
-        if cursor is None:
-            form.fail("cursor", "cursor_invalid")
-    form.check()
-    return limit, cursor
 
 
 def _worth_asking(row: order_rows.Row, event: Webhook) -> bool:

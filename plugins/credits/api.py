@@ -17,7 +17,7 @@ from starlette.routing import BaseRoute, Route
 
 from edge import audit
 from edge.errors import GatewayError, NotFound
-from edge.inputs import Form, integer, query_number, read_json, text
+from edge.inputs import Form, integer, page_args, read_json, text
 from edge.services import ACCOUNTS, GUARDS, BalanceTooLow, Guards
 from plugins.credits import pricing, reports
 from plugins.credits.tables import USAGE_SHOWN
@@ -31,8 +31,6 @@ MAX_DELTA_MILLI = 10**15
 BIGINT_MAX = 2**63 - 1
 ADJUSTMENT_FIELDS = ("delta_milli", "reason")
 MESSAGES = {
-    "limit_invalid": f"Must be a whole number from 1 to {MAX_PAGE}.",
-    "cursor_invalid": "Must be the next_cursor of a previous page.",
     "delta_milli_invalid": "Must be a non-zero whole number of milli-credits (1 credit = 1000).",
     "delta_milli_out_of_range": "Must be a non-zero whole number of milli-credits (1 credit = 1000).",
     "reason_required": "Say why, in 1 to 500 characters; it is kept in the audit trail.",
@@ -43,25 +41,6 @@ _reason = text(subject="reason", max_length=500)
 # The usage row as shown, with its cost in credits beside `cost_milli`.
 _COST_AT = USAGE_SHOWN.index("cost_milli") + 1
 CSV_FIELDS = (*USAGE_SHOWN[:_COST_AT], "credits", *USAGE_SHOWN[_COST_AT:])
-
-
-def page_args(request: Request, *, default: int = 50) -> tuple[int, int | None]:
-    """`limit` (1..200) and `cursor` from the query string, or the one 422 naming the bad one."""
-    form = Form(request.query_params, messages=MESSAGES)
-    raw_limit = request.query_params.get("limit")
-    limit = default
-    if raw_limit is not None:
-        limit = query_number(raw_limit, top=MAX_PAGE) or 0
-        if limit < 1:
-            form.fail("limit", "limit_invalid")
-    raw_cursor = request.query_params.get("cursor")
-    cursor = None
-    if raw_cursor:
-        cursor = query_number(raw_cursor, top=BIGINT_MAX)
-        if cursor is None:
-            form.fail("cursor", "cursor_invalid")
-    form.check()
-    return limit, cursor
 
 
 def account_arg(request: Request) -> int:
@@ -98,7 +77,7 @@ def routes(plugin: Plugin) -> list[BaseRoute]:
 
     async def get_usage(request: Request) -> Response:
         user = await guards().require_user(request)
-        limit, cursor = page_args(request)
+        limit, cursor = page_args(request.query_params, default=50, max_page=MAX_PAGE)
         db = plugin.gateway.database
         items, next_cursor = await reports.usage_page(db, account_id=user.account_id, limit=limit, before=cursor)
         days = await reports.daily_totals(
@@ -141,13 +120,11 @@ def routes(plugin: Plugin) -> list[BaseRoute]:
                 conn=conn,
             )
             if row["created"]:
-                await audit.record(
+                await audit.Actor.of(admin, request).record(
                     conn,
-                    actor_user_id=admin.user_id,
-                    action="credits.adjust",
-                    target=f"account:{account_id}",
+                    "credits.adjust",
+                    f"account:{account_id}",
                     reason=reason,
-                    ip=audit.request_ip(request),
                     details={
                         "delta_milli": delta,
                         "balance_after_milli": row["balance_after_milli"],
@@ -194,7 +171,7 @@ def routes(plugin: Plugin) -> list[BaseRoute]:
     async def get_ledger(request: Request) -> Response:
         await guards().require_admin(request)
         account_id = account_arg(request)
-        limit, cursor = page_args(request)
+        limit, cursor = page_args(request.query_params, default=50, max_page=MAX_PAGE)
         await _existing_account(plugin, account_id)
         items, next_cursor = await reports.ledger_page(
             plugin.gateway.database, account_id=account_id, limit=limit, before=cursor

@@ -108,24 +108,18 @@ class NotifyApi:
         form.only(("reason",))
         reason = form.take("reason", text(subject="reason", max_length=500)) if "reason" in form.data else None
         form.check()
+        actor = audit.Actor.of(admin, request)
 
         async def audited(conn: AsyncConnection, row: outbox.Row) -> None:
-            await audit.record(
-                conn,
-                actor_user_id=admin.user_id,
-                action="notify.resend",
-                target=f"outbox:{row_id}",
-                reason=reason,
-                ip=audit.request_ip(request),
-                details={
-                    "event_name": row.event_name,
-                    "event_id": row.event_id,
-                    "audience": row.audience,
-                    "recipient": row.recipient,
-                    "status_before": row.status,
-                    "attempts_before": int(row.attempts),
-                },
-            )
+            before = {
+                "event_name": row.event_name,
+                "event_id": row.event_id,
+                "audience": row.audience,
+                "recipient": row.recipient,
+                "status_before": row.status,
+                "attempts_before": int(row.attempts),
+            }
+            await actor.record(conn, "notify.resend", f"outbox:{row_id}", reason=reason, details=before)
 
         found = None
         try:

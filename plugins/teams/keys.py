@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from edge.errors import NotFound
-from edge.inputs import Form, query_number, read_json
+from edge.inputs import page_args, read_json
 from edge.services import ACCOUNTS, CREDITS, KeySummary, MonthTotals, SpendLimit, UsageItem, UserProfile
 from plugins.teams import answers
 from plugins.teams.policy import permits
@@ -40,31 +40,10 @@ if TYPE_CHECKING:
 
 BIGINT_MAX = 2**63 - 1
 MAX_PAGE = 200
-PAGE_MESSAGES = {
-    "limit_invalid": f"Must be a whole number from 1 to {MAX_PAGE}.",
-    "cursor_invalid": "Must be the next_cursor of a previous page.",
-}
 
 
 def iso(value: datetime | None) -> str | None:
     return None if value is None else value.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def page_args(request: Request) -> tuple[int, int | None]:
-    """`limit` (1..200, default 50) and `cursor` (an id) from the query string, or the one 422."""
-    form = Form(request.query_params, messages=PAGE_MESSAGES)
-    limit = 50
-    if (raw := request.query_params.get("limit")) is not None:
-        limit = query_number(raw, top=MAX_PAGE) or 0
-        if limit < 1:
-            form.fail("limit", "limit_invalid")
-    cursor = None
-    if raw := request.query_params.get("cursor"):
-        cursor = query_number(raw, top=BIGINT_MAX)
-        if cursor is None:
-            form.fail("cursor", "cursor_invalid")
-    form.check()
-    return limit, cursor
 
 
 def key_id(request: Request) -> int:
@@ -159,7 +138,7 @@ class TeamKeys:
 
     async def list_keys(self, request: Request) -> Response:
         _, me, whose = await self._scope(request)
-        limit, cursor = page_args(request)
+        limit, cursor = page_args(request.query_params, default=50, max_page=MAX_PAGE)
         keys = await self.plugin.gateway.service(ACCOUNTS).team_keys(
             account_id=me.account_id, user_id=whose, before_id=cursor, limit=limit + 1
         )
@@ -218,7 +197,7 @@ class TeamKeys:
         _, me = await self.api.caller(request)
         if not permits(role=me.role, action=action):
             raise answers.team_forbidden(action)
-        limit, cursor = page_args(request)
+        limit, cursor = page_args(request.query_params, default=50, max_page=MAX_PAGE)
         credits = self.plugin.gateway.service(CREDITS)
         rows = await credits.recent_usage(
             account_id=me.account_id, limit=limit + 1, user_id=me.user_id if mine else None, before_id=cursor

@@ -70,13 +70,11 @@ def account_route(gateway: Gateway) -> Any:
             account = None if before is None else await accounts.set_plan(account_id=account_id, conn=conn, **values)
             if before is None or account is None:
                 raise NotFound(f"No account with id {account_id}.", code="account_not_found")
-            await audit.record(
+            await audit.Actor.of(admin, request).record(
                 conn,
-                actor_user_id=admin.user_id,
-                action="tiers.set_plan",
-                target=f"account:{account_id}",
+                "tiers.set_plan",
+                f"account:{account_id}",
                 reason=reason,
-                ip=audit.request_ip(request),
                 details={"before": plan(before), "after": plan(account)},
             )
         log.info(
