@@ -37,10 +37,13 @@ TEST_AUTH = {"name": "test_auth", "module": "tests.support.auth"}
 
 @contextmanager
 def setup(
-    tmp_path: Path, mariadb_database: str, redis_url: str, *fake_args: str, lease_requests: int = 0
+    tmp_path: Path, mariadb_database: str, redis_url: str, *fake_args: str, lease_requests: int = 0, gated: bool = True
 ) -> Iterator[tuple[Path, Any, Gate]]:
+    """The fake Ollama and the config of a two-host burst; the fake's gate starts closed when `gated`."""
     truncate_mariadb(mariadb_database)
     gate = Gate(tmp_path / "fake-ollama.gate")
+    if not gated:
+        gate.path.touch()
     with fake_ollama_process(*fake_args, *gate.args) as ollama_url:
         config = credits_config(
             ollama_url=ollama_url,

@@ -183,7 +183,7 @@ async def test_two_workers_on_mariadb_and_redis_never_generate_beyond_the_hold(
     body = chat_body("qwen2.5-coder:14b", max_completion_tokens=64)
     hold = len(body) + 64
     with (
-        setup(tmp_path, mariadb_database, redis_url, "--chunks", "1500") as (path, config),
+        setup(tmp_path, mariadb_database, redis_url, "--chunks", "1500", gated=False) as (path, config, _),
         gateway_processes(path, tmp_path, count=1) as ports,
     ):
         gateway = Gateway(config_module.parse(config, env={}))
