@@ -38,6 +38,16 @@ async def test_banning_a_team_owner_says_what_happens_to_the_team_and_it_does(
         members_key = await _join(served, owner, member, "member")
         assert [await chat(served, k) for k in (owners_key, helpers_key, members_key)] == [200, 200, 200]
         await until_settled(served.gateway, owner.account_id)
+        # The admin's page of each user names their team and role; a user in no team has none.
+        for user, role, others in ((owner, "owner", 2), (member, "member", 2)):
+            status, page = await call(served, "GET", f"/api/admin/users/{user.user_id}", admin)
+            assert status == 200 and page["team"] == {
+                "account_id": owner.account_id,
+                "role": role,
+                "other_members": others,
+                "other_managers": 1 if role == "owner" else 2,
+            }, page
+        assert (await call(served, "GET", f"/api/admin/users/{admin.user_id}", admin))[1]["team"] is None
 
         status, body = await call(served, "POST", f"/api/admin/users/{owner.user_id}/ban", admin, {"reason": "fraud"})
         assert status == 200 and body["user"]["banned"] is True, body

@@ -96,6 +96,7 @@ class AdminApi:
             "requests": None,
             "ledger": None,
             "orders": None,
+            "team": None,
         }
         if credits is not None:
             balance = await credits.balance(account_id)
@@ -108,6 +109,9 @@ class AdminApi:
             body["ledger"] = [answers.plain(e) for e in await credits.ledger_entries(account_id=account_id)]
         if billing is not None:
             body["orders"] = [answers.plain(o) for o in await billing.orders(account_id=account_id)]
+        teams = gateway.maybe(TEAMS)
+        standing = await teams.standing(user_id) if teams is not None and user_id is not None else None
+        body["team"] = None if standing is None else answers.plain(standing)
         return JSONResponse(body, headers=NO_STORE)
 
     async def ban(self, request: Request) -> Response:
